@@ -1,0 +1,19 @@
+"""Task bodies shipped to workers.
+
+They live in their own module, with no imports, so that a worker unpickling
+them (by reference, ``bench.tasks.noop``) loads nothing but this file, and so
+that W6's cold start does not pay for numpy or the harness.
+"""
+
+
+def noop():
+    return None
+
+
+def inc(x):
+    return x + 1
+
+
+def array_sum(a):
+    # ``a`` arrives already resolved (ObjectRef/Future argument) as an ndarray.
+    return float(a.sum())

@@ -1,0 +1,12 @@
+"""gdfut: a GPU-aware distributed futures runtime (Ray's API)."""
+from .api import (cancel, get, get_actor, init, is_initialized, kill, memory_summary, nodes,
+                  put, remote, shutdown, wait)
+from .object_ref import ObjectRef
+from .actor import ActorHandle
+from . import exceptions
+
+__version__ = "0.1.0"
+
+__all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
+           "kill", "get_actor", "memory_summary", "nodes", "ObjectRef", "ActorHandle",
+           "exceptions", "__version__"]

@@ -1,0 +1,131 @@
+"""Actor classes and handles (Ray's ``@remote`` class semantics)."""
+from __future__ import annotations
+
+import hashlib
+import inspect
+
+import cloudpickle
+
+from . import runtime_context
+from .ids import new_id, short
+from .serialization import record_nested
+
+_ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "max_concurrency", "namespace",
+                  "lifetime", "max_restarts", "max_task_retries", "scheduling_strategy",
+                  "memory", "get_if_exists"}
+
+
+class ActorClass:
+    def __init__(self, cls, options):
+        self._cls = cls
+        self._options = dict(options)
+        self._pickled = None
+        self._methods = [n for n, v in inspect.getmembers(cls, callable)
+                         if not n.startswith("__")]
+
+    def __call__(self, *a, **k):
+        raise TypeError(f"actor class {self._cls.__name__} cannot be instantiated directly; "
+                        f"use {self._cls.__name__}.remote()")
+
+    def options(self, **options):
+        unknown = set(options) - _ACTOR_OPTIONS
+        if unknown:
+            raise ValueError(f"unknown actor option(s) {sorted(unknown)}")
+        clone = ActorClass(self._cls, {**self._options, **options})
+        clone._pickled = self._pickled
+        return clone
+
+    def _class_bytes(self):
+        if self._pickled is None:
+            data = cloudpickle.dumps(self._cls)
+            self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
+        return self._pickled
+
+    def remote(self, *args, **kwargs) -> "ActorHandle":
+        from . import protocol as P
+        from .transport.tcp import RemoteError
+        rt = runtime_context.require()
+        o = self._options
+        if o.get("get_if_exists") and o.get("name"):
+            from .api import get_actor
+            try:
+                return get_actor(o["name"])
+            except ValueError:
+                pass
+        resources = {}
+        if o.get("num_cpus") is not None:
+            resources["CPU"] = o["num_cpus"]
+        if o.get("num_gpus") is not None:
+            resources["GPU"] = o["num_gpus"]
+        resources.update(o.get("resources") or {})
+        max_conc = o.get("max_concurrency")
+        if max_conc is not None and (not isinstance(max_conc, int) or max_conc < 1):
+            raise ValueError(f"max_concurrency must be an int >= 1, got {max_conc!r}")
+        actor_id = new_id()
+        name = self._cls.__name__
+        handle = ActorHandle(actor_id, rt.wid, rt.addr, name, self._methods)
+        if o.get("name"):
+            async def register():
+                head = await rt.head()
+                return await head.request(P.HEAD_REGISTER_ACTOR, o["name"], actor_id, rt.wid,
+                                          list(rt.addr), {"class_name": name,
+                                                          "methods": self._methods})
+            try:
+                rt.io.run(register(), timeout=30)
+            except RemoteError as exc:
+                raise ValueError(str(exc)) from None
+        cls_id, cls_bytes = self._class_bytes()
+        rt.actors.create(actor_id, cls_id, cls_bytes, name, args, kwargs,
+                         {"resources": resources,
+                          "actor_options": {"max_concurrency": max_conc}})
+        return handle
+
+
+class ActorHandle:
+    def __init__(self, actor_id, owner_wid, owner_addr, class_name, methods):
+        self._actor_id = actor_id
+        self._owner_wid = owner_wid
+        self._owner_addr = tuple(owner_addr)
+        self._class_name = class_name
+        self._methods = list(methods)
+
+    def __getattr__(self, name):
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if name not in self._methods:
+            raise AttributeError(f"actor {self._class_name} has no method {name!r}")
+        return ActorMethod(self, name, 1)
+
+    def __reduce__(self):
+        record_nested(self)
+        return (ActorHandle, (self._actor_id, self._owner_wid, self._owner_addr,
+                              self._class_name, self._methods))
+
+    def __repr__(self):
+        return f"Actor({self._class_name}, {short(self._actor_id)})"
+
+    def __eq__(self, other):
+        return isinstance(other, ActorHandle) and other._actor_id == self._actor_id
+
+    def __hash__(self):
+        return hash(self._actor_id)
+
+
+class ActorMethod:
+    def __init__(self, handle, name, num_returns):
+        self._handle = handle
+        self._name = name
+        self._num_returns = num_returns
+
+    def options(self, num_returns: int = 1, **_ignored):
+        return ActorMethod(self._handle, self._name, num_returns)
+
+    def remote(self, *args, **kwargs):
+        rt = runtime_context.require()
+        refs = rt.actors.submit(self._handle, self._name, args, kwargs, self._num_returns)
+        if self._num_returns == 1:
+            return refs[0]
+        return refs if self._num_returns > 1 else None
+
+    def __call__(self, *a, **k):
+        raise TypeError(f"actor method {self._name} must be called with .remote()")

@@ -1,0 +1,254 @@
+"""Actor calls (caller side): creation, ordered method calls, death.
+
+The creator leases a dedicated worker from its node and pushes the creation
+task; method calls follow on the same connection. Calls from one caller run
+in submission order: they are sent strictly in that order, each once its
+arguments are resolved. Other processes holding a handle ask the actor's
+owner (its creator) where the actor lives and then call it directly.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import pickle
+
+from . import protocol as P
+from .exceptions import ActorDiedError, UnschedulableError
+from .ids import new_task_id, short
+from .object_ref import ObjectRef
+from .submitter import TaskSpec, ERROR
+from .transport import tcp
+
+log = logging.getLogger("gdfut.actors")
+
+PENDING, ALIVE, DEAD = "PENDING", "ALIVE", "DEAD"
+MAX_QUEUED_CALLS = 1_000_000
+
+
+class ActorClient:
+    """What this process knows about one actor."""
+
+    def __init__(self, actor_id, owner_wid, owner_addr, class_name, is_creator):
+        self.actor_id = actor_id
+        self.owner_wid = owner_wid
+        self.owner_addr = tuple(owner_addr)
+        self.class_name = class_name
+        self.is_creator = is_creator
+        self.state = PENDING
+        self.conn = None
+        self.worker_id = None
+        self.addr = None
+        self.queue: collections.deque = collections.deque()   # in submission order
+        self.in_flight: dict[bytes, TaskSpec] = {}
+        self.death_reason = ""
+        self.killed = False
+        self.locating = False
+        self.location_waiters: list = []
+
+    def describe(self):
+        return f"actor {self.class_name}({short(self.actor_id)})"
+
+
+class ActorSubmitter:
+    def __init__(self, rt):
+        self.rt = rt
+        self.clients: dict[bytes, ActorClient] = {}
+        self.by_conn: dict[object, ActorClient] = {}
+
+    # ------------------------------------------------------ user thread
+    def create(self, actor_id, cls_id, cls_bytes, class_name, args, kwargs, options):
+        sub = self.rt.submitter
+        a, kw, held, deps, nested = sub.prepare_args(args, kwargs, f"{class_name}.__init__")
+        spec = TaskSpec(new_task_id(), cls_id, cls_bytes, f"{class_name}.__init__", a, kw, 1,
+                        options["resources"], 0, deps, nested, held, actor_id=actor_id,
+                        method="__init__", actor_options=options["actor_options"])
+        self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site())
+
+    def submit(self, handle, method, args, kwargs, num_returns) -> list[ObjectRef]:
+        rt = self.rt
+        name = f"{handle._class_name}.{method}"
+        a, kw, held, deps, nested = rt.submitter.prepare_args(args, kwargs, name)
+        spec = TaskSpec(new_task_id(), b"", None, name, a, kw, num_returns, {}, 0, deps, nested,
+                        held, actor_id=handle._actor_id, method=method)
+        refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
+        rt.io.post(self._submit_in_loop, spec, handle._actor_id, handle._owner_wid,
+                   handle._owner_addr, handle._class_name, rt.call_site())
+        return refs
+
+    # -------------------------------------------------------- io thread
+    def _register_task(self, spec, call_site):
+        rt = self.rt
+        for oid in spec.return_ids():
+            rt.table.add_owned(oid, lineage=spec.tid, call_site=call_site)
+            rt.table.add_local_ref(oid)
+        rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
+        rt.submitter.specs[spec.tid] = spec
+
+    def _create_in_loop(self, spec, class_name, call_site):
+        rt = self.rt
+        client = ActorClient(spec.actor_id, rt.wid, rt.addr, class_name, is_creator=True)
+        self.clients[spec.actor_id] = client
+        for oid in spec.return_ids():
+            rt.table.add_owned(oid, lineage=spec.tid, call_site=call_site)
+        rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
+        rt.submitter.specs[spec.tid] = spec
+        client.queue.append(spec)
+        rt.submitter.resolve_dependencies(spec, lambda s: self._flush(client))
+        rt.io.loop.create_task(self._place(client, spec))
+
+    async def _place(self, client, spec):
+        rt = self.rt
+        try:
+            grant = await rt.node_conn.request(P.REQUEST_LEASE, spec.resources, True,
+                                               client.actor_id)
+            conn = await rt.connect_peer(tuple(grant["addr"]))
+        except tcp.RemoteError as exc:
+            self._mark_dead(client, f"it cannot be scheduled: {exc}", UnschedulableError)
+            return
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError) as exc:
+            self._mark_dead(client, f"its worker could not be reached: {exc}")
+            return
+        client.worker_id = grant["worker_id"]
+        client.addr = tuple(grant["addr"])
+        client.lease_id = grant["lease_id"]
+        self._connected(client, conn)
+
+    def _connected(self, client, conn):
+        if client.state == DEAD:
+            return
+        client.conn = conn
+        client.state = ALIVE
+        self.by_conn[conn] = client
+        for cb in client.location_waiters:
+            cb()
+        client.location_waiters.clear()
+        self._flush(client)
+
+    def _submit_in_loop(self, spec, actor_id, owner_wid, owner_addr, class_name, call_site):
+        rt = self.rt
+        self._register_task(spec, call_site)
+        client = self.clients.get(actor_id)
+        if client is None:
+            client = ActorClient(actor_id, owner_wid, owner_addr, class_name, is_creator=False)
+            self.clients[actor_id] = client
+        if client.state == DEAD:
+            self._fail_call(client, spec)
+            return
+        assert len(client.queue) < MAX_QUEUED_CALLS, "too many queued actor calls"
+        client.queue.append(spec)
+        rt.submitter.resolve_dependencies(spec, lambda s: self._flush(client))
+        if client.state == PENDING and not client.is_creator and not client.locating:
+            client.locating = True
+            rt.io.loop.create_task(self._locate(client))
+
+    async def _locate(self, client):
+        rt = self.rt
+        try:
+            if client.owner_wid == rt.wid:
+                raise tcp.RemoteError("actor unknown to its owner")
+            owner = await rt.connect_peer(client.owner_addr)
+            loc = await owner.request(P.ACTOR_LOCATION, client.actor_id)
+            conn = await rt.connect_peer(tuple(loc[0]))
+        except tcp.RemoteError as exc:
+            self._mark_dead(client, str(exc))
+            return
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
+            self._mark_dead(client, "its owner or worker cannot be reached (died?)")
+            return
+        client.worker_id = loc[1]
+        client.addr = tuple(loc[0])
+        self._connected(client, conn)
+
+    def _flush(self, client):
+        """Send queued calls in submission order, stopping at an unresolved one."""
+        if client.state != ALIVE:
+            return
+        sub = self.rt.submitter
+        while client.queue and client.queue[0].unresolved == 0:
+            spec = client.queue.popleft()
+            if spec.tid not in sub.specs:      # already failed (dependency error)
+                continue
+            client.in_flight[spec.tid] = spec
+            sent = client.conn.peer.setdefault("fns", set())
+            include = spec.method == "__init__" and spec.fn_id not in sent
+            sent.add(spec.fn_id)
+            client.conn.send([P.PUSH_TASK, spec.wire(self.rt, include)])
+
+    def on_task_done(self, conn, m):
+        client = self.by_conn.get(conn)
+        spec = client.in_flight.pop(m[1], None) if client else None
+        if spec is None:
+            log.warning("reply for unknown task %s", short(m[1]))
+            return
+        self.rt.submitter.finish(spec, m[3])
+
+    # ------------------------------------------------------ death, kill
+    def on_connection_lost(self, conn):
+        client = self.by_conn.pop(conn, None)
+        if client is None:
+            return
+        reason = ("it was killed by gdfut.kill()" if client.killed
+                  else "its worker process died unexpectedly")
+        self._mark_dead(client, reason)
+
+    def _mark_dead(self, client, reason, err_cls=ActorDiedError):
+        client.state = DEAD
+        client.death_reason = reason
+        client.err_cls = err_cls
+        calls = list(client.in_flight.values()) + list(client.queue)
+        client.in_flight.clear()
+        client.queue.clear()
+        for spec in calls:
+            self._fail_call(client, spec)
+        for cb in client.location_waiters:
+            cb()
+        client.location_waiters.clear()
+        if client.is_creator and client.worker_id is not None:
+            rt = self.rt
+            if rt.node_conn is not None and not rt.node_conn.closed:
+                rt.node_conn.send([P.RETURN_LEASE, getattr(client, "lease_id", b""), True])
+
+    def _fail_call(self, client, spec):
+        cls = getattr(client, "err_cls", ActorDiedError)
+        err = cls(f"{client.describe()} is dead: {client.death_reason}; "
+                  f"the call {spec.name} cannot run")
+        self.rt.submitter.finish(spec, [[oid, [ERROR, pickle.dumps(err)], []]
+                                        for oid in spec.return_ids()])
+
+    def kill(self, actor_id, owner_wid, owner_addr, class_name):
+        self.rt.io.post(self._kill_in_loop, actor_id, owner_wid, owner_addr, class_name)
+
+    def _kill_in_loop(self, actor_id, owner_wid, owner_addr, class_name):
+        client = self.clients.get(actor_id)
+        if client is None:
+            client = ActorClient(actor_id, owner_wid, owner_addr, class_name, is_creator=False)
+            self.clients[actor_id] = client
+        client.killed = True
+        if client.state == ALIVE:
+            self.rt.node_conn.send([P.KILL_WORKER, 0, client.worker_id, "killed by gdfut.kill()"])
+        elif client.state == PENDING:
+            client.location_waiters.append(lambda: self._kill_in_loop(
+                actor_id, owner_wid, owner_addr, class_name) if client.state == ALIVE else None)
+            if not client.is_creator and not client.locating:
+                client.locating = True
+                self.rt.io.loop.create_task(self._locate(client))
+
+    # ------------------------------------------------ owner answers "where"
+    def on_actor_location(self, conn, m):
+        _, req_id, actor_id = m
+        client = self.clients.get(actor_id)
+        if client is None or not client.is_creator:
+            conn.reply_error(req_id, f"actor {short(actor_id)} is not known to its owner")
+            return
+
+        def answer():
+            if client.state == ALIVE:
+                conn.reply(req_id, [list(client.addr), client.worker_id])
+            else:
+                conn.reply_error(req_id, f"{client.describe()} is dead: {client.death_reason}")
+
+        if client.state == PENDING:
+            client.location_waiters.append(answer)
+        else:
+            answer()

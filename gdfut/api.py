@@ -1,0 +1,277 @@
+"""The public API, with Ray's names and semantics."""
+from __future__ import annotations
+
+import atexit
+import hashlib
+import inspect
+import json
+import os
+import threading
+
+import cloudpickle
+
+from . import cluster, runtime_context
+from .exceptions import NotInitializedError
+from .ids import new_id
+from .object_ref import ObjectRef
+
+_lock = threading.RLock()
+_state: dict = {}
+
+_TASK_OPTIONS = {"num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "name",
+                 "max_concurrency", "scheduling_strategy", "memory", "retry_exceptions",
+                 "lifetime", "namespace", "max_restarts"}
+DEFAULT_MAX_RETRIES = 3
+
+
+# ------------------------------------------------------------------ cluster
+def init(address: str | None = None, *, num_cpus: float | None = None,
+         num_gpus: float | None = None, resources: dict | None = None,
+         object_store_memory: int | None = None, ignore_reinit_error: bool = False,
+         session_dir: str | None = None, **_ignored):
+    """Start an embedded cluster (head + one node) or join ``address``."""
+    with _lock:
+        if runtime_context.current() is not None:
+            if ignore_reinit_error:
+                return _context()
+            raise RuntimeError("gdfut.init() was already called; call gdfut.shutdown() first "
+                               "or pass ignore_reinit_error=True")
+        if address in (None, "local"):
+            _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
+        else:
+            _join(address, session_dir)
+        atexit.register(shutdown)
+        return _context()
+
+
+def _start_embedded(num_cpus, num_gpus, resources, object_store_memory):
+    from .core_worker import CoreWorker
+    session_dir = cluster.new_session_dir()
+    cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
+    store = object_store_memory or cluster.default_object_store_memory()
+    head = cluster.spawn_head(session_dir, embedded=True)
+    node = cluster.spawn_node(session_dir, None, cpus, num_gpus, resources, store,
+                              embedded=True)
+    daemons = [head, node]
+    try:
+        info = node.wait_ready()
+        token = open(os.path.join(session_dir, "token"), "rb").read()
+        rt = CoreWorker(mode="driver", node_host="127.0.0.1", node_port=info["port"],
+                        token=token, session_dir=session_dir, head_addr=None)
+        rt.start()
+    except BaseException:
+        for d in daemons:
+            d.stop()
+        raise
+    _state.update(rt=rt, daemons=daemons, session_dir=session_dir)
+    runtime_context.set_runtime(rt)
+
+
+def _join(address, session_dir):
+    from .core_worker import CoreWorker
+    from .node import read_head_addr
+    session_dir = session_dir or os.path.realpath(os.path.join(cluster.DEFAULT_ROOT,
+                                                               "session_latest"))
+    token = open(os.path.join(session_dir, "token"), "rb").read()
+    if address == "auto":
+        address = "{}:{}".format(*read_head_addr(session_dir))
+    host, port = address.rsplit(":", 1)
+    node = _local_node(session_dir, (host, int(port)), token)
+    rt = CoreWorker(mode="driver", node_host=node[0], node_port=node[1], token=token,
+                    session_dir=session_dir, head_addr=(host, int(port)))
+    rt.start()
+    _state.update(rt=rt, daemons=[], session_dir=session_dir)
+    runtime_context.set_runtime(rt)
+
+
+def _local_node(session_dir, head_addr, token):
+    """Address of a node daemon on this host (asks the head)."""
+    from .cli import head_request
+    from . import protocol as P
+    nodes = head_request(head_addr, token, P.HEAD_LIST_NODES)
+    alive = [n for n in nodes if n["state"] == "ALIVE"]
+    if not alive:
+        raise RuntimeError(f"the cluster at {head_addr[0]}:{head_addr[1]} has no alive node")
+    return tuple(alive[0]["addr"])
+
+
+def _context():
+    rt = runtime_context.require()
+    return {"session_dir": rt.session_dir, "node_id": rt.node_id.hex(),
+            "address": "{}:{}".format(*rt.head_addr) if rt.head_addr else None}
+
+
+def is_initialized() -> bool:
+    return runtime_context.current() is not None
+
+
+def shutdown():
+    """Stop this driver's runtime and every process ``init`` started."""
+    with _lock:
+        rt = _state.pop("rt", None)
+        runtime_context.set_runtime(None)
+        if rt is not None:
+            rt.shutdown()
+        for d in reversed(_state.pop("daemons", [])):
+            d.stop()
+        _state.clear()
+
+
+# ------------------------------------------------------------------ objects
+def put(value) -> ObjectRef:
+    return runtime_context.require().put(value)
+
+
+def get(refs, *, timeout: float | None = None):
+    return runtime_context.require().get(refs, timeout)
+
+
+def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
+    return runtime_context.require().wait(refs, num_returns, timeout, fetch_local)
+
+
+def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True):
+    if not isinstance(ref, ObjectRef):
+        raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
+    rt = runtime_context.require()
+    from .ids import task_of
+    rt.io.post(rt.submitter.cancel, task_of(ref.id), force)
+
+
+def kill(actor, *, no_restart: bool = True):
+    from .actor import ActorHandle
+    if not isinstance(actor, ActorHandle):
+        raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
+    rt = runtime_context.require()
+    rt.actors.kill(actor._actor_id, actor._owner_wid, actor._owner_addr, actor._class_name)
+
+
+def get_actor(name: str, namespace: str | None = None):
+    from .actor import ActorHandle
+    from . import protocol as P
+    from .transport.tcp import RemoteError
+    rt = runtime_context.require()
+
+    async def lookup():
+        head = await rt.head()
+        return await head.request(P.HEAD_LOOKUP_ACTOR, name)
+
+    try:
+        actor_id, owner_wid, owner_addr, meta = rt.io.run(lookup(), timeout=30)
+    except RemoteError as exc:
+        raise ValueError(str(exc)) from None
+    return ActorHandle(actor_id, owner_wid, tuple(owner_addr), meta["class_name"],
+                       meta["methods"])
+
+
+def memory_summary() -> list[dict]:
+    """Live objects of every owner on this node: id, owner, size, state, refs, call site."""
+    from . import protocol as P
+    rt = runtime_context.require()
+    own_rows = rt.io.run(_own_rows(rt), timeout=30)
+    others = rt.node_request(P.NODE_MEMORY, timeout=30)
+    return own_rows + others["owners"]
+
+
+async def _own_rows(rt):
+    return rt.memory_rows()
+
+
+def nodes() -> list[dict]:
+    from . import protocol as P
+    rt = runtime_context.require()
+
+    async def ask():
+        head = await rt.head()
+        return await head.request(P.HEAD_LIST_NODES)
+    return rt.io.run(ask(), timeout=30)
+
+
+# ------------------------------------------------------------------ remote
+def remote(*args, **kwargs):
+    """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function or class."""
+    if len(args) == 1 and not kwargs and callable(args[0]):
+        return _make_remote(args[0], {})
+    if args:
+        raise TypeError("remote() takes a function or class, or only keyword options")
+    _check_options(kwargs)
+    return lambda target: _make_remote(target, kwargs)
+
+
+def _make_remote(target, options):
+    if inspect.isclass(target):
+        from .actor import ActorClass
+        return ActorClass(target, options)
+    if not callable(target):
+        raise TypeError(f"@remote needs a function or class, got {type(target).__name__}")
+    return RemoteFunction(target, options)
+
+
+def _check_options(options: dict):
+    unknown = set(options) - _TASK_OPTIONS
+    if unknown:
+        raise ValueError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(_TASK_OPTIONS)}")
+    n = options.get("num_returns", 1)
+    if not isinstance(n, int) or n < 0:
+        raise ValueError(f"num_returns must be an int >= 0, got {n!r}")
+    r = options.get("max_retries", DEFAULT_MAX_RETRIES)
+    if not isinstance(r, int) or r < -1:
+        raise ValueError(f"max_retries must be an int >= -1, got {r!r}")
+
+
+def resources_of(options: dict, default_cpus: float = 1.0) -> dict:
+    from .sched.resources import ResourceSet
+    rs = ResourceSet.from_options(options.get("num_cpus"), options.get("num_gpus"),
+                                  options.get("resources"), default_cpus=default_cpus)
+    return rs.to_dict()
+
+
+class RemoteFunction:
+    def __init__(self, fn, options):
+        self._fn = fn
+        self._options = dict(options)
+        self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
+        self._pickled: tuple | None = None
+        self._resolved: dict | None = None
+        self.__doc__ = fn.__doc__
+
+    def __call__(self, *args, **kwargs):
+        raise TypeError(f"remote function {self._name} cannot be called directly; "
+                        f"use {self._name}.remote()")
+
+    def _function_bytes(self):
+        if self._pickled is None:
+            data = cloudpickle.dumps(self._fn)
+            self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
+        return self._pickled
+
+    def _task_options(self):
+        if self._resolved is None:
+            o = self._options
+            self._resolved = {"num_returns": o.get("num_returns", 1),
+                              "max_retries": o.get("max_retries", DEFAULT_MAX_RETRIES),
+                              "resources": resources_of(o)}
+        return self._resolved
+
+    def options(self, **options):
+        _check_options(options)
+        clone = RemoteFunction(self._fn, {**self._options, **options})
+        clone._pickled = self._pickled
+        return clone
+
+    def remote(self, *args, **kwargs):
+        rt = runtime_context.require()
+        fn_id, fn_bytes = self._function_bytes()
+        opts = self._task_options()
+        refs = rt.submitter.submit(fn_id, fn_bytes, self._name, args, kwargs, opts)
+        n = opts["num_returns"]
+        if n == 1:
+            return refs[0]
+        return refs
+
+    def __reduce__(self):
+        return (RemoteFunction, (self._fn, self._options))
+
+
+__all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
+           "kill", "get_actor", "memory_summary", "nodes", "ObjectRef", "NotInitializedError"]

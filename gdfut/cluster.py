@@ -1,0 +1,132 @@
+"""Starting and stopping the daemons (head, node) of a local cluster.
+
+Every process started here is recorded by pid in the session directory and
+stopped by pid. Head and node start concurrently (the node is told the head's
+address later through ``--head-addr`` only when the head is already up, so
+in the embedded case the node starts with the head's port handed over once
+known; see ``start_embedded``).
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+
+DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), "gdfut-sessions")  # not importable as a package
+STARTUP_TIMEOUT_S = 30.0
+
+
+def new_session_dir(root: str = DEFAULT_ROOT) -> str:
+    os.makedirs(root, exist_ok=True)
+    name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(2)}"
+    path = os.path.join(root, name)
+    os.makedirs(os.path.join(path, "logs"))
+    fd = os.open(os.path.join(path, "token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        f.write(secrets.token_bytes(32))
+    latest = os.path.join(root, "session_latest")
+    try:
+        if os.path.islink(latest):
+            os.unlink(latest)
+        os.symlink(path, latest)
+    except OSError:
+        pass
+    return path
+
+
+class Daemon:
+    """A started daemon process and what it printed when ready."""
+
+    def __init__(self, popen: subprocess.Popen, kind: str):
+        self.popen = popen
+        self.kind = kind
+        self.info: dict | None = None
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> dict:
+        if self.info is None:
+            line = _readline(self.popen, timeout)
+            if not line:
+                code = self.popen.poll()
+                raise RuntimeError(f"gdfut {self.kind} failed to start (exit code {code}); "
+                                   f"see its log in the session directory")
+            self.info = json.loads(line)
+        return self.info
+
+    def stop(self, timeout: float = 5.0):
+        p = self.popen
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)
+            try:
+                p.wait(timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+        if p.stdout is not None:
+            p.stdout.close()
+
+
+def _readline(popen, timeout):
+    import select
+    deadline = time.monotonic() + timeout
+    fd = popen.stdout
+    while time.monotonic() < deadline:
+        r, _, _ = select.select([fd], [], [], 0.05)
+        if r:
+            return fd.readline().decode()
+        if popen.poll() is not None:
+            return ""
+    return ""
+
+
+def spawn_head(session_dir, port=0, bind="127.0.0.1", embedded=False, detach=False) -> Daemon:
+    cmd = [sys.executable, "-m", "gdfut.head", "--session-dir", session_dir, "--port", str(port),
+           "--bind", bind]
+    if embedded:
+        cmd.append("--embedded")
+    return Daemon(_popen(cmd, session_dir, "head", detach), "head")
+
+
+def spawn_node(session_dir, head_addr, num_cpus, num_gpus=0, resources=None,
+               object_store_memory=None, port=0, bind="127.0.0.1", embedded=False,
+               detach=False) -> Daemon:
+    cmd = [sys.executable, "-m", "gdfut.node", "--session-dir", session_dir,
+           "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus or 0),
+           "--resources", json.dumps(resources or {}), "--port", str(port), "--bind", bind]
+    if head_addr:
+        cmd += ["--head-addr", f"{head_addr[0]}:{head_addr[1]}"]
+    if object_store_memory:
+        cmd += ["--object-store-memory", str(int(object_store_memory))]
+    if embedded:
+        cmd.append("--embedded")
+    return Daemon(_popen(cmd, session_dir, "node", detach), "node")
+
+
+def _popen(cmd, session_dir, kind, detach):
+    err = open(os.path.join(session_dir, "logs", f"{kind}-{time.time_ns()}.err"), "ab")
+    try:
+        return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
+                                stderr=err, start_new_session=detach)
+    finally:
+        err.close()
+
+
+def record_pid(session_dir: str, kind: str, pid: int) -> None:
+    with open(os.path.join(session_dir, "pids"), "a") as f:
+        f.write(f"{kind} {pid}\n")
+
+
+def default_object_store_memory() -> int:
+    """30% of memory (Ray's default), at most what /dev/shm can hold, max 8 GiB."""
+    try:
+        import psutil
+        mem = psutil.virtual_memory().total
+    except Exception:
+        mem = 8 * 1024**3
+    st = os.statvfs("/dev/shm")
+    shm_free = st.f_bavail * st.f_frsize
+    return int(min(mem * 0.3, shm_free * 0.8, 8 * 1024**3))

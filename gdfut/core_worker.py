@@ -1,0 +1,665 @@
+"""The per-process runtime shell: every driver and worker runs one.
+
+It owns what its process creates (metadata in the pure ``ReferenceTable``),
+submits tasks straight to leased workers (``submitter``), serves other
+processes asking about objects it owns, and gives the user's thread
+``put/get/wait``.
+
+Threads: the user's code runs on its own thread(s); all runtime state lives on
+one I/O thread running an asyncio loop. User threads hand work over with
+``post`` (a deque drained once per loop wake-up, so bursts of ``.remote()``
+calls cost one wake-up) and wait on concurrent futures.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import logging
+import os
+import pickle
+import sys
+import threading
+import time
+
+from . import protocol as P
+from .exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, OwnerDiedError,
+                         GdfutError)
+from .ids import new_id, object_id_for_put, short
+from .object_ref import ObjectRef
+from . import ownership as own
+from . import serialization as ser
+from .transport import tcp
+
+log = logging.getLogger("gdfut.core")
+
+# Value entries, as kept in ``values`` and sent on the wire.
+INLINE = 0      # [INLINE, pickled value]
+ERROR = 1       # [ERROR, pickled exception]
+STORE = 2       # [STORE, node_id, size]
+
+MAX_INBOX = 1_000_000
+
+
+class IoThread:
+    """An asyncio loop on a daemon thread with a cheap cross-thread inbox."""
+
+    def __init__(self, name: str):
+        self.loop = asyncio.new_event_loop()
+        self._inbox: collections.deque = collections.deque()
+        self._wakeup_pending = False
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def _run(self):
+        asyncio.set_event_loop(self.loop)
+        self.loop.run_forever()
+
+    def post(self, fn, *args) -> None:
+        """Run fn(*args) on the loop soon. Callable from any thread."""
+        assert len(self._inbox) < MAX_INBOX, "runtime inbox overflow"
+        self._inbox.append((fn, args))
+        if not self._wakeup_pending:
+            self._wakeup_pending = True
+            try:
+                self.loop.call_soon_threadsafe(self._drain)
+            except RuntimeError:   # loop closed at shutdown
+                pass
+
+    def _drain(self):
+        self._wakeup_pending = False
+        inbox = self._inbox
+        while inbox:
+            fn, args = inbox.popleft()
+            try:
+                fn(*args)
+            except Exception:
+                log.exception("runtime callback %s failed", getattr(fn, "__name__", fn))
+
+    def run(self, coro, timeout=None):
+        """Run a coroutine on the loop and wait for it from another thread."""
+        fut = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        return fut.result(timeout)
+
+    def in_loop_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def stop(self):
+        if self.loop.is_closed():
+            return
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self._thread.join(timeout=5)
+        if not self._thread.is_alive():
+            self.loop.close()
+
+
+class PeerHandler:
+    """Dispatches messages of one connection to the runtime."""
+
+    def __init__(self, rt: "CoreWorker"):
+        self.rt = rt
+
+    def on_messages(self, conn, messages):
+        rt = self.rt
+        for m in messages:
+            if conn.resolve_reply(m):
+                continue
+            handler = rt.dispatch.get(m[0])
+            if handler is None:
+                log.warning("unexpected message type %s from %s", m[0], conn.peer)
+                continue
+            try:
+                handler(conn, m)
+            except Exception:
+                log.exception("handling message %s failed", m[0])
+
+    def on_closed(self, conn, exc):
+        self.rt.on_connection_closed(conn)
+
+
+class CoreWorker:
+    """Runtime of one driver or worker process."""
+
+    INLINE_LOCATION = own.INLINE
+
+    def __init__(self, *, mode: str, node_host: str, node_port: int, token: bytes,
+                 session_dir: str, head_addr: tuple | None, listen_host: str = "127.0.0.1",
+                 worker_id: bytes | None = None):
+        assert mode in ("driver", "worker")
+        self.mode = mode
+        self.wid = worker_id or new_id()
+        self.token = token
+        self.session_dir = session_dir
+        self.head_addr = tuple(head_addr) if head_addr else None
+        self.node_addr = (node_host, node_port)
+        self.listen_host = listen_host
+        self.io = IoThread(f"gdfut-io-{mode}")
+        self.table = own.ReferenceTable(self.wid)
+        self.values: dict[bytes, list] = {}                  # ready objects we know
+        self.waiters: dict[bytes, list] = collections.defaultdict(list)
+        self.peers: dict[tuple, asyncio.Future] = {}         # addr -> connection future
+        self.conn_wid: dict = {}                             # connection -> peer worker id
+        self.dispatch: dict = {}
+        self.arena = None
+        self.node_id: bytes | None = None
+        self.node_conn = None
+        self.head_conn = None
+        self.addr: tuple | None = None
+        self._server = None
+        self._closed = False
+        self._call_sites = True
+        self.owner_addrs: dict[bytes, tuple] = {}           # owner wid -> listen address
+        from .submitter import TaskSubmitter
+        from .actor_submitter import ActorSubmitter
+        self.submitter = TaskSubmitter(self)
+        self.actors = ActorSubmitter(self)
+        self._register_handlers()
+
+    # ------------------------------------------------------------------ start
+    def start(self, kind: str = None, pid: int | None = None, timeout: float = 15.0):
+        self.io.run(self._start(kind or self.mode, pid or os.getpid()), timeout)
+
+    async def _start(self, kind: str, pid: int):
+        self._server = await tcp.listen(self.listen_host, 0, lambda: PeerHandler(self), self.token)
+        self.addr = self._server.sockets[0].getsockname()[:2]
+        self.node_conn = await tcp.connect(*self.node_addr, PeerHandler(self), self.token)
+        self.node_conn.peer = {"role": "node"}
+        mtype = P.REGISTER_WORKER if kind == "worker" else P.REGISTER_CLIENT
+        info = await self.node_conn.request(mtype, self.wid, pid, list(self.addr), kind)
+        self.node_id = info["node_id"]
+        self.node_info = info
+        if self.head_addr is None and info.get("head_addr"):
+            self.head_addr = tuple(info["head_addr"])
+        from .devstore.arena import SharedArena
+        self.arena = SharedArena.attach(info["arena_name"])
+
+    async def head(self):
+        if self.head_conn is None or self.head_conn.closed:
+            if self.head_addr is None:
+                from .node import read_head_addr
+                self.head_addr = read_head_addr(self.session_dir)
+            if self.head_addr is None:
+                raise GdfutError("no head address known")
+            self.head_conn = await tcp.connect(*self.head_addr, PeerHandler(self), self.token)
+            self.head_conn.peer = {"role": "head"}
+        return self.head_conn
+
+    def _register_handlers(self):
+        d = self.dispatch
+        d[P.GET_OBJECT] = self._on_get_object
+        d[P.ADD_BORROWER] = self._on_add_borrower
+        d[P.REMOVE_BORROWER] = self._on_remove_borrower
+        d[P.OWNER_MEMORY] = self._on_owner_memory
+        d[P.TASK_DONE] = self.submitter.on_task_done
+        d[P.ACTOR_LOCATION] = self.actors.on_actor_location
+
+    # ------------------------------------------------------------ connections
+    async def connect_peer(self, addr) -> tcp.FramedConnection:
+        addr = tuple(addr)
+        fut = self.peers.get(addr)
+        if fut is None or (fut.done() and (fut.exception() is not None or fut.result().closed)):
+            fut = self.io.loop.create_task(self._open_peer(addr))
+            self.peers[addr] = fut
+        return await asyncio.shield(fut)
+
+    async def _open_peer(self, addr):
+        conn = await tcp.connect(addr[0], addr[1], PeerHandler(self), self.token)
+        conn.peer = {"addr": addr}
+        return conn
+
+    def on_connection_closed(self, conn):
+        if self._closed:
+            return
+        if conn is self.node_conn:
+            log.error("lost connection to the node daemon; exiting" if self.mode == "worker"
+                      else "lost connection to the node daemon")
+            if self.mode == "worker":
+                os._exit(1)
+        addr = conn.peer.get("addr")
+        if addr is not None and self.peers.get(addr) is not None:
+            fut = self.peers[addr]
+            if fut.done() and fut.exception() is None and fut.result() is conn:
+                del self.peers[addr]
+        self.submitter.on_connection_lost(conn)
+        self.actors.on_connection_lost(conn)
+        dead = set()
+        wid = self.conn_wid.pop(conn, None)
+        if wid is not None:
+            dead.add(wid)
+        if addr is not None:
+            dead.update(w for w, a in self.owner_addrs.items() if a == addr)
+        for wid in dead:
+            self.run_instructions(self.table.process_died(wid))
+
+    def finish_task_borrows(self, task, returns, then):
+        """Worker side, end of a task: register refs we keep or hand back
+        (borrower protocol), wait for the owners' acks, then call ``then``."""
+        self.owner_addrs.setdefault(task.owner_wid, tuple(task.owner_addr))
+        instrs = self.table.register_held_refs()
+        for oid, _entry, _nested, refs in returns:
+            if refs:
+                instrs += self.table.returning_refs(oid, task.owner_wid, [r.id for r in refs])
+        adds = [i for i in instrs if type(i) is own.SendAddBorrower]
+        self.run_instructions([i for i in instrs if type(i) is not own.SendAddBorrower])
+        if not adds:
+            then()
+            return
+
+        async def register_then_reply():
+            await asyncio.gather(*(self.register_borrow(i) for i in adds))
+            then()
+        self.io.loop.create_task(register_then_reply())
+
+    # ------------------------------------------------------------- ref counts
+    def add_local_ref(self, ref: ObjectRef):
+        owner = None if ref.owner_wid == self.wid else (ref.owner_wid, ref.owner_addr)
+        self.io.post(self._add_local_ref, ref.id, owner)
+
+    def _add_local_ref(self, oid, owner):
+        if owner is None:
+            self.table.add_local_ref(oid)
+        else:
+            self.owner_addrs.setdefault(owner[0], tuple(owner[1]))
+            self.table.add_local_ref(oid, owner=owner[0])
+
+    def note_owners(self, nested: list):
+        """Learn owner addresses from [oid, owner_wid, host, port] rows."""
+        for row in nested:
+            if row[1] != self.wid:
+                self.owner_addrs.setdefault(row[1], (row[2], row[3]))
+
+    def owner_addr_of(self, oid: bytes):
+        owner = self.table.owner_of(oid)
+        return None if owner is None else self.owner_addrs.get(owner)
+
+    def remove_local_ref(self, oid: bytes):
+        if not self._closed:
+            self.io.post(self._remove_local_ref, oid)
+
+    def _remove_local_ref(self, oid):
+        self.run_instructions(self.table.remove_local_ref(oid))
+
+    def run_instructions(self, instructions):
+        for ins in instructions:
+            kind = type(ins)
+            if kind is own.FreeObject:
+                self._free_object(ins)
+            elif kind is own.SendRemoveBorrower:
+                self._send_to_owner(ins.owner, [P.REMOVE_BORROWER, ins.oid, self.wid, ins.n])
+            elif kind is own.SendAddBorrower:
+                self.io.loop.create_task(self._add_borrower_for(ins))
+            elif kind is own.OwnerDied:
+                self._owner_died(ins.oid, ins.owner)
+            elif kind is own.ReleaseLineage:
+                self.submitter.release_lineage(ins.tid)
+            elif kind is own.ObjectLost:
+                err = ObjectLostError(f"object {short(ins.oid)} lost its last copy")
+                self.set_value(ins.oid, [ERROR, pickle.dumps(err)])
+            else:
+                raise AssertionError(f"unknown instruction {ins!r}")
+
+    def _free_object(self, ins):
+        self.values.pop(ins.oid, None)
+        stored = any(isinstance(loc, tuple) for loc in ins.locations)
+        if stored and self.node_conn is not None and not self.node_conn.closed:
+            # single-node for now: every stored copy is in our node's store
+            self.node_conn.send([P.STORE_FREE, [ins.oid]])
+
+    def _send_to_owner(self, owner_wid, message):
+        addr = self.owner_addrs.get(owner_wid)
+        if addr is None:
+            return
+        self.io.loop.create_task(self._send_when_connected(addr, message))
+
+    async def _send_when_connected(self, addr, message):
+        try:
+            conn = await self.connect_peer(addr)
+            conn.send(message)
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
+            pass   # owner gone: nothing left to release
+
+    async def register_borrow(self, ins) -> None:
+        """Register ins.borrower with the owner and wait for the ack."""
+        addr = self.owner_addrs.get(ins.owner)
+        try:
+            conn = await self.connect_peer(addr)
+            await conn.request(P.ADD_BORROWER, ins.oid, ins.borrower, ins.n)
+        except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
+            log.info("could not register borrower of %s: %s", short(ins.oid), exc)
+            return
+        if ins.borrower == self.wid:
+            self.run_instructions(self.table.borrower_registered(ins.oid))
+
+    async def _add_borrower_for(self, ins):
+        await self.register_borrow(ins)
+
+    def _on_add_borrower(self, conn, m):
+        _, req_id, oid, borrower, n = m
+        if borrower == self.conn_wid.get(conn, borrower):
+            self.conn_wid[conn] = borrower
+        self.run_instructions(self.table.borrow_added(oid, borrower, n))
+        conn.reply(req_id, True)
+
+    def _on_remove_borrower(self, conn, m):
+        _, oid, borrower, n = m
+        self.run_instructions(self.table.borrow_removed(oid, borrower, n))
+
+    def _owner_died(self, oid, owner):
+        err = OwnerDiedError(f"the owner {short(owner)} of object {short(oid)} died, "
+                             f"so the object is lost")
+        self.set_value(oid, [ERROR, pickle.dumps(err)])
+
+    # ---------------------------------------------------------- object values
+    def set_value(self, oid: bytes, entry: list):
+        """An object became available (or failed): record it and wake waiters."""
+        self.values[oid] = entry
+        for cb in self.waiters.pop(oid, ()):
+            cb(entry)
+
+    def when_available(self, oid: bytes, cb) -> None:
+        """Call cb(entry) once the object's value entry is known (io thread)."""
+        entry = self.values.get(oid)
+        if entry is not None:
+            cb(entry)
+            return
+        first = not self.waiters.get(oid)
+        self.waiters[oid].append(cb)
+        if first and not self.table.is_owned(oid):
+            self.io.loop.create_task(self._fetch_from_owner(oid))
+
+    async def _fetch_from_owner(self, oid: bytes):
+        addr = self.owner_addr_of(oid)
+        if addr is None:
+            err = ObjectLostError(f"object {short(oid)} is unknown to this process (freed?)")
+            self.set_value(oid, [ERROR, pickle.dumps(err)])
+            return
+        try:
+            conn = await self.connect_peer(addr)
+            entry = await conn.request(P.GET_OBJECT, oid)
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
+            owner = self.table.owner_of(oid)
+            err = OwnerDiedError(f"the owner {short(owner)} (at {addr[0]}:{addr[1]}) of object "
+                                 f"{short(oid)} died or cannot be reached")
+            entry = [ERROR, pickle.dumps(err)]
+        if self.table.status(oid) in (own.Status.FREED, own.Status.UNKNOWN):
+            for cb in self.waiters.pop(oid, ()):
+                cb(entry)
+        else:
+            self.set_value(oid, entry)
+
+    def _on_get_object(self, conn, m):
+        _, req_id, oid = m
+        if self.table.is_owned(oid) or oid in self.values:
+            self.when_available(oid, lambda entry: conn.reply(req_id, entry))
+            return
+        err = ObjectLostError(f"object {short(oid)} was freed by its owner (all references "
+                              f"were dropped) and cannot be rebuilt")
+        conn.reply(req_id, [ERROR, pickle.dumps(err)])
+
+    # ------------------------------------------------------------------ put
+    def put(self, value) -> ObjectRef:
+        if isinstance(value, ObjectRef):
+            raise TypeError("put() of an ObjectRef is not allowed; pass the ref itself")
+        return self.put_serialized(ser.serialize(value, "the value passed to put"))
+
+    def _put_done(self, oid, entry, nested, call_site, size):
+        self.table.add_owned(oid, lineage=None, call_site=call_site, contains=nested)
+        self.table.add_local_ref(oid)
+        location = (self.node_id, "host") if entry[0] == STORE else own.INLINE
+        self.run_instructions(self.table.object_ready(oid, size, location))
+        self.set_value(oid, entry)
+
+    def node_request(self, mtype, *fields, timeout=60):
+        """A request to our node from a user thread (blocks until the reply)."""
+        async def ask():
+            return await self.node_conn.request(mtype, *fields)
+        return self.io.run(ask(), timeout)
+
+    def call_site(self) -> str:
+        return _call_site() if self._call_sites else ""
+
+    def put_serialized(self, s: ser.Serialized) -> ObjectRef:
+        """Put an already serialized value (large task arguments)."""
+        oid = object_id_for_put()
+        entry = self.store_serialized(oid, s)
+        size = entry[2] if entry[0] == STORE else len(entry[1])
+        ref = ObjectRef(oid, self.wid, self.addr, self, _count=False)
+        self.io.post(self._put_done, oid, entry, [r.id for r in s.nested], self.call_site(), size)
+        return ref
+
+    def read_stored(self, oid: bytes, node_id: bytes, size: int):
+        """Pin a stored object on this node and rebuild it without copying (any thread)."""
+        reply = self.node_request(P.STORE_PIN, oid)
+        if reply is None:
+            raise ObjectLostError(f"object {short(oid)} is not in this node's store")
+        region = self.arena.readonly_pinned(reply[0], reply[1], _Unpin(self, oid))
+        return ser.loads_from_store(region)
+
+    def store_serialized(self, oid: bytes, s: ser.Serialized) -> list:
+        """Inline entry for small values, else write into the local store."""
+        if s.inline:
+            return [INLINE, s.pickle_bytes]
+        layout = s.store_layout()
+        total = layout[2]
+        reply = self.node_request(P.STORE_CREATE, oid, total, True)
+        if reply.get("error"):
+            raise ObjectStoreFullError(
+                f"object {short(oid)} of {total} bytes does not fit in the object store "
+                f"(capacity {reply['capacity']} bytes, {reply['used']} in use, largest free "
+                f"block {reply['largest_free']} bytes)")
+        try:
+            ser.write_into(self.arena.view(reply["offset"], total), s, layout)
+        except BaseException:
+            self.io.post(self.node_conn.send, [P.STORE_ABORT, oid])
+            raise
+        self.node_request(P.STORE_SEAL, oid)
+        return [STORE, self.node_id, total]
+
+    # ------------------------------------------------------------------ get
+    def get(self, refs, timeout: float | None = None):
+        single = isinstance(refs, ObjectRef)
+        ref_list = [refs] if single else list(refs)
+        for r in ref_list:
+            if not isinstance(r, ObjectRef):
+                raise TypeError(f"get() takes ObjectRefs or a list of them, got {type(r).__name__}")
+        entries = self._entries(ref_list, timeout)
+        values = [self._materialize(r.id, e) for r, e in zip(ref_list, entries)]
+        return values[0] if single else values
+
+    def _entries(self, refs, timeout):
+        """Value entries for refs, waiting for them if needed (user thread)."""
+        values = self.values
+        entries = [values.get(r.id) for r in refs]
+        missing = [i for i, e in enumerate(entries) if e is None or e[0] == STORE]
+        if not missing:
+            return entries
+        fut = concurrent.futures.Future()
+        oids = [refs[i].id for i in missing]
+        self.io.post(self._resolve_many, oids, fut)
+        blocked = self.mode == "worker" and any(entries[i] is None for i in missing)
+        if blocked:
+            self.io.post(self._notify_blocked, True)
+        try:
+            resolved = fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise GetTimeoutError(f"get timed out after {timeout} s waiting for "
+                                  f"{len(missing)} object(s)") from None
+        finally:
+            if blocked:
+                self.io.post(self._notify_blocked, False)
+        for i, entry in zip(missing, resolved):
+            entries[i] = entry
+        return entries
+
+    def _notify_blocked(self, blocked: bool):
+        executor = getattr(self, "executor", None)
+        if blocked and executor is not None:
+            executor.reject_queued()
+        if self.node_conn is not None and not self.node_conn.closed:
+            self.node_conn.send([P.WORKER_BLOCKED if blocked else P.WORKER_UNBLOCKED])
+
+    def _resolve_many(self, oids, fut: concurrent.futures.Future):
+        """io thread: gather entries; pin store objects for the reader."""
+        results = [None] * len(oids)
+        remaining = [len(oids)]
+
+        def done(i, entry):
+            results[i] = entry
+            remaining[0] -= 1
+            if remaining[0] == 0 and not fut.done():
+                fut.set_result(results)
+
+        for i, oid in enumerate(oids):
+            self.when_available(oid, lambda e, i=i, oid=oid: self._pin_if_stored(oid, e, i, done))
+
+    def _pin_if_stored(self, oid, entry, i, done):
+        if entry[0] != STORE:
+            done(i, entry)
+            return
+        self.io.loop.create_task(self._pin(oid, entry, i, done))
+
+    async def _pin(self, oid, entry, i, done):
+        reply = None
+        if entry[1] == self.node_id:
+            reply = await self.node_conn.request(P.STORE_PIN, oid)
+        if reply is None:
+            err = ObjectLostError(f"object {short(oid)} is not in the object store of this node "
+                                  f"(it was freed, or lives on another node)")
+            done(i, [ERROR, pickle.dumps(err)])
+            return
+        done(i, ["pinned", reply[0], reply[1]])
+
+    def _materialize(self, oid, entry):
+        kind = entry[0]
+        if kind == INLINE:
+            return ser.loads_inline(entry[1])
+        if kind == ERROR:
+            raise pickle.loads(entry[1])
+        if kind == "pinned":
+            region = self.arena.readonly_pinned(entry[1], entry[2], _Unpin(self, oid))
+            return ser.loads_from_store(region)
+        raise AssertionError(f"bad entry {entry!r}")
+
+    def unpin(self, oid: bytes):
+        if not self._closed:
+            self.io.post(self._send_unpin, oid)
+
+    def _send_unpin(self, oid):
+        if self.node_conn is not None and not self.node_conn.closed:
+            self.node_conn.send([P.STORE_UNPIN, [[oid, 1]]])
+
+    def value_future(self, ref: ObjectRef) -> concurrent.futures.Future:
+        out = concurrent.futures.Future()
+        inner = concurrent.futures.Future()
+
+        def finish(f):
+            try:
+                entry = f.result()[0]
+                out.set_result(self._materialize(ref.id, entry))
+            except BaseException as exc:
+                out.set_exception(exc)
+
+        inner.add_done_callback(finish)
+        self.io.post(self._resolve_many, [ref.id], inner)
+        out._gdfut_ref = ref   # keep the ref alive while someone awaits it
+        return out
+
+    # ----------------------------------------------------------------- wait
+    def wait(self, refs, num_returns: int = 1, timeout: float | None = None,
+             fetch_local: bool = True):
+        refs = list(refs)
+        if not all(isinstance(r, ObjectRef) for r in refs):
+            raise TypeError("wait() takes a list of ObjectRefs")
+        if len(set(r.id for r in refs)) != len(refs):
+            raise ValueError("wait() got duplicate ObjectRefs")
+        if not 0 <= num_returns <= len(refs):
+            raise ValueError(f"num_returns={num_returns} must be between 0 and {len(refs)}")
+        done_ids: set = set()
+        cond = threading.Condition()
+
+        def on_ready(oid):
+            with cond:
+                done_ids.add(oid)
+                cond.notify_all()
+
+        self.io.post(self._watch, [r.id for r in refs], on_ready)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with cond:
+            while len(done_ids) < num_returns:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                cond.wait(left)
+            snapshot = set(done_ids)
+        ready = [r for r in refs if r.id in snapshot][:num_returns] if num_returns else []
+        ready_ids = {r.id for r in ready}
+        return ready, [r for r in refs if r.id not in ready_ids]
+
+    def _watch(self, oids, on_ready):
+        for oid in oids:
+            self.when_available(oid, lambda _e, oid=oid: on_ready(oid))
+
+    # --------------------------------------------------------------- memory
+    def _on_owner_memory(self, conn, m):
+        conn.reply(m[1], self.memory_rows())
+
+    def memory_rows(self) -> list:
+        rows = self.table.summary()
+        for row in rows:
+            row["owner_addr"] = list(self.addr)
+            row["owner_mode"] = self.mode
+        return rows
+
+    # ------------------------------------------------------------ shutdown
+    def shutdown(self):
+        if self._closed:
+            return
+        try:
+            self.io.run(self._close(), timeout=5)
+        except Exception:
+            pass
+        self._closed = True
+        self.io.stop()
+
+    async def _close(self):
+        self._closed = True
+        self.submitter.close()
+        if self._server is not None:
+            self._server.close()
+        for fut in list(self.peers.values()):
+            if fut.done() and fut.exception() is None:
+                fut.result().close()
+            else:
+                fut.cancel()
+        for conn in (self.node_conn, self.head_conn):
+            if conn is not None:
+                conn.close()
+        await asyncio.sleep(0)
+
+
+class _Unpin:
+    """Called when the last view of a pinned store object dies."""
+    __slots__ = ("rt", "oid")
+
+    def __init__(self, rt, oid):
+        self.rt = rt
+        self.oid = oid
+
+    def __call__(self):
+        self.rt.unpin(self.oid)
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _call_site() -> str:
+    """file:line of the first frame outside gdfut (who created the object)."""
+    frame = sys._getframe(1)
+    for _ in range(16):
+        if frame is None:
+            break
+        if not frame.f_code.co_filename.startswith(_PKG_DIR):
+            return f"{os.path.basename(frame.f_code.co_filename)}:{frame.f_lineno}"
+        frame = frame.f_back
+    return ""

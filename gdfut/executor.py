@@ -1,0 +1,287 @@
+"""Task execution inside a worker process (the worker side of a push).
+
+Tasks arrive on the I/O thread and run on the worker's main thread (so a task
+may call ``gdfut.get`` and block without stopping the I/O thread). An actor's
+calls run on the same thread in arrival order, or on a thread pool
+(``max_concurrency > 1``), or on an asyncio loop for ``async def`` methods.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import concurrent.futures
+import ctypes
+import inspect
+import logging
+import os
+import pickle
+import threading
+import traceback
+
+import cloudpickle
+
+from . import protocol as P
+from . import serialization as ser
+from .exceptions import ObjectStoreFullError, TaskCancelledError, TaskError, GdfutError
+from .ids import object_id_for_return, short
+from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_OK, DONE_RESCHEDULE, ERROR, INLINE,
+                        STORE)
+
+log = logging.getLogger("gdfut.executor")
+
+MAX_QUEUED_TASKS = 100_000
+
+
+class Task:
+    __slots__ = ("conn", "tid", "fn_id", "fn_bytes", "name", "args", "kwargs", "num_returns",
+                 "owner_wid", "owner_addr", "actor_id", "method", "actor_options")
+
+    def __init__(self, conn, wire):
+        self.conn = conn
+        (self.tid, self.fn_id, self.fn_bytes, self.name, self.args, self.kwargs,
+         self.num_returns, self.owner_wid, self.owner_addr, self.actor_id, self.method,
+         self.actor_options) = wire
+
+    def return_ids(self):
+        return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
+
+
+class Executor:
+    def __init__(self, rt):
+        self.rt = rt
+        self.functions: dict[bytes, object] = {}
+        self.queue: collections.deque[Task] = collections.deque()
+        self.cond = threading.Condition()
+        self.running: Task | None = None
+        self.main_thread_id = threading.get_ident()
+        self.actor = None
+        self.actor_init_error: list | None = None
+        self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
+        self.actor_loop: asyncio.AbstractEventLoop | None = None
+        self.actor_sema: asyncio.Semaphore | None = None
+        self._stop = False
+        rt.dispatch[P.PUSH_TASK] = self.on_push_task
+        rt.dispatch[P.CANCEL_TASK] = self.on_cancel
+        rt.dispatch[P.EXIT_WORKER] = lambda conn, m: self.stop()
+
+    # ------------------------------------------------------------ io thread
+    def on_push_task(self, conn, m):
+        task = Task(conn, m[1])
+        if task.fn_bytes is not None and task.fn_id not in self.functions:
+            self.functions[task.fn_id] = task.fn_bytes   # unpickled lazily, on the main thread
+        if task.actor_id is not None and task.method != "__init__" and self.actor_concurrent():
+            self.run_concurrent_actor_call(task)
+            return
+        with self.cond:
+            assert len(self.queue) < MAX_QUEUED_TASKS, "task queue overflow"
+            self.queue.append(task)
+            self.cond.notify()
+
+    def on_cancel(self, conn, m):
+        _, tid, force = m
+        with self.cond:
+            queued = next((t for t in self.queue if t.tid == tid), None)
+            if queued is not None:
+                self.queue.remove(queued)
+            running = self.running is not None and self.running.tid == tid
+        if queued is not None:
+            self.reply_error(queued, TaskCancelledError(f"task {queued.name} was cancelled"),
+                             DONE_CANCELLED)
+        elif running and force:
+            log.info("force-cancel of running task %s: exiting", short(tid))
+            os._exit(1)
+        elif running:
+            ctypes.pythonapi.PyThreadState_SetAsyncExc(
+                ctypes.c_ulong(self.main_thread_id), ctypes.py_object(TaskCancelledError))
+
+    def reject_queued(self):
+        """The running task blocked in get: hand queued tasks back to owners."""
+        if self.actor is not None or self.actor_init_error is not None:
+            return
+        with self.cond:
+            rejected = [t for t in self.queue if t.actor_id is None]
+            self.queue = collections.deque(t for t in self.queue if t.actor_id is not None)
+        for t in rejected:
+            t.conn.send([P.TASK_DONE, t.tid, DONE_RESCHEDULE, []])
+
+    # ------------------------------------------------------------ main thread
+    def run_forever(self):
+        while True:
+            with self.cond:
+                while not self.queue and not self._stop:
+                    self.cond.wait()
+                if self._stop:
+                    return
+                task = self.queue.popleft()
+                self.running = task
+            try:
+                self.execute(task)
+            except TaskCancelledError:   # async cancel landed after the task finished
+                pass
+            finally:
+                self.running = None
+
+    def stop(self):
+        with self.cond:
+            self._stop = True
+            self.cond.notify_all()
+
+    def execute(self, task: Task):
+        if task.actor_id is not None:
+            if task.method == "__init__":
+                self.create_actor(task)
+                return
+            if self.actor_init_error is not None:
+                self.rt.io.post(self.send_done, task, DONE_ERROR,
+                                [[oid, self.actor_init_error, []] for oid in task.return_ids()])
+                return
+            fn = getattr(self.actor, task.method)
+        else:
+            fn = self.function(task.fn_id)
+        self.call_and_reply(task, fn)
+
+    def call_and_reply(self, task, fn):
+        try:
+            args, kwargs = self.resolve_args(task)
+            result = fn(*args, **kwargs)
+            del args, kwargs
+            if inspect.iscoroutine(result):
+                result = asyncio.run(result)
+            returns = self.package_returns(task, result)
+            status = DONE_OK
+        except TaskCancelledError as exc:
+            returns = self.error_returns(task, exc)
+            status = DONE_CANCELLED
+        except BaseException as exc:  # the task's own error, reported to its owner
+            if isinstance(exc, SystemExit):
+                os._exit(exc.code if isinstance(exc.code, int) else 1)
+            returns = self.error_returns(task, self.wrap_error(task, exc))
+            status = DONE_ERROR
+        self.rt.io.post(self.send_done, task, status, returns)
+
+    def function(self, fn_id):
+        fn = self.functions[fn_id]
+        if isinstance(fn, bytes):
+            fn = self.functions[fn_id] = cloudpickle.loads(fn)
+        return fn
+
+    def create_actor(self, task: Task):
+        cls = self.function(task.fn_id)
+        opts = task.actor_options or {}
+        try:
+            args, kwargs = self.resolve_args(task)
+            self.actor = cls(*args, **kwargs)
+            returns = self.package_returns(task, None)
+            status = DONE_OK
+        except BaseException as exc:
+            err = self.wrap_error(task, exc)
+            self.actor_init_error = [ERROR, self.pickle_error(err)]
+            returns = self.error_returns(task, err)
+            status = DONE_ERROR
+        if self.actor is not None:
+            self.setup_concurrency(cls, opts)
+        self.rt.io.post(self.send_done, task, status, returns)
+
+    # ------------------------------------------------------- concurrency
+    def setup_concurrency(self, cls, opts):
+        is_async = any(inspect.iscoroutinefunction(getattr(cls, n, None)) for n in dir(cls)
+                       if not n.startswith("__"))
+        max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
+        if is_async:
+            self.actor_loop = asyncio.new_event_loop()
+            threading.Thread(target=self.actor_loop.run_forever, daemon=True,
+                             name="gdfut-actor-async").start()
+            self.actor_sema = asyncio.Semaphore(max_conc)
+        elif max_conc > 1:
+            self.actor_pool = concurrent.futures.ThreadPoolExecutor(
+                max_conc, thread_name_prefix="gdfut-actor")
+
+    def actor_concurrent(self) -> bool:
+        return self.actor_pool is not None or self.actor_loop is not None
+
+    def run_concurrent_actor_call(self, task: Task):
+        if self.actor_loop is not None:
+            asyncio.run_coroutine_threadsafe(self.async_call(task), self.actor_loop)
+        else:
+            self.actor_pool.submit(self.call_and_reply, task, getattr(self.actor, task.method))
+
+    async def async_call(self, task: Task):
+        async with self.actor_sema:
+            try:
+                args, kwargs = await asyncio.to_thread(self.resolve_args, task)
+                result = getattr(self.actor, task.method)(*args, **kwargs)
+                if inspect.isawaitable(result):
+                    result = await result
+                returns = self.package_returns(task, result)
+                status = DONE_OK
+            except BaseException as exc:
+                returns = self.error_returns(task, self.wrap_error(task, exc))
+                status = DONE_ERROR
+            self.rt.io.post(self.send_done, task, status, returns)
+
+    # --------------------------------------------------------- arguments
+    def resolve_args(self, task: Task):
+        args = [self.arg_value(e) for e in task.args]
+        kwargs = {k: self.arg_value(e) for k, e in task.kwargs}
+        return args, kwargs
+
+    def arg_value(self, entry):
+        kind = entry[0]
+        if kind == INLINE:
+            return ser.loads_inline(entry[1])
+        if kind == STORE:
+            return self.rt.read_stored(entry[3], entry[1], entry[2])
+        raise AssertionError(f"unexpected argument entry kind {kind}")
+
+    # ----------------------------------------------------------- returns
+    def package_returns(self, task: Task, result) -> list:
+        n = task.num_returns
+        if n == 1:
+            values = [result]
+        else:
+            if not isinstance(result, (tuple, list)) or len(result) != n:
+                raise ValueError(f"task {task.name} declared num_returns={n} but returned "
+                                 f"{type(result).__name__}"
+                                 f"{' of length %d' % len(result) if hasattr(result, '__len__') else ''}")
+            values = list(result)
+        out = []
+        for oid, value in zip(task.return_ids(), values):
+            s = ser.serialize(value, f"the return value of {task.name}")
+            entry = self.rt.store_serialized(oid, s)
+            nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
+            out.append([oid, entry, nested, s.nested])
+        return out
+
+    def wrap_error(self, task: Task, exc: BaseException) -> BaseException:
+        if isinstance(exc, TaskError) or (isinstance(exc, GdfutError) and
+                                          not isinstance(exc, ObjectStoreFullError)):
+            return exc   # already explains itself (e.g. a failed dependency)
+        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        return TaskError(task.name, tb, exc, type(exc).__name__).as_instanceof_cause()
+
+    def pickle_error(self, err: BaseException) -> bytes:
+        try:
+            return cloudpickle.dumps(err)
+        except Exception:
+            cause = getattr(err, "cause", None)
+            fallback = TaskError(getattr(err, "function", "?"),
+                                 getattr(err, "remote_traceback", ""), None,
+                                 type(cause).__name__ if cause else type(err).__name__)
+            fallback.cause = RuntimeError(repr(cause or err))
+            return cloudpickle.dumps(fallback)
+
+    def error_returns(self, task: Task, err: BaseException) -> list:
+        entry = [ERROR, self.pickle_error(err)]
+        return [[oid, entry, [], []] for oid in task.return_ids()]
+
+    def reply_error(self, task: Task, err: BaseException, status: int):
+        self.rt.io.post(self.send_done, task, status, self.error_returns(task, err))
+
+    def send_done(self, task: Task, status: int, returns: list):
+        """io thread: register borrows, then reply to the task's owner."""
+        self.rt.finish_task_borrows(task, returns, lambda: self._reply(task, status, returns))
+
+    def _reply(self, task, status, returns):
+        wire = [[oid, entry, nested] for oid, entry, nested, _refs in returns]
+        if not task.conn.closed:
+            task.conn.send([P.TASK_DONE, task.tid, status, wire])

@@ -1,0 +1,220 @@
+"""Head: cluster directory (nodes, named actors, jobs), durable in SQLite.
+
+Control plane only: nothing per task comes here. Run as ``python -m
+gdfut.head``; prints one JSON line ``{"port": ...}`` when ready.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import os
+import signal
+import sqlite3
+import time
+
+from . import protocol as P
+from .ids import short
+from .transport import tcp
+
+log = logging.getLogger("gdfut.head")
+
+NODE_DEAD_AFTER_S = 10.0
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS nodes (node_id BLOB PRIMARY KEY, info TEXT, state TEXT,
+                                  registered REAL);
+CREATE TABLE IF NOT EXISTS actors (name TEXT PRIMARY KEY, actor_id BLOB, owner_wid BLOB,
+                                   owner_addr TEXT, meta TEXT);
+CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY AUTOINCREMENT, info TEXT,
+                                 started REAL);
+"""
+
+
+class HeadConn:
+    def __init__(self, head):
+        self.head = head
+        self.conn = None
+        self.owned_actor_names: set[str] = set()
+
+    def on_messages(self, conn, messages):
+        self.conn = conn
+        for m in messages:
+            if conn.resolve_reply(m):
+                continue
+            handler = self.head.dispatch.get(m[0])
+            if handler is None:
+                log.warning("unknown message %s", m[0])
+                continue
+            try:
+                handler(self, m)
+            except Exception as exc:
+                log.exception("message %s failed", m[0])
+                if m[0] != P.HEAD_HEARTBEAT:
+                    conn.reply_error(m[1], f"{type(exc).__name__}: {exc}")
+
+    def on_closed(self, conn, exc):
+        self.head.on_closed(self)
+
+
+class Head:
+    def __init__(self, args):
+        self.args = args
+        self.session_dir = args.session_dir
+        self.token = open(os.path.join(self.session_dir, "token"), "rb").read()
+        self.db = sqlite3.connect(os.path.join(self.session_dir, "head.sqlite"))
+        self.db.executescript(SCHEMA)
+        self.stats: dict[bytes, dict] = {}
+        self.last_seen: dict[bytes, float] = {}
+        self.stopping = asyncio.Event()
+        self.dispatch = {
+            P.HEAD_REGISTER_NODE: self.on_register_node, P.HEAD_HEARTBEAT: self.on_heartbeat,
+            P.HEAD_LIST_NODES: self.on_list_nodes, P.HEAD_REGISTER_ACTOR: self.on_register_actor,
+            P.HEAD_LOOKUP_ACTOR: self.on_lookup_actor, P.HEAD_REMOVE_ACTOR: self.on_remove_actor,
+            P.HEAD_STATUS: self.on_status, P.HEAD_REGISTER_JOB: self.on_register_job,
+            P.HEAD_SHUTDOWN: self.on_shutdown,
+        }
+
+    async def run(self):
+        server = await tcp.listen(self.args.bind, self.args.port, lambda: HeadConn(self),
+                                  self.token)
+        port = server.sockets[0].getsockname()[1]
+        info = {"port": port, "pid": os.getpid(), "host": self.args.bind}
+        tmp = os.path.join(self.session_dir, "head.json.tmp")
+        with open(tmp, "w") as f:
+            json.dump(info, f)
+        os.replace(tmp, os.path.join(self.session_dir, "head.json"))   # atomic for readers
+        print(json.dumps(info), flush=True)
+        watcher = asyncio.ensure_future(self.watch())
+        await self.stopping.wait()
+        watcher.cancel()
+        server.close()
+        self.db.close()
+
+    async def watch(self):
+        while True:
+            await asyncio.sleep(1.0)
+            now = time.monotonic()
+            for node_id, seen in list(self.last_seen.items()):
+                if now - seen > NODE_DEAD_AFTER_S:
+                    self.mark_node(node_id, "DEAD")
+                    del self.last_seen[node_id]
+            if self.args.embedded and os.getppid() == 1:
+                self.stopping.set()
+
+    def mark_node(self, node_id, state):
+        with self.db:
+            self.db.execute("UPDATE nodes SET state=? WHERE node_id=?", (state, node_id))
+
+    # --------------------------------------------------------------- nodes
+    def on_register_node(self, peer, m):
+        _, req_id, info = m
+        peer.node_id = info["node_id"]
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?)",
+                            (info["node_id"], json.dumps(_jsonable(info)), "ALIVE", time.time()))
+        self.last_seen[info["node_id"]] = time.monotonic()
+        log.info("node %s registered at %s", short(info["node_id"]), info["addr"])
+        peer.conn.reply(req_id, True)
+
+    def on_heartbeat(self, peer, m):
+        _, node_id, stats = m
+        self.stats[node_id] = stats
+        self.last_seen[node_id] = time.monotonic()
+
+    def nodes(self):
+        rows = self.db.execute("SELECT node_id, info, state FROM nodes").fetchall()
+        out = []
+        for node_id, info, state in rows:
+            d = json.loads(info)
+            d["node_id"] = node_id
+            d["state"] = state
+            d["stats"] = self.stats.get(node_id, {})
+            out.append(d)
+        return out
+
+    def on_list_nodes(self, peer, m):
+        peer.conn.reply(m[1], self.nodes())
+
+    def on_status(self, peer, m):
+        nodes = self.nodes()
+        actors = self.db.execute("SELECT COUNT(*) FROM actors").fetchone()[0]
+        jobs = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
+        peer.conn.reply(m[1], {"nodes": nodes, "named_actors": actors, "jobs": jobs,
+                               "session_dir": self.session_dir})
+
+    def on_closed(self, peer):
+        node_id = getattr(peer, "node_id", None)
+        if node_id is not None:
+            self.mark_node(node_id, "DEAD")
+            self.last_seen.pop(node_id, None)
+            self.stats.pop(node_id, None)
+        if peer.owned_actor_names:
+            with self.db:
+                for name in peer.owned_actor_names:
+                    self.db.execute("DELETE FROM actors WHERE name=?", (name,))
+
+    # -------------------------------------------------------------- actors
+    def on_register_actor(self, peer, m):
+        _, req_id, name, actor_id, owner_wid, owner_addr, meta = m
+        row = self.db.execute("SELECT actor_id FROM actors WHERE name=?", (name,)).fetchone()
+        if row is not None:
+            peer.conn.reply_error(req_id, f"an actor named {name!r} already exists")
+            return
+        with self.db:
+            self.db.execute("INSERT INTO actors VALUES (?,?,?,?,?)",
+                            (name, actor_id, owner_wid, json.dumps(owner_addr), json.dumps(meta)))
+        peer.owned_actor_names.add(name)
+        peer.conn.reply(req_id, True)
+
+    def on_lookup_actor(self, peer, m):
+        _, req_id, name = m
+        row = self.db.execute("SELECT actor_id, owner_wid, owner_addr, meta FROM actors "
+                              "WHERE name=?", (name,)).fetchone()
+        if row is None:
+            peer.conn.reply_error(req_id, f"no actor named {name!r}")
+            return
+        peer.conn.reply(req_id, [row[0], row[1], json.loads(row[2]), json.loads(row[3])])
+
+    def on_remove_actor(self, peer, m):
+        _, actor_id = m
+        with self.db:
+            self.db.execute("DELETE FROM actors WHERE actor_id=?", (actor_id,))
+
+    # ---------------------------------------------------------------- jobs
+    def on_register_job(self, peer, m):
+        _, req_id, info = m
+        with self.db:
+            cur = self.db.execute("INSERT INTO jobs (info, started) VALUES (?, ?)",
+                                  (json.dumps(_jsonable(info)), time.time()))
+        peer.conn.reply(req_id, cur.lastrowid)
+
+    def on_shutdown(self, peer, m):
+        peer.conn.reply(m[1], True)
+        self.stopping.set()
+
+
+def _jsonable(d):
+    return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in d.items()}
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="gdfut.head")
+    ap.add_argument("--session-dir", required=True)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--embedded", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        filename=os.path.join(args.session_dir, "logs", "head.log"))
+    head = Head(args)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, head.stopping.set)
+    loop.run_until_complete(head.run())
+
+
+if __name__ == "__main__":
+    main()

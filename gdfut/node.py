@@ -1,0 +1,394 @@
+"""Node daemon: one per machine (or per emulated node in tests).
+
+Owns the node's resources and worker pool (leases decided by the pure
+``LeaseManager``), the host tier of the object store (``HostStoreState`` over
+one pre-faulted ``SharedArena``), and reports to the head. Run as
+``python -m gdfut.node``; prints one JSON line ``{"port": ...}`` when ready.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import itertools
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+
+from . import protocol as P
+from .devstore.arena import SharedArena
+from .devstore.host_store import HostStoreState
+from .ids import new_id, short
+from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager, QueueFull,
+                                Reject, RequestCancelled, StartWorker)
+from .sched.resources import ResourceSet, actor_resources
+from .transport import tcp
+
+log = logging.getLogger("gdfut.node")
+
+HEARTBEAT_S = 1.0
+WORKER_KILL_GRACE_S = 2.0
+
+
+class Conn:
+    """Per-connection state: who is on the other end."""
+
+    def __init__(self, node: "NodeDaemon"):
+        self.node = node
+        self.conn = None
+        self.wid: bytes | None = None
+        self.kind = None
+
+    def on_messages(self, conn, messages):
+        self.conn = conn
+        for m in messages:
+            if conn.resolve_reply(m):
+                continue
+            handler = self.node.dispatch.get(m[0])
+            if handler is None:
+                log.warning("unknown message type %s", m[0])
+                continue
+            try:
+                handler(self, m)
+            except Exception as exc:
+                log.exception("message %s failed", m[0])
+                if len(m) > 1 and isinstance(m[1], int) and m[0] not in _NO_REPLY:
+                    conn.reply_error(m[1], f"{type(exc).__name__}: {exc}")
+
+    def on_closed(self, conn, exc):
+        self.node.on_peer_closed(self)
+
+
+_NO_REPLY = {P.RETURN_LEASE, P.WORKER_BLOCKED, P.WORKER_UNBLOCKED, P.STORE_ABORT, P.STORE_UNPIN,
+             P.STORE_FREE}
+
+
+class WorkerProc:
+    def __init__(self, wid, popen):
+        self.wid = wid
+        self.popen = popen
+        self.peer: Conn | None = None
+        self.addr = None
+
+
+class NodeDaemon:
+    def __init__(self, args):
+        self.args = args
+        self.node_id = new_id()
+        self.session_dir = args.session_dir
+        self.token = open(os.path.join(self.session_dir, "token"), "rb").read()
+        self.total = ResourceSet.from_options(args.num_cpus, args.num_gpus,
+                                              json.loads(args.resources or "{}"))
+        self.leases = LeaseManager(self.node_id, self.total, max_queue=100_000,
+                                   max_workers=max(1, int(args.num_cpus)))
+        self.capacity = args.object_store_memory
+        self.store = HostStoreState(self.capacity)
+        self.arena_name = f"gdfut-{os.path.basename(self.session_dir)}-{self.node_id[:4].hex()}"
+        self.arena = None
+        self.workers: dict[bytes, WorkerProc] = {}
+        self.peers: dict[bytes, Conn] = {}            # wid -> connection of that process
+        self.pending_leases: dict = {}                # request id -> (Conn, req_id)
+        self.request_ids = itertools.count(1)
+        self.head_conn = None
+        self.head_addr = tuple(args.head_addr.split(":")) if args.head_addr else None
+        if self.head_addr:
+            self.head_addr = (self.head_addr[0], int(self.head_addr[1]))
+        self.server = None
+        self.clock = itertools.count(1)
+        self.stopping = asyncio.Event()
+        self.dispatch = {
+            P.REGISTER_WORKER: self.on_register, P.REGISTER_CLIENT: self.on_register,
+            P.REQUEST_LEASE: self.on_request_lease, P.RETURN_LEASE: self.on_return_lease,
+            P.WORKER_BLOCKED: self.on_blocked, P.WORKER_UNBLOCKED: self.on_unblocked,
+            P.STORE_CREATE: self.on_store_create, P.STORE_SEAL: self.on_store_seal,
+            P.STORE_ABORT: self.on_store_abort, P.STORE_PIN: self.on_store_pin,
+            P.STORE_UNPIN: self.on_store_unpin, P.STORE_FREE: self.on_store_free,
+            P.KILL_WORKER: self.on_kill_worker, P.NODE_STATUS: self.on_status,
+            P.NODE_MEMORY: self.on_memory,
+        }
+
+    # ------------------------------------------------------------ lifecycle
+    async def run(self):
+        self.arena = SharedArena.create(self.arena_name, self.capacity, prefault=True)
+        self.server = await tcp.listen(self.args.bind, self.args.port, lambda: Conn(self),
+                                       self.token)
+        self.port = self.server.sockets[0].getsockname()[1]
+        self.run_instructions(self.leases.request_lease  # noqa: prestart the pool
+                              if False else [StartWorker(int(self.args.num_cpus))])
+        print(json.dumps({"port": self.port, "node_id": self.node_id.hex(), "pid": os.getpid(),
+                          "arena": self.arena_name}), flush=True)
+        tasks = [asyncio.ensure_future(self.head_loop()), asyncio.ensure_future(self.reap_loop())]
+        await self.stopping.wait()
+        for t in tasks:
+            t.cancel()
+        await self.shutdown()
+
+    async def shutdown(self):
+        self.server.close()
+        procs = [w.popen for w in self.workers.values()]
+        for p in procs:
+            _signal(p, signal.SIGTERM)
+        deadline = time.monotonic() + WORKER_KILL_GRACE_S
+        for p in procs:
+            while p.poll() is None and time.monotonic() < deadline:
+                await asyncio.sleep(0.01)
+            if p.poll() is None:
+                _signal(p, signal.SIGKILL)
+                p.wait()
+        self.arena.close()
+        self.arena.unlink()
+
+    def start_workers(self, count: int):
+        for _ in range(count):
+            wid = new_id()
+            log_path = os.path.join(self.session_dir, "logs", f"worker-{wid[:6].hex()}.log")
+            cmd = [sys.executable, "-m", "gdfut.worker_main", "--node", f"127.0.0.1:{self.port}",
+                   "--session-dir", self.session_dir, "--worker-id", wid.hex()]
+            if self.head_addr:
+                cmd += ["--head", f"{self.head_addr[0]}:{self.head_addr[1]}"]
+            with open(log_path, "ab") as out:
+                popen = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=out,
+                                         stderr=subprocess.STDOUT, env=_worker_env())
+            self.workers[wid] = WorkerProc(wid, popen)
+
+    async def reap_loop(self):
+        """Notice workers that exit without ever registering (or crash)."""
+        while True:
+            await asyncio.sleep(0.1)
+            for w in list(self.workers.values()):
+                if w.popen.poll() is not None and w.peer is None:
+                    log.warning("worker %s exited with %s before registering", short(w.wid),
+                                w.popen.returncode)
+                    del self.workers[w.wid]
+                    self.run_instructions(self.leases.worker_start_failed(1))
+            if os.getppid() == 1 and self.args.embedded:
+                log.info("parent driver exited; stopping")
+                self.stopping.set()
+
+    async def head_loop(self):
+        while not self.head_addr:     # embedded start: the head starts beside us
+            self.head_addr = read_head_addr(self.session_dir)
+            if not self.head_addr:
+                await asyncio.sleep(0.02)
+        while True:
+            try:
+                if self.head_conn is None or self.head_conn.closed:
+                    self.head_conn = await tcp.connect(*self.head_addr, Conn(self), self.token)
+                    await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
+                self.head_conn.send([P.HEAD_HEARTBEAT, self.node_id, self.stats()])
+            except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
+                log.warning("head not reachable: %s", exc)
+            await asyncio.sleep(HEARTBEAT_S)
+
+    def node_info(self):
+        return {"node_id": self.node_id, "addr": [self.args.bind, self.port],
+                "resources": self.total.to_dict(), "pid": os.getpid(),
+                "session_dir": self.session_dir, "arena": self.arena_name,
+                "object_store_memory": self.capacity}
+
+    def stats(self):
+        lease = self.leases.stats()
+        return {"resources_total": lease["total"], "resources_available": lease["available"],
+                "leases": lease, "store": self.store.stats(),
+                "workers": len(self.workers), "prefaulted_bytes": self.arena.prefaulted_bytes}
+
+    # ---------------------------------------------------------- instructions
+    def run_instructions(self, instructions):
+        for ins in instructions:
+            kind = type(ins)
+            if kind is GrantLease:
+                self.grant(ins)
+            elif kind is StartWorker:
+                self.start_workers(ins.count)
+            elif kind is Reject or kind is QueueFull:
+                conn, req_id = self.pending_leases.pop(ins.request_id)
+                text = ins.message if kind is Reject else f"lease queue full ({ins.max_queue})"
+                conn.conn.reply_error(req_id, text)
+            elif kind is KillWorker:
+                self.kill_worker(ins.worker_id, ins.reason)
+            elif kind is LeaseLost or kind is RequestCancelled:
+                self.pending_leases.pop(getattr(ins, "request_id", None), None)
+            else:
+                raise AssertionError(f"unknown instruction {ins!r}")
+
+    def grant(self, ins: GrantLease):
+        peer, req_id = self.pending_leases.pop(ins.request_id)
+        worker = self.workers[ins.worker_id]
+        peer.conn.reply(req_id, {"lease_id": ins.lease_id, "worker_id": ins.worker_id,
+                                 "addr": worker.addr, "gpu_ids": list(ins.gpu_ids),
+                                 "node_id": self.node_id})
+
+    def kill_worker(self, wid, reason):
+        w = self.workers.get(wid)
+        if w is None:
+            return
+        log.info("killing worker %s: %s", short(wid), reason)
+        _signal(w.popen, signal.SIGKILL)
+
+    # ------------------------------------------------------------- handlers
+    def on_register(self, peer: Conn, m):
+        _, req_id, wid, pid, addr, kind = m
+        peer.wid, peer.kind = wid, kind
+        self.peers[wid] = peer
+        info = {"node_id": self.node_id, "arena_name": self.arena_name,
+                "head_addr": list(self.head_addr) if self.head_addr else None,
+                "resources": self.total.to_dict()}
+        peer.conn.reply(req_id, info)
+        if m[0] == P.REGISTER_WORKER:
+            w = self.workers.get(wid)
+            if w is None:
+                log.warning("unknown worker %s registered; ignoring", short(wid))
+                return
+            w.peer, w.addr = peer, addr
+            self.run_instructions(self.leases.worker_started(wid))
+
+    def on_request_lease(self, peer: Conn, m):
+        _, req_id, resources, is_actor, actor_id = m
+        request_id = next(self.request_ids)
+        self.pending_leases[request_id] = (peer, req_id)
+        if is_actor:
+            opts = resources or {}
+            placement, held = actor_resources(opts.get("CPU"), opts.get("GPU"),
+                                              {k: v for k, v in opts.items()
+                                               if k not in ("CPU", "GPU")})
+        else:
+            held = placement = ResourceSet.from_dict(resources)
+        self.run_instructions(self.leases.request_lease(request_id, held, peer.wid,
+                                                        is_actor=bool(is_actor),
+                                                        placement=placement))
+
+    def on_return_lease(self, peer, m):
+        _, lease_id, worker_died = m
+        self.run_instructions(self.leases.return_lease(lease_id, worker_reusable=not worker_died))
+
+    def on_blocked(self, peer, m):
+        self.run_instructions(self.leases.worker_blocked(peer.wid))
+
+    def on_unblocked(self, peer, m):
+        self.run_instructions(self.leases.worker_unblocked(peer.wid))
+
+    def on_store_create(self, peer, m):
+        _, req_id, oid, size, primary = m
+        res = self.store.create(oid, size, peer.wid, primary=primary, now=next(self.clock))
+        if res.ok:
+            peer.conn.reply(req_id, {"offset": res.offset})
+        else:
+            peer.conn.reply(req_id, {"error": str(res.error), "needed": res.needed,
+                                     "capacity": res.capacity, "used": res.used,
+                                     "largest_free": res.largest_free})
+
+    def on_store_seal(self, peer, m):
+        _, req_id, oid = m
+        res = self.store.seal(oid, peer.wid)
+        peer.conn.reply(req_id, res.ok)
+
+    def on_store_abort(self, peer, m):
+        self.store.abort(m[1], peer.wid)
+
+    def on_store_pin(self, peer, m):
+        _, req_id, oid = m
+        loc = self.store.pin(oid, peer.wid, now=next(self.clock))
+        peer.conn.reply(req_id, list(loc) if loc is not None else None)
+
+    def on_store_unpin(self, peer, m):
+        for oid, count in m[1]:
+            self.store.unpin(oid, peer.wid, count)
+
+    def on_store_free(self, peer, m):
+        for oid in m[1]:
+            self.store.delete(oid)
+
+    def on_kill_worker(self, peer, m):
+        _, req_id, wid, reason = m
+        self.kill_worker(wid, reason)
+        if req_id:
+            peer.conn.reply(req_id, True)
+
+    def on_status(self, peer, m):
+        peer.conn.reply(m[1], {**self.node_info(), **self.stats()})
+
+    def on_memory(self, peer, m):
+        asyncio.ensure_future(self._memory(peer, m[1]))
+
+    async def _memory(self, peer, req_id):
+        owners = [p for p in self.peers.values() if p.conn is not None and not p.conn.closed
+                  and p is not peer]
+        rows = []
+        results = await asyncio.gather(*(p.conn.request(P.OWNER_MEMORY) for p in owners),
+                                       return_exceptions=True)
+        for r in results:
+            if isinstance(r, list):
+                rows.extend(r)
+        store = [{"object_id": o.object_id, "size": o.size, "state": o.state,
+                  "pins": sum(o.pins.values()), "primary": o.primary}
+                 for o in self.store.objects()]
+        peer.conn.reply(req_id, {"owners": rows, "store": store, "node_id": self.node_id})
+
+    def on_peer_closed(self, peer: Conn):
+        if peer.wid is None:
+            return
+        self.peers.pop(peer.wid, None)
+        self.store.release_holder(peer.wid)
+        if peer.wid in self.workers:
+            w = self.workers.pop(peer.wid)
+            self.run_instructions(self.leases.worker_died(peer.wid))
+            if w.popen.poll() is None:
+                _signal(w.popen, signal.SIGKILL)
+            asyncio.get_running_loop().run_in_executor(None, w.popen.wait)
+        else:
+            self.run_instructions(self.leases.client_died(peer.wid))
+
+
+def read_head_addr(session_dir):
+    try:
+        with open(os.path.join(session_dir, "head.json")) as f:
+            info = json.load(f)
+        return (info["host"], info["port"])
+    except (OSError, ValueError):
+        return None
+
+
+def _signal(popen, sig):
+    try:
+        popen.send_signal(sig)
+    except ProcessLookupError:
+        pass
+
+
+def _worker_env():
+    env = dict(os.environ)
+    env.setdefault("PYTHONUNBUFFERED", "1")
+    return env
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(prog="gdfut.node")
+    ap.add_argument("--session-dir", required=True)
+    ap.add_argument("--head-addr", default=None)
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--num-cpus", type=float, default=os.cpu_count())
+    ap.add_argument("--num-gpus", type=float, default=0)
+    ap.add_argument("--resources", default="{}")
+    ap.add_argument("--object-store-memory", type=int, default=2 * 1024**3)
+    ap.add_argument("--embedded", action="store_true")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
+                        filename=os.path.join(args.session_dir, "logs", f"node-{os.getpid()}.log"))
+    daemon = NodeDaemon(args)
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, daemon.stopping.set)
+    try:
+        loop.run_until_complete(daemon.run())
+    finally:
+        if daemon.arena is not None:
+            daemon.arena.unlink()
+
+
+if __name__ == "__main__":
+    main()

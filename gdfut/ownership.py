@@ -1,0 +1,696 @@
+"""Ownership table: the reference counts and metadata one process keeps.
+
+Pure state machine (no I/O, threads, clocks or randomness). Every driver and
+worker keeps one ``ReferenceTable``; its shell calls a method per event and
+carries out the returned instructions, in order. Ids are opaque hashables:
+``oid`` object, ``tid`` task, ``wid`` process (an owner or a borrower).
+
+Owned objects (this process made them: ``put`` or the return of a task it
+submitted) have state, size, locations, lineage and four kinds of holders:
+``local`` ObjectRefs here, ``submitted`` pending tasks taking the ref as an
+argument, ``borrowers`` (a count per other process) and ``contained_in`` (owned
+objects here whose value holds the ref). With all four empty the object is
+freed: ``FreeObject``, then the refs it contains lose one holder each.
+
+Borrowed refs (owned by another process) have ``local``, ``submitted`` and
+``contained_in`` too, and ``registrations``: how many "process B holds R"
+registrations for this process the owner has recorded. When the last holder
+goes, the borrower sends ``SendRemoveBorrower(n=registrations)`` and forgets.
+
+Borrower protocol (Ownership, NSDI'21 section 4.2, with counted registrations):
+
+* A submitter holding ``submitted`` on every argument keeps it alive while the
+  task runs, so the executor needs no registration *during* the task.
+* When the executor W finishes a task, ``register_held_refs()`` names every
+  borrowed ref W still holds that is not registered; the shell sends those
+  ``SendAddBorrower`` messages and waits for every ack (each ack:
+  ``borrower_registered``) before replying to the submitter.
+* Refs nested in a return value O (owned by submitter S): W calls
+  ``returning_refs``. Refs W owns: S is recorded as borrower here. Refs S
+  owns: nothing (S counts them in O.contains). Refs owned by a third Q:
+  ``SendAddBorrower(Q, oid, borrower=S)``, acked before the reply. S then
+  calls ``return_received`` (before ``task_finished``) and counts one
+  registration per borrowed nested ref.
+* The same pattern covers refs found inside an object read with ``get``: keep
+  the outer ref until the acks of ``register_held_refs()`` are back.
+
+Why counts never go below zero at an owner: a borrower counts a registration
+only once the matching Add has been *processed* by the owner (own ack, or a
+third party's ack that came before the reply). So a Remove(n) always follows
+its n Adds. Messages on one pair of processes arrive in order, so when W sends
+an Add on behalf of S and later its own Remove, the owner sees the Add first.
+A Remove that still arrives early (a shell that skipped an ack) is buffered
+per borrower in ``early_removes`` and cancels later Adds; the object is kept
+alive while such a debt exists, so it is never freed early and
+``borrowers`` never goes negative (see ``borrow_removed``).
+
+Failures: ``process_died`` drops the dead process as borrower everywhere and
+fails refs it owned (``OwnerDied``). Messages about a dead borrower, and any
+message about a freed or unknown object, are ignored and counted in
+``stats()``.
+"""
+from __future__ import annotations
+
+import enum
+from collections import OrderedDict
+from collections.abc import Hashable, Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+ObjectId = Hashable
+TaskId = Hashable
+WorkerId = Hashable
+
+TOMBSTONES = 65536
+"""How many freed owned ids are remembered to answer ``status() == FREED``."""
+
+
+class Marker(enum.Enum):
+    INLINE = "inline"
+
+
+INLINE = Marker.INLINE
+"""Location marker: the value lives in the owner's memory (small objects)."""
+Location = Union[Marker, tuple]   # INLINE or (node_id, tier)
+
+
+class ObjState(enum.Enum):
+    PENDING = "PENDING"
+    READY = "READY"
+    FAILED = "FAILED"
+
+
+class Status(enum.Enum):
+    OWNED_PENDING = "OWNED_PENDING"
+    OWNED_READY = "OWNED_READY"
+    OWNED_FAILED = "OWNED_FAILED"
+    BORROWED = "BORROWED"
+    OWNER_DIED = "OWNER_DIED"     # borrowed, and its owner is known dead
+    FREED = "FREED"               # owned here once, freed (while remembered)
+    UNKNOWN = "UNKNOWN"
+
+
+RefStatus = Status
+
+
+class OwnershipError(Exception):
+    """The shell used the table wrongly (unknown ref, count below zero...)."""
+
+
+# -- instructions ---------------------------------------------------------------
+
+@dataclass(frozen=True)
+class FreeObject:
+    """Delete the value from every location (node/tier), or drop it if INLINE."""
+    oid: ObjectId
+    locations: frozenset = frozenset()
+    size: int | None = None
+
+
+@dataclass(frozen=True)
+class ReleaseLineage:
+    """No object made by task tid is alive: its spec can be dropped."""
+    tid: TaskId
+
+
+@dataclass(frozen=True)
+class SendAddBorrower:
+    """Tell ``owner`` that ``borrower`` holds oid (+n); wait for the ack.
+
+    If ``borrower`` is this process, report the ack with ``borrower_registered``.
+    """
+    owner: WorkerId
+    oid: ObjectId
+    borrower: WorkerId
+    n: int = 1
+
+
+@dataclass(frozen=True)
+class SendRemoveBorrower:
+    """Tell ``owner`` that this process (``borrower``) dropped n registrations."""
+    owner: WorkerId
+    oid: ObjectId
+    n: int
+    borrower: WorkerId = None
+
+
+@dataclass(frozen=True)
+class OwnerDied:
+    """The owner of this borrowed ref died: fail gets with OwnerDiedError."""
+    oid: ObjectId
+    owner: WorkerId
+
+
+@dataclass(frozen=True)
+class ObjectLost:
+    """A READY owned object lost its last copy: rebuild from lineage or fail."""
+    oid: ObjectId
+    lineage: TaskId | None
+
+
+Instruction = Union[FreeObject, ReleaseLineage, SendAddBorrower, SendRemoveBorrower,
+                    OwnerDied, ObjectLost]
+
+
+# -- entries --------------------------------------------------------------------
+
+@dataclass
+class _Owned:
+    lineage: TaskId | None
+    call_site: str
+    contains: tuple = ()
+    state: ObjState = ObjState.PENDING
+    size: int | None = None
+    locations: set = field(default_factory=set)
+    error: Any = None
+    local: int = 0
+    submitted: int = 0
+    borrowers: dict = field(default_factory=dict)        # wid -> registrations (> 0)
+    early_removes: dict = field(default_factory=dict)    # wid -> removes ahead of adds
+    contained_in: set = field(default_factory=set)
+
+    def unreferenced(self) -> bool:
+        return not (self.local or self.submitted or self.borrowers or self.early_removes
+                    or self.contained_in)
+
+
+@dataclass
+class _Borrowed:
+    owner: WorkerId
+    local: int = 0
+    submitted: int = 0
+    contained_in: set = field(default_factory=set)
+    registrations: int = 0     # registrations for this process the owner recorded
+    inflight: int = 0          # own Adds sent, ack not yet reported
+    owner_dead: bool = False
+
+    def held(self) -> int:
+        return self.local + self.submitted + len(self.contained_in)
+
+
+def _unique(items: Iterable) -> list:
+    """Items without repeats, first occurrence order (deterministic)."""
+    return list(dict.fromkeys(items))
+
+
+# -- the table ------------------------------------------------------------------
+
+class ReferenceTable:
+    """Reference counts and object metadata of one process (see module doc)."""
+
+    def __init__(self, wid: WorkerId, *, tombstones: int = TOMBSTONES):
+        self.wid = wid
+        self._owned: dict[ObjectId, _Owned] = {}
+        self._borrowed: dict[ObjectId, _Borrowed] = {}
+        self._unregistered: dict[ObjectId, None] = {}   # borrowed, registrations == 0
+        self._tasks: dict[TaskId, tuple] = {}           # submitted tid -> arg oids
+        self._lineage_live: dict[TaskId, int] = {}      # tid -> live owned objects it made
+        self._freed: OrderedDict = OrderedDict()        # bounded tombstones
+        self._tombstones = tombstones
+        self._dead: set = set()
+        self._addrs: dict[WorkerId, Any] = {}
+        self._stats = {"freed": 0, "stale_messages": 0, "dead_borrower_messages": 0,
+                       "early_removes": 0, "stale_events": 0}
+
+    # ---------------------------------------------------------------- queries
+    def status(self, oid: ObjectId) -> Status:
+        o = self._owned.get(oid)
+        if o is not None:
+            return Status["OWNED_" + o.state.value]
+        b = self._borrowed.get(oid)
+        if b is not None:
+            return Status.OWNER_DIED if b.owner_dead else Status.BORROWED
+        return Status.FREED if oid in self._freed else Status.UNKNOWN
+
+    def is_owned(self, oid: ObjectId) -> bool:
+        return oid in self._owned
+
+    def owner_of(self, oid: ObjectId) -> WorkerId | None:
+        if oid in self._owned:
+            return self.wid
+        b = self._borrowed.get(oid)
+        return None if b is None else b.owner
+
+    def note_owner(self, owner: WorkerId, addr: Any) -> None:
+        """Remember how to reach a process (opaque to the table)."""
+        if owner != self.wid and owner not in self._dead and addr is not None:
+            self._addrs[owner] = addr
+
+    def owner_addr(self, owner: WorkerId) -> Any:
+        return self._addrs.get(owner)
+
+    def owner_addr_of_object(self, oid: ObjectId) -> Any:
+        b = self._borrowed.get(oid)
+        return None if b is None else self._addrs.get(b.owner)
+
+    def lineage_of(self, oid: ObjectId) -> TaskId | None:
+        o = self._owned.get(oid)
+        return None if o is None else o.lineage
+
+    def locations(self, oid: ObjectId) -> frozenset:
+        o = self._owned.get(oid)
+        return frozenset() if o is None else frozenset(o.locations)
+
+    def error_of(self, oid: ObjectId) -> Any:
+        o = self._owned.get(oid)
+        return None if o is None else o.error
+
+    def is_empty(self) -> bool:
+        return not (self._owned or self._borrowed or self._tasks or self._lineage_live)
+
+    def stats(self) -> dict:
+        return dict(self._stats, owned=len(self._owned), borrowed=len(self._borrowed),
+                    tasks=len(self._tasks), lineages=len(self._lineage_live))
+
+    # ------------------------------------------------------- owned lifecycle
+    def add_owned(self, oid: ObjectId, *, lineage: TaskId | None = None, call_site: str = "",
+                  contains: Sequence[ObjectId] = (), size: int | None = None,
+                  local: int = 0) -> list[Instruction]:
+        """A new object owned here (put, or a return of a task we submit).
+
+        Starts with ``local`` refs (0: the shell adds the first ObjectRef with
+        ``add_local_ref``; a PENDING entry nobody referenced yet is not freed).
+        ``contains``: refs nested in the value (put); each must be held here.
+        Add every return of a task before dropping any (lineage counting).
+        """
+        if oid in self._owned or oid in self._borrowed or oid in self._freed:
+            raise OwnershipError(f"object {oid!r} already known here")
+        nested = _unique(contains)
+        for c in nested:
+            self._entry(c)              # raises if not held here
+        o = _Owned(lineage=lineage, call_site=call_site, contains=tuple(nested), size=size,
+                   local=local)
+        self._owned[oid] = o
+        for c in nested:
+            self._entry(c).contained_in.add(oid)
+        if lineage is not None:
+            self._lineage_live[lineage] = self._lineage_live.get(lineage, 0) + 1
+        return []
+
+    def object_ready(self, oid: ObjectId, size: int | None, location: Location) -> list[Instruction]:
+        """The value exists at ``location``. For a freed object: delete it there."""
+        o = self._owned.get(oid)
+        if o is None:
+            return self._orphan_value(oid, size, location)
+        o.state, o.size, o.error = ObjState.READY, size, None
+        o.locations.add(location)
+        return self._release([oid])    # an entry nobody ever referenced goes now
+
+    def add_location(self, oid: ObjectId, location: Location) -> list[Instruction]:
+        o = self._owned.get(oid)
+        if o is None:
+            return self._orphan_value(oid, None, location)
+        o.locations.add(location)
+        return []
+
+    def remove_location(self, oid: ObjectId, location: Location) -> list[Instruction]:
+        o = self._owned.get(oid)
+        if o is None:
+            self._stats["stale_events"] += 1
+            return []
+        o.locations.discard(location)
+        if o.state is ObjState.READY and not o.locations:
+            return [ObjectLost(oid, o.lineage)]
+        return []
+
+    def object_failed(self, oid: ObjectId, error: Any) -> list[Instruction]:
+        o = self._owned.get(oid)
+        if o is None:
+            self._stats["stale_events"] += 1
+            return []
+        o.state, o.error = ObjState.FAILED, error
+        return self._release([oid])
+
+    def _orphan_value(self, oid, size, location) -> list[Instruction]:
+        # The object was freed (every ref dropped) before its value landed:
+        # the shell must delete this copy, or it leaks in the store.
+        self._stats["stale_events"] += 1
+        return [FreeObject(oid, frozenset([location]), size)]
+
+    # ------------------------------------------------------------- local refs
+    def add_local_ref(self, oid: ObjectId, owner: WorkerId | None = None,
+                      owner_addr: Any = None) -> list[Instruction]:
+        """One more ObjectRef here. An unknown borrowed ref needs ``owner``."""
+        if owner is not None:
+            self.note_owner(owner, owner_addr)
+        o = self._owned.get(oid)
+        if o is not None:
+            o.local += 1
+            return []
+        b = self._borrowed.get(oid)
+        if b is not None:
+            if owner is not None and owner != b.owner:
+                raise OwnershipError(f"ref {oid!r}: owner {owner!r} != known {b.owner!r}")
+            b.local += 1
+            return []
+        if owner is None or owner == self.wid:
+            if oid in self._freed:      # a ref to our own freed object: dangling
+                self._stats["stale_events"] += 1
+                return []
+            raise OwnershipError(f"unknown ref {oid!r} and no owner given")
+        b, out = self._new_borrowed(oid, owner)
+        b.local = 1
+        return out
+
+    def remove_local_ref(self, oid: ObjectId) -> list[Instruction]:
+        e = self._owned.get(oid) or self._borrowed.get(oid)
+        if e is None:
+            if oid in self._freed:      # matches a dangling add_local_ref
+                self._stats["stale_events"] += 1
+                return []
+            raise OwnershipError(f"remove_local_ref of unknown ref {oid!r}")
+        if e.local <= 0:
+            raise OwnershipError(f"local count of {oid!r} would go below zero")
+        e.local -= 1
+        return self._release([oid])
+
+    # ------------------------------------------------------------------ tasks
+    def task_submitted(self, tid: TaskId, arg_oids: Sequence[ObjectId]) -> list[Instruction]:
+        """Task tid takes these refs (top-level and nested, repeats counted)."""
+        if tid in self._tasks:
+            raise OwnershipError(f"task {tid!r} submitted twice")
+        args = tuple(arg_oids)
+        entries = [self._entry(a) for a in args]    # validate all before changing any
+        for e in entries:
+            e.submitted += 1
+        self._tasks[tid] = args
+        return []
+
+    def task_finished(self, tid: TaskId) -> list[Instruction]:
+        """Task tid finished or failed for good (after ``return_received``)."""
+        args = self._tasks.pop(tid, None)
+        if args is None:
+            raise OwnershipError(f"task {tid!r} is not pending")
+        for a in args:
+            e = self._entry(a)
+            assert e.submitted > 0, (a, e)
+            e.submitted -= 1
+        return self._release(_unique(args))
+
+    # ------------------------------------------------------------ borrower side
+    def register_held_refs(self) -> list[Instruction]:
+        """Adds for every borrowed ref held here and not yet registered.
+
+        Call at the end of executing a task (and after reading refs out of an
+        object with get). Wait for all the acks before replying/dropping the
+        outer ref. An Add already in flight is sent again: duplicate
+        registrations are harmless and each caller waits only for its own.
+        """
+        out: list[Instruction] = []
+        for oid in self._unregistered:
+            b = self._borrowed[oid]
+            if b.held():
+                b.inflight += 1
+                out.append(SendAddBorrower(b.owner, oid, self.wid, 1))
+        return out
+
+    def borrower_registered(self, oid: ObjectId) -> list[Instruction]:
+        """The owner acked one of our own Adds for oid."""
+        b = self._borrowed.get(oid)
+        if b is None or b.owner_dead:   # owner died meanwhile: inflight was reset
+            self._stats["stale_events"] += 1
+            return []
+        assert b.inflight > 0, (oid, b)
+        b.inflight -= 1
+        b.registrations += 1
+        self._unregistered.pop(oid, None)
+        return self._release([oid])
+
+    def registered_by_other(self, oid: ObjectId, owner: WorkerId, n: int = 1) -> list[Instruction]:
+        """Another process registered us as borrower of oid (and it was acked)."""
+        assert n > 0
+        if owner == self.wid:
+            raise OwnershipError("an owner is never its own borrower")
+        b = self._borrowed.get(oid)
+        if b is None and owner in self._dead:
+            return []                    # nothing to give back to a dead owner
+        out: list[Instruction] = []
+        if b is None:
+            b, out = self._new_borrowed(oid, owner)
+        if not b.owner_dead:
+            b.registrations += n
+            self._unregistered.pop(oid, None)
+        return out + self._release([oid])   # not held here any more: Remove at once
+
+    def returning_refs(self, return_oid: ObjectId, submitter: WorkerId,
+                       nested_oids: Sequence[ObjectId]) -> list[Instruction]:
+        """Executor side: refs nested in return value ``return_oid`` of a task
+        submitted by ``submitter``. Send the Adds (wait for acks) before the
+        reply, and before any later Remove of ours on the same connection."""
+        out: list[Instruction] = []
+        for oid in _unique(nested_oids):
+            owner = self.owner_of(oid)
+            if owner is None:
+                raise OwnershipError(f"returning ref {oid!r} that is not held here")
+            if owner == submitter or submitter in self._dead:
+                continue                 # submitter counts it in O.contains / is gone
+            if owner == self.wid:
+                out += self._add_borrower(oid, submitter, 1)
+            elif not self._borrowed[oid].owner_dead:
+                out.append(SendAddBorrower(owner, oid, submitter, 1))
+        return out
+
+    def return_received(self, return_oid: ObjectId, nested: Sequence) -> list[Instruction]:
+        """Submitter side: the reply for ``return_oid`` holds refs ``nested``
+        (pairs (oid, owner) or triples with the owner's address). Call before
+        ``task_finished``. Each borrowed one was registered for us already."""
+        o = self._owned.get(return_oid)
+        if o is None or o.contains:      # freed meanwhile, or a duplicate reply
+            self._stats["stale_events"] += 1
+            return self.return_discarded(nested)
+        out: list[Instruction] = []
+        kept = []
+        for oid, owner in self._pairs(nested):
+            if owner == self.wid:
+                c = self._owned.get(oid)
+                if c is None:            # cannot happen while the executor held it
+                    self._stats["stale_events"] += 1
+                    continue
+            else:
+                c = self._borrowed.get(oid)
+                if c is None:
+                    c, died = self._new_borrowed(oid, owner)
+                    out += died
+                if not c.owner_dead:
+                    c.registrations += 1
+                    self._unregistered.pop(oid, None)
+            c.contained_in.add(return_oid)
+            kept.append(oid)
+        o.contains = tuple(kept)
+        return out
+
+    def return_discarded(self, nested: Sequence) -> list[Instruction]:
+        """A reply whose return object is gone (freed, task already failed):
+        give back the registrations the executor made for us."""
+        out: list[Instruction] = []
+        for oid, owner in self._pairs(nested):
+            if owner != self.wid:
+                out += self.registered_by_other(oid, owner, 1)
+        return out
+
+    # -------------------------------------------------------------- owner side
+    def borrow_added(self, oid: ObjectId, borrower: WorkerId, n: int = 1) -> list[Instruction]:
+        """Message: ``borrower`` holds oid (+n). The shell acks it either way."""
+        assert n > 0 and borrower != self.wid, (oid, borrower, n)
+        if self._ignored(oid, borrower):
+            return []
+        return self._add_borrower(oid, borrower, n)
+
+    def borrow_removed(self, oid: ObjectId, borrower: WorkerId, n: int = 1) -> list[Instruction]:
+        """Message: ``borrower`` dropped n registrations of oid.
+
+        Removes beyond the borrower's count are buffered as a debt, not
+        applied as a negative count: the matching Add is still in flight (its
+        sender held the ref when it sent it), so the object must not be freed
+        before it lands, and the debt cancels it when it does. Every order of
+        the same Adds and Removes thus ends with the same count.
+        """
+        assert n > 0 and borrower != self.wid, (oid, borrower, n)
+        if self._ignored(oid, borrower):
+            return []
+        o = self._owned[oid]
+        have = o.borrowers.get(borrower, 0)
+        take = min(have, n)
+        if take == have:
+            o.borrowers.pop(borrower, None)
+        else:
+            o.borrowers[borrower] = have - take
+        if n > take:
+            o.early_removes[borrower] = o.early_removes.get(borrower, 0) + n - take
+            self._stats["early_removes"] += n - take
+        return self._release([oid])
+
+    def _ignored(self, oid, borrower) -> bool:
+        if borrower in self._dead:       # late message of a dead process
+            self._stats["dead_borrower_messages"] += 1
+            return True
+        if oid not in self._owned:       # freed (or never ours)
+            self._stats["stale_messages"] += 1
+            return True
+        return False
+
+    def _add_borrower(self, oid, borrower, n) -> list[Instruction]:
+        o = self._owned[oid]
+        debt = o.early_removes.get(borrower, 0)
+        cancel = min(debt, n)
+        if cancel:
+            if cancel == debt:
+                del o.early_removes[borrower]
+            else:
+                o.early_removes[borrower] = debt - cancel
+        if n > cancel:
+            o.borrowers[borrower] = o.borrowers.get(borrower, 0) + n - cancel
+        return self._release([oid])
+
+    # ---------------------------------------------------------------- failures
+    def process_died(self, wid: WorkerId) -> list[Instruction]:
+        """``wid`` died: it borrows nothing any more; what it owned is lost."""
+        if wid == self.wid:
+            raise OwnershipError("process_died for this process itself")
+        self._dead.add(wid)
+        self._addrs.pop(wid, None)
+        out: list[Instruction] = []
+        touched = []
+        for oid, o in self._owned.items():
+            had = o.borrowers.pop(wid, None), o.early_removes.pop(wid, None)
+            if any(had):
+                touched.append(oid)
+        for oid, b in self._borrowed.items():
+            if b.owner == wid and not b.owner_dead:
+                b.owner_dead, b.inflight = True, 0   # no ack will come
+                self._unregistered.pop(oid, None)
+                out.append(OwnerDied(oid, wid))
+                touched.append(oid)
+        return out + self._release(touched)
+
+    # ----------------------------------------------------------------- release
+    def _release(self, oids: Sequence[ObjectId]) -> list[Instruction]:
+        """Free/forget each of oids with no holder left, and what that frees.
+
+        A worklist, not recursion: nesting chains can be long.
+        """
+        out: list[Instruction] = []
+        stack = list(reversed(oids))
+        while stack:
+            oid = stack.pop()
+            o = self._owned.get(oid)
+            if o is not None:
+                if o.unreferenced():
+                    out += self._free(oid, o)
+                    stack.extend(reversed(o.contains))
+                continue
+            b = self._borrowed.get(oid)
+            if b is not None and not b.held() and not b.inflight:
+                del self._borrowed[oid]
+                self._unregistered.pop(oid, None)
+                if b.registrations and not b.owner_dead:
+                    out.append(SendRemoveBorrower(b.owner, oid, b.registrations, self.wid))
+        return out
+
+    def _free(self, oid, o: _Owned) -> list[Instruction]:
+        del self._owned[oid]
+        self._freed[oid] = None
+        if len(self._freed) > self._tombstones:
+            self._freed.popitem(last=False)
+        self._stats["freed"] += 1
+        out: list[Instruction] = [FreeObject(oid, frozenset(o.locations), o.size)]
+        if o.lineage is not None:
+            left = self._lineage_live[o.lineage] - 1
+            if left:
+                self._lineage_live[o.lineage] = left
+            else:
+                del self._lineage_live[o.lineage]
+                out.append(ReleaseLineage(o.lineage))
+        for c in o.contains:   # the caller's worklist visits them next
+            self._entry(c).contained_in.discard(oid)
+        return out
+
+    # ----------------------------------------------------------------- helpers
+    def _entry(self, oid) -> _Owned | _Borrowed:
+        e = self._owned.get(oid) or self._borrowed.get(oid)
+        if e is None:
+            raise OwnershipError(f"ref {oid!r} is not held by this process")
+        return e
+
+    def _new_borrowed(self, oid, owner) -> tuple[_Borrowed, list[Instruction]]:
+        if oid in self._owned or owner == self.wid:
+            raise OwnershipError(f"ref {oid!r}: borrowed from {owner!r} but owned here")
+        b = _Borrowed(owner=owner)
+        self._borrowed[oid] = b
+        if owner in self._dead:
+            b.owner_dead = True
+            return b, [OwnerDied(oid, owner)]
+        self._unregistered[oid] = None
+        return b, []
+
+    def _pairs(self, nested: Sequence) -> list[tuple]:
+        """(oid, owner) pairs without repeats; notes addresses of triples."""
+        pairs = {}
+        for item in nested:
+            oid, owner = item[0], item[1]
+            if len(item) > 2:
+                self.note_owner(owner, item[2])
+            pairs.setdefault(oid, owner)
+        return list(pairs.items())
+
+    # ------------------------------------------------------------ memory view
+    def summary(self) -> list[dict]:
+        """One row per owned object and borrowed ref (``gdfut memory``)."""
+        rows = []
+        for oid, o in self._owned.items():
+            rows.append({"oid": oid, "owner": self.wid, "owned": True, "state": o.state.value,
+                         "size": o.size, "locations": sorted(o.locations, key=repr),
+                         "local": o.local, "submitted": o.submitted,
+                         "borrowed": len(o.borrowers), "nested": len(o.contained_in),
+                         "contains": len(o.contains), "call_site": o.call_site})
+        for oid, b in self._borrowed.items():
+            rows.append({"oid": oid, "owner": b.owner, "owned": False,
+                         "state": "OWNER_DIED" if b.owner_dead else "BORROWED",
+                         "size": None, "locations": [], "local": b.local,
+                         "submitted": b.submitted, "borrowed": 0,
+                         "nested": len(b.contained_in), "contains": 0,
+                         "registrations": b.registrations, "call_site": ""})
+        return rows
+
+    # -------------------------------------------------------------- invariants
+    def validate(self) -> None:
+        """Assert every invariant of the table (cheap enough for tests)."""
+        assert not (self._owned.keys() & self._borrowed.keys())
+        assert not (self._owned.keys() & self._freed.keys())
+        submitted: dict = {}
+        for args in self._tasks.values():
+            for a in args:
+                submitted[a] = submitted.get(a, 0) + 1
+        lineage: dict = {}
+        for oid, o in self._owned.items():
+            assert o.local >= 0 and o.submitted == submitted.get(oid, 0), (oid, o)
+            assert all(v > 0 for v in o.borrowers.values()), (oid, o.borrowers)
+            assert all(v > 0 for v in o.early_removes.values()), (oid, o.early_removes)
+            assert not (o.borrowers.keys() & self._dead), (oid, o.borrowers)
+            # Zero holders is allowed only for a fresh entry not yet referenced.
+            assert not o.unreferenced() or o.state is ObjState.PENDING, (oid, o)
+            assert len(set(o.contains)) == len(o.contains), (oid, o.contains)
+            for c in o.contains:
+                assert oid in self._entry(c).contained_in, (oid, c)
+            for x in o.contained_in:
+                assert oid in self._owned[x].contains, (oid, x)
+            if o.lineage is not None:
+                lineage[o.lineage] = lineage.get(o.lineage, 0) + 1
+        assert lineage == self._lineage_live, (lineage, self._lineage_live)
+        for oid, b in self._borrowed.items():
+            assert b.owner != self.wid, oid
+            assert b.local >= 0 and b.submitted == submitted.get(oid, 0), (oid, b)
+            assert b.registrations >= 0 and b.inflight >= 0, (oid, b)
+            assert b.held() > 0 or b.inflight > 0, (oid, b)   # else it was forgotten
+            assert b.owner_dead == (b.owner in self._dead), (oid, b)
+            assert not (b.owner_dead and b.inflight), (oid, b)
+            unreg = not b.owner_dead and b.registrations == 0
+            assert unreg == (oid in self._unregistered), (oid, b)
+            for x in b.contained_in:
+                assert oid in self._owned[x].contains, (oid, x)
+        assert self._unregistered.keys() <= self._borrowed.keys()
+        for a in submitted:
+            assert a in self._owned or a in self._borrowed, a
+
+
+OwnershipTable = ReferenceTable

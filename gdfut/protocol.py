@@ -1,0 +1,127 @@
+"""Wire protocol of the task and control planes (no I/O here).
+
+A frame is a 4-byte big-endian length and a payload. The first two frames of
+every connection are the authentication handshake (raw bytes, never decoded
+as msgpack or pickle): the server sends a random nonce, the client answers
+HMAC-SHA256(cluster token, nonce). After that every frame is a msgpack list
+of messages, so that many small messages queued in one event-loop iteration
+travel in one write (batching). A message is a list ``[type, *fields]``;
+requests carry a request id as their first field and are answered with
+``[REPLY, req_id, payload]`` or ``[ERROR, req_id, text]``.
+"""
+from __future__ import annotations
+
+import hashlib
+import hmac
+import os
+import struct
+
+import msgpack
+
+from .exceptions import ProtocolError
+
+HEADER = struct.Struct(">I")
+NONCE_LEN = 32
+DEFAULT_MAX_FRAME = 64 * 1024 * 1024   # every frame has a size limit
+MAX_MESSAGES_PER_FRAME = 4096          # bound on a batch
+
+# --- message types -----------------------------------------------------------
+REPLY = 1
+ERROR = 2
+# process <-> node daemon
+REGISTER_WORKER = 10      # req: worker_id, pid, listen_addr, kind
+REGISTER_CLIENT = 11      # req: worker_id, pid, listen_addr -> node info
+REQUEST_LEASE = 12        # req: resources, is_actor, actor_id -> grant
+RETURN_LEASE = 13         # lease_id, worker_died(bool)
+WORKER_BLOCKED = 14       # (no reply)
+WORKER_UNBLOCKED = 15
+STORE_CREATE = 16         # req: oid, size, primary -> offset | error
+STORE_SEAL = 17           # req: oid
+STORE_ABORT = 18          # oid
+STORE_PIN = 19            # req: oid -> (offset, size) | None
+STORE_UNPIN = 20          # [(oid, count)...]
+STORE_FREE = 21           # [oid...]
+KILL_WORKER = 22          # req: worker_id, reason
+NODE_STATUS = 23          # req -> status dict
+NODE_MEMORY = 24          # req -> memory listing of every owner on this node
+CANCEL_LEASE_REQUEST = 25
+# owner <-> worker (direct task push)
+PUSH_TASK = 30            # spec
+TASK_DONE = 31            # task_id, result
+CANCEL_TASK = 32          # task_id, force
+EXIT_WORKER = 33          # reason
+# any process <-> owner
+GET_OBJECT = 40           # req: oid, wait -> object status/value/location
+ADD_BORROWER = 41         # req: oid, borrower_wid, n -> ack
+REMOVE_BORROWER = 42      # oid, borrower_wid, n
+ACTOR_LOCATION = 43       # req: actor_id -> (addr, worker_id) | error
+OWNER_MEMORY = 44         # req -> ownership summary of this process
+# node / driver <-> head (control plane)
+HEAD_REGISTER_NODE = 60   # req: node info
+HEAD_HEARTBEAT = 61       # node_id, stats
+HEAD_LIST_NODES = 62      # req
+HEAD_REGISTER_ACTOR = 63  # req: name, actor_id, owner_addr, owner_wid
+HEAD_LOOKUP_ACTOR = 64    # req: name
+HEAD_REMOVE_ACTOR = 65    # actor_id
+HEAD_STATUS = 66          # req -> cluster status
+HEAD_REGISTER_JOB = 67    # req: driver info -> job id
+HEAD_SHUTDOWN = 68        # req: stop the cluster (CLI `gdfut stop`)
+
+
+def pack_frame(messages: list) -> bytes:
+    payload = msgpack.packb(messages, use_bin_type=True)
+    return HEADER.pack(len(payload)) + payload
+
+
+def raw_frame(payload: bytes) -> bytes:
+    return HEADER.pack(len(payload)) + payload
+
+
+def unpack_messages(payload: bytes | memoryview) -> list:
+    try:
+        messages = msgpack.unpackb(payload, raw=False, use_list=True, strict_map_key=False)
+    except Exception as exc:  # msgpack raises several unrelated classes
+        raise ProtocolError(f"malformed frame: {exc}") from None
+    if not isinstance(messages, list) or len(messages) > MAX_MESSAGES_PER_FRAME:
+        raise ProtocolError("malformed frame: not a bounded list of messages")
+    for m in messages:
+        if not isinstance(m, list) or not m or not isinstance(m[0], int):
+            raise ProtocolError("malformed frame: message is not [type, ...]")
+    return messages
+
+
+class FrameDecoder:
+    """Pure incremental frame splitter with a size limit (h11 style)."""
+
+    def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
+        self.max_frame = max_frame
+        self._buf = bytearray()
+
+    def feed(self, data: bytes) -> list[bytes]:
+        self._buf += data
+        frames = []
+        buf = self._buf
+        pos = 0
+        while len(buf) - pos >= 4:
+            (length,) = HEADER.unpack_from(buf, pos)
+            if length > self.max_frame:
+                raise ProtocolError(f"frame of {length} bytes exceeds limit {self.max_frame}")
+            if len(buf) - pos - 4 < length:
+                break
+            frames.append(bytes(buf[pos + 4:pos + 4 + length]))
+            pos += 4 + length
+        if pos:
+            del buf[:pos]
+        return frames
+
+
+def new_nonce() -> bytes:
+    return os.urandom(NONCE_LEN)
+
+
+def auth_digest(token: bytes, nonce: bytes) -> bytes:
+    return hmac.new(token, nonce, hashlib.sha256).digest()
+
+
+def check_auth(token: bytes, nonce: bytes, digest: bytes) -> bool:
+    return hmac.compare_digest(auth_digest(token, nonce), digest)

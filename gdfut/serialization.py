@@ -1,0 +1,145 @@
+"""Values <-> bytes.
+
+cloudpickle with pickle protocol 5. Large buffers (numpy, Arrow, bytes-like)
+go out of band, so a value bound for the shared-memory store is written
+exactly once (straight into its arena slot) and read back as read-only views.
+Small values are pickled in band and travel inline in messages.
+
+While pickling, every ObjectRef met is recorded (``nested``) so the owner can
+count refs held inside other objects.
+
+Store layout of one object:
+    u32 header_len | msgpack [pickle_len, [[offset, length], ...]] | pickle | buffers
+Buffers start at 64-byte aligned offsets relative to the object start.
+"""
+from __future__ import annotations
+
+import pickle
+import struct
+import threading
+from dataclasses import dataclass, field
+
+import cloudpickle
+import msgpack
+
+from .exceptions import SerializationError
+
+INLINE_LIMIT = 100 * 1024        # values this size and under travel inline
+OOB_MIN_BUFFER = 16 * 1024       # smaller buffers stay in band
+ALIGN = 64
+_U32 = struct.Struct("<I")
+
+_context = threading.local()
+
+
+def record_nested(entry) -> None:
+    """Called by ObjectRef/ActorHandle.__reduce__ while a value is pickled."""
+    stack = getattr(_context, "stack", None)
+    if stack:
+        stack[-1].append(entry)
+
+
+@dataclass
+class Serialized:
+    pickle_bytes: bytes
+    buffers: list = field(default_factory=list)      # list[memoryview] (out of band)
+    nested: list = field(default_factory=list)       # ObjectRefs met while pickling
+
+    @property
+    def inline(self) -> bool:
+        return not self.buffers and len(self.pickle_bytes) <= INLINE_LIMIT
+
+    def store_layout(self) -> tuple[bytes, list[int], int]:
+        """(header, buffer offsets, total size) for writing into the store."""
+        lengths = [b.nbytes for b in self.buffers]
+        # header length depends on offsets; offsets depend on header length:
+        # size the header with worst-case offsets first, then fill in.
+        guess = msgpack.packb([len(self.pickle_bytes), [[2**63, n] for n in lengths]])
+        start = _align(4 + len(guess) + len(self.pickle_bytes))
+        offsets = []
+        pos = start
+        for n in lengths:
+            offsets.append(pos)
+            pos = _align(pos + n)
+        header = msgpack.packb([len(self.pickle_bytes), [[o, n] for o, n in zip(offsets, lengths)]])
+        assert len(header) <= len(guess)
+        total = max(pos, 4 + len(header) + len(self.pickle_bytes))
+        return header, offsets, total
+
+
+def _align(n: int) -> int:
+    return (n + ALIGN - 1) & ~(ALIGN - 1)
+
+
+def serialize(value, what: str = "value") -> Serialized:
+    buffers: list = []
+
+    def take_buffer(pb: pickle.PickleBuffer):
+        raw = pb.raw()
+        if raw.nbytes < OOB_MIN_BUFFER:
+            return True          # keep small buffers in band
+        buffers.append(raw)
+        return False
+
+    stack = getattr(_context, "stack", None)
+    if stack is None:
+        stack = _context.stack = []
+    stack.append([])
+    try:
+        data = cloudpickle.dumps(value, protocol=5, buffer_callback=take_buffer)
+    except Exception as exc:
+        raise SerializationError(f"could not serialize {what}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        nested = stack.pop()
+    return Serialized(data, buffers, nested)
+
+
+def serialize_inline(value, what: str = "value") -> Serialized:
+    """Pickle everything in band (for messages that must be self-contained)."""
+    stack = getattr(_context, "stack", None)
+    if stack is None:
+        stack = _context.stack = []
+    stack.append([])
+    try:
+        data = cloudpickle.dumps(value, protocol=5)
+    except Exception as exc:
+        raise SerializationError(f"could not serialize {what}: {type(exc).__name__}: {exc}") from exc
+    finally:
+        nested = stack.pop()
+    return Serialized(data, [], nested)
+
+
+def write_into(dst: memoryview, ser: Serialized, layout=None) -> None:
+    """Write a serialized value into its store slot (``dst`` is that slot)."""
+    header, offsets, total = layout or ser.store_layout()
+    assert dst.nbytes >= total, (dst.nbytes, total)
+    _U32.pack_into(dst, 0, len(header))
+    pos = 4
+    dst[pos:pos + len(header)] = header
+    pos += len(header)
+    dst[pos:pos + len(ser.pickle_bytes)] = ser.pickle_bytes
+    for off, buf in zip(offsets, ser.buffers):
+        _copy(dst[off:off + buf.nbytes], buf)
+
+
+def _copy(dst: memoryview, src: memoryview) -> None:
+    try:
+        import numpy as np
+        np.copyto(np.frombuffer(dst, dtype=np.uint8), np.frombuffer(src.cast("B"), dtype=np.uint8))
+    except ImportError:  # pragma: no cover - numpy is a dependency
+        dst[:] = src.cast("B")
+
+
+def loads_inline(data: bytes):
+    return pickle.loads(data)
+
+
+def loads_from_store(region) -> object:
+    """Rebuild a value from its (read-only, pinned) store slot without copying."""
+    mv = memoryview(region)
+    (hlen,) = _U32.unpack_from(mv, 0)
+    pickle_len, bufspec = msgpack.unpackb(mv[4:4 + hlen])
+    start = 4 + hlen
+    data = mv[start:start + pickle_len]
+    buffers = [region[o:o + n] for o, n in bufspec]
+    return pickle.loads(data, buffers=buffers)

@@ -1,0 +1,344 @@
+"""Direct task submission (owner side), the shell around the pure task manager.
+
+The owner resolves a task's top-level ref arguments itself (small values are
+inlined into the spec, stored ones passed by location), then asks its node
+for a worker lease for the task's resource shape and pushes tasks straight to
+the leased worker, several in flight, returning the lease once idle. No
+message per task goes through the node daemon or the head.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import logging
+import pickle
+from dataclasses import dataclass, field
+
+from . import protocol as P
+from .exceptions import (TaskCancelledError, UnschedulableError, WorkerCrashedError,
+                         ObjectStoreFullError)
+from .ids import new_task_id, object_id_for_return, short
+from .object_ref import ObjectRef
+from . import serialization as ser
+from .task_manager import TaskManager, Retry, Fail
+from .transport import tcp
+
+log = logging.getLogger("gdfut.submitter")
+
+INLINE, ERROR, STORE = 0, 1, 2
+ARG_REF = 3                     # [ARG_REF, oid] until resolved by the owner
+MAX_IN_FLIGHT_PER_WORKER = 16   # pipelining depth of one lease
+MAX_PENDING_LEASE_REQUESTS = 16  # per resource shape
+LEASE_LINGER_S = 0.02           # keep an idle lease this long before returning it
+
+# status field of TASK_DONE
+DONE_OK, DONE_ERROR, DONE_CANCELLED, DONE_RESCHEDULE = 0, 1, 2, 3
+
+
+@dataclass
+class TaskSpec:
+    tid: bytes
+    fn_id: bytes
+    fn_bytes: bytes | None
+    name: str
+    args: list
+    kwargs: list
+    num_returns: int
+    resources: dict
+    max_retries: int
+    deps: list            # oids of top-level ref args
+    nested: list          # oids of refs nested in args
+    held: list            # ObjectRefs kept alive while the task is pending (large args put)
+    actor_id: bytes | None = None
+    method: str | None = None
+    actor_options: dict | None = None   # creation task only
+    unresolved: int = 0
+    cancelled: bool = False
+    force_cancel: bool = False
+
+    def return_ids(self) -> list[bytes]:
+        return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
+
+    def wire(self, rt, include_fn: bool) -> list:
+        return [self.tid, self.fn_id, self.fn_bytes if include_fn else None, self.name,
+                self.args, self.kwargs, self.num_returns, rt.wid, list(rt.addr),
+                self.actor_id, self.method, self.actor_options]
+
+
+@dataclass
+class Lease:
+    lease_id: bytes
+    worker_id: bytes
+    addr: tuple
+    key: tuple
+    conn: object = None
+    in_flight: dict = field(default_factory=dict)   # tid -> spec
+    returning: bool = False
+
+
+class ShapeQueue:
+    """Ready tasks of one resource shape and the leases serving them."""
+
+    def __init__(self, key, resources):
+        self.key = key
+        self.resources = resources
+        self.ready: collections.deque = collections.deque()
+        self.leases: dict[bytes, Lease] = {}
+        self.pending_requests = 0
+
+
+class TaskSubmitter:
+    def __init__(self, rt):
+        self.rt = rt
+        self.manager = TaskManager()
+        self.queues: dict[tuple, ShapeQueue] = {}
+        self.specs: dict[bytes, TaskSpec] = {}        # tid -> spec, pending tasks
+        self.lease_of_task: dict[bytes, Lease] = {}
+        self.lease_of_conn: dict[object, Lease] = {}
+        self.lineage: dict[bytes, TaskSpec] = {}
+        self._closed = False
+
+    # ------------------------------------------------------- user thread
+    def prepare_args(self, args, kwargs, fname):
+        """Serialize arguments at the call site; large ones go to the store."""
+        held, deps, nested = [], [], []
+        out_args = [self._prepare_arg(a, f"argument {i} of {fname}", held, deps, nested)
+                    for i, a in enumerate(args)]
+        out_kwargs = [[k, self._prepare_arg(v, f"argument '{k}' of {fname}", held, deps, nested)]
+                      for k, v in kwargs.items()]
+        return out_args, out_kwargs, held, deps, nested
+
+    def _prepare_arg(self, value, what, held, deps, nested):
+        if isinstance(value, ObjectRef):
+            deps.append(value.id)
+            held.append(value)
+            return [ARG_REF, value.id]
+        s = ser.serialize(value, what)
+        held.extend(s.nested)
+        nested.extend(r.id for r in s.nested)
+        if s.inline:
+            return [INLINE, s.pickle_bytes]
+        ref = self.rt.put_serialized(s)
+        held.append(ref)
+        deps.append(ref.id)
+        return [ARG_REF, ref.id]
+
+    def submit(self, fn_id, fn_bytes, name, args, kwargs, options) -> list[ObjectRef]:
+        rt = self.rt
+        a, kw, held, deps, nested = self.prepare_args(args, kwargs, name)
+        spec = TaskSpec(new_task_id(), fn_id, fn_bytes, name, a, kw, options["num_returns"],
+                        options["resources"], options["max_retries"], deps, nested, held)
+        refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
+        rt.io.post(self.submit_in_loop, spec, rt.call_site())
+        return refs
+
+    # --------------------------------------------------------- io thread
+    def submit_in_loop(self, spec: TaskSpec, call_site: str):
+        rt = self.rt
+        for oid in spec.return_ids():
+            rt.table.add_owned(oid, lineage=spec.tid, call_site=call_site)
+            rt.table.add_local_ref(oid)
+        rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
+        self.specs[spec.tid] = spec
+        self.manager.submitted(spec.tid, spec.max_retries)
+        self.lineage[spec.tid] = spec
+        self.resolve_dependencies(spec, self.enqueue)
+
+    def resolve_dependencies(self, spec: TaskSpec, then):
+        refs = [(lst, i) for lst in (spec.args,) for i, e in enumerate(lst) if e[0] == ARG_REF]
+        refs += [(pair, 1) for pair in spec.kwargs if pair[1][0] == ARG_REF]
+        spec.unresolved = len(refs)
+        if not refs:
+            then(spec)
+            return
+        for container, idx in refs:
+            oid = container[idx][1]
+            self.rt.when_available(oid, lambda entry, c=container, i=idx, o=oid:
+                                   self._dep_ready(spec, c, i, o, entry, then))
+
+    def _dep_ready(self, spec, container, idx, oid, entry, then):
+        if entry[0] == ERROR:
+            container[idx] = entry
+        elif entry[0] == STORE:
+            container[idx] = [STORE, entry[1], entry[2], oid]
+        else:
+            container[idx] = entry
+        spec.unresolved -= 1
+        if spec.unresolved == 0:
+            failed = next((e for e in spec.args + [kv[1] for kv in spec.kwargs]
+                           if e[0] == ERROR), None)
+            if failed is not None:
+                self.finish(spec, [[oid, failed, []] for oid in spec.return_ids()])
+            elif spec.cancelled:
+                self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+            else:
+                then(spec)
+
+    def enqueue(self, spec: TaskSpec, front: bool = False):
+        key = tuple(sorted(spec.resources.items()))
+        q = self.queues.get(key)
+        if q is None:
+            q = self.queues[key] = ShapeQueue(key, spec.resources)
+        (q.ready.appendleft if front else q.ready.append)(spec)
+        self.dispatch(q)
+
+    def dispatch(self, q: ShapeQueue):
+        for lease in q.leases.values():
+            if not q.ready:
+                break
+            if lease.conn is None or lease.returning:
+                continue
+            while q.ready and len(lease.in_flight) < MAX_IN_FLIGHT_PER_WORKER:
+                self.push(lease, q.ready.popleft())
+        wanted = min(len(q.ready), MAX_PENDING_LEASE_REQUESTS)
+        while q.pending_requests < wanted and not self._closed:
+            q.pending_requests += 1
+            self.rt.io.loop.create_task(self.request_lease(q))
+
+    def push(self, lease: Lease, spec: TaskSpec):
+        if spec.cancelled:
+            self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+            return
+        lease.in_flight[spec.tid] = spec
+        self.lease_of_task[spec.tid] = lease
+        sent = lease.conn.peer.setdefault("fns", set())
+        include = spec.fn_id not in sent
+        sent.add(spec.fn_id)
+        lease.conn.send([P.PUSH_TASK, spec.wire(self.rt, include)])
+
+    async def request_lease(self, q: ShapeQueue):
+        rt = self.rt
+        try:
+            grant = await rt.node_conn.request(P.REQUEST_LEASE, q.resources, False, None)
+        except tcp.RemoteError as exc:
+            q.pending_requests -= 1
+            self._fail_queue(q, UnschedulableError(str(exc)))
+            return
+        except tcp.ConnectionLost:
+            q.pending_requests -= 1
+            return
+        q.pending_requests -= 1
+        lease = Lease(grant["lease_id"], grant["worker_id"], tuple(grant["addr"]), q.key)
+        if not q.ready or self._closed:
+            self._return_lease(lease, worker_died=False)
+            return
+        try:
+            lease.conn = await rt.connect_peer(lease.addr)
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
+            self._return_lease(lease, worker_died=True)
+            self.dispatch(q)
+            return
+        q.leases[lease.lease_id] = lease
+        self.lease_of_conn.setdefault(lease.conn, []).append(lease)
+        self.dispatch(q)
+        self._maybe_return_later(q, lease)
+
+    def _return_lease(self, lease: Lease, worker_died: bool):
+        conn = self.rt.node_conn
+        if conn is not None and not conn.closed:
+            conn.send([P.RETURN_LEASE, lease.lease_id, worker_died])
+
+    def _maybe_return_later(self, q, lease):
+        if not q.ready and not lease.in_flight:
+            self.rt.io.loop.call_later(LEASE_LINGER_S, self._return_if_idle, q, lease)
+
+    def _return_if_idle(self, q, lease):
+        if lease.lease_id in q.leases and not q.ready and not lease.in_flight:
+            del q.leases[lease.lease_id]
+            leases = self.lease_of_conn.get(lease.conn, [])
+            if lease in leases:
+                leases.remove(lease)
+            self._return_lease(lease, worker_died=False)
+
+    # ----------------------------------------------------------- replies
+    def on_task_done(self, conn, m):
+        _, tid, status, returns = m
+        lease = self.lease_of_task.pop(tid, None)
+        if lease is None:
+            self.rt.actors.on_task_done(conn, m)
+            return
+        spec = lease.in_flight.pop(tid)
+        q = self.queues[lease.key]
+        if status == DONE_RESCHEDULE:
+            self.enqueue(spec, front=True)   # the worker blocked; run it elsewhere
+        else:
+            self.finish(spec, returns)
+        self.dispatch(q)
+        self._maybe_return_later(q, lease)
+
+    def finish(self, spec: TaskSpec, returns: list):
+        """Record a task's results (values, locations or errors)."""
+        rt = self.rt
+        for oid, entry, nested in returns:
+            if nested:
+                rt.note_owners(nested)
+                rt.run_instructions(rt.table.return_received(oid, [(n[0], n[1]) for n in nested]))
+            size = entry[2] if entry[0] == STORE else len(entry[1])
+            if entry[0] == ERROR:
+                rt.run_instructions(rt.table.object_failed(oid, "error"))
+            else:
+                loc = (entry[1], "host") if entry[0] == STORE else rt.INLINE_LOCATION
+                rt.run_instructions(rt.table.object_ready(oid, size, loc))
+            if rt.table.is_owned(oid):    # else freed already; the table freed its copy
+                rt.set_value(oid, entry)
+        self.specs.pop(spec.tid, None)
+        self.manager.finished(spec.tid)
+        spec.held = []
+        rt.run_instructions(rt.table.task_finished(spec.tid))
+
+    def _fail(self, spec: TaskSpec, err: BaseException):
+        entry = [ERROR, pickle.dumps(err)]
+        self.finish(spec, [[oid, entry, []] for oid in spec.return_ids()])
+
+    def _fail_queue(self, q: ShapeQueue, err):
+        while q.ready:
+            self._fail(q.ready.popleft(), err)
+
+    def on_connection_lost(self, conn):
+        for lease in self.lease_of_conn.pop(conn, []):
+            q = self.queues[lease.key]
+            q.leases.pop(lease.lease_id, None)
+            self._return_lease(lease, worker_died=True)
+            for tid, spec in list(lease.in_flight.items()):
+                self.lease_of_task.pop(tid, None)
+                self._worker_lost(spec, lease)
+            lease.in_flight.clear()
+            self.dispatch(q)
+
+    def _worker_lost(self, spec: TaskSpec, lease: Lease):
+        if spec.cancelled:
+            self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled (force)"))
+            return
+        decision = self.manager.worker_failed(spec.tid)
+        if isinstance(decision, Retry):
+            log.info("retrying task %s (attempt %d) after its worker died", spec.name,
+                     decision.attempt)
+            self.enqueue(spec, front=True)
+        else:
+            assert isinstance(decision, Fail)
+            self._fail(spec, WorkerCrashedError(
+                f"the worker running task {spec.name} (worker {short(lease.worker_id)}) died "
+                f"unexpectedly; {decision.reason}"))
+
+    # ------------------------------------------------------------ cancel
+    def cancel(self, tid: bytes, force: bool):
+        spec = self.specs.get(tid)
+        if spec is None:
+            return False
+        spec.cancelled = True
+        spec.force_cancel = force
+        lease = self.lease_of_task.get(tid)
+        if lease is not None:
+            lease.conn.send([P.CANCEL_TASK, tid, force])
+            return True
+        q = self.queues.get(tuple(sorted(spec.resources.items())))
+        if q is not None and spec in q.ready:
+            q.ready.remove(spec)
+            self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+        return True
+
+    def release_lineage(self, tid: bytes):
+        self.lineage.pop(tid, None)
+
+    def close(self):
+        self._closed = True
