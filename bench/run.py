@@ -38,6 +38,8 @@ SCHEMA = "gdfut-bench/1"
 INIT_TIMEOUT_S = 180.0
 SHUTDOWN_TIMEOUT_S = 60.0
 PROBE_TIMEOUT_S = 60.0
+# Above this 1-min load average (2 cores) the figures are flagged as noisy.
+BUSY_LOAD = 0.5
 
 
 # --- arguments ---------------------------------------------------------------
@@ -342,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     machine = machine_info(args.quick)
     print(f"memcpy baseline: {report.fmt(machine['memcpy_GBps'])} GB/s "
           f"({machine['memcpy_bytes'] >> 20} MiB, 1 thread)")
+    if machine["load_1m_start"] > BUSY_LOAD:
+        print(f"NOTE: machine busy (1-min load {machine['load_1m_start']:.2f}); "
+              f"expect noisy figures")
     docs = {}
     for name in plan_systems(args.systems, args.compare):
         ok, why = probe_system(name)

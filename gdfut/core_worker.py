@@ -458,6 +458,9 @@ class CoreWorker:
     # ------------------------------------------------------------------ get
     def get(self, refs, timeout: float | None = None):
         single = isinstance(refs, ObjectRef)
+        if not single and not isinstance(refs, (list, tuple)):
+            raise TypeError(f"get() takes an ObjectRef or a list of ObjectRefs, "
+                            f"got {type(refs).__name__}")
         ref_list = [refs] if single else list(refs)
         for r in ref_list:
             if not isinstance(r, ObjectRef):

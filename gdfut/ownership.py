@@ -28,8 +28,9 @@ Borrower protocol (Ownership, NSDI'21 section 4.2, with counted registrations):
 * Refs nested in a return value O (owned by submitter S): W calls
   ``returning_refs``. Refs W owns: S is recorded as borrower here. Refs S
   owns: nothing (S counts them in O.contains). Refs owned by a third Q:
-  ``SendAddBorrower(Q, oid, borrower=S)``, acked before the reply. S then
-  calls ``return_received`` (before ``task_finished``) and counts one
+  ``SendAddBorrower(Q, oid, borrower=S)``, acked before the reply. W holds
+  them all until ``return_sent`` (reply on the wire). S then calls
+  ``return_received`` (before ``task_finished``) and counts one
   registration per borrowed nested ref.
 * The same pattern covers refs found inside an object read with ``get``: keep
   the outer ref until the acks of ``register_held_refs()`` are back.
@@ -165,13 +166,14 @@ class _Owned:
     error: Any = None
     local: int = 0
     submitted: int = 0
+    returning: int = 0          # return values being sent that hold it (executor side)
     borrowers: dict = field(default_factory=dict)        # wid -> registrations (> 0)
     early_removes: dict = field(default_factory=dict)    # wid -> removes ahead of adds
     contained_in: set = field(default_factory=set)
 
     def unreferenced(self) -> bool:
-        return not (self.local or self.submitted or self.borrowers or self.early_removes
-                    or self.contained_in)
+        return not (self.local or self.submitted or self.returning or self.borrowers
+                    or self.early_removes or self.contained_in)
 
 
 @dataclass
@@ -179,13 +181,19 @@ class _Borrowed:
     owner: WorkerId
     local: int = 0
     submitted: int = 0
+    returning: int = 0
     contained_in: set = field(default_factory=set)
     registrations: int = 0     # registrations for this process the owner recorded
     inflight: int = 0          # own Adds sent, ack not yet reported
     owner_dead: bool = False
 
-    def held(self) -> int:
-        return self.local + self.submitted + len(self.contained_in)
+    def needs_registration(self) -> bool:
+        # A ref held only by a return value being sent needs none: see
+        # returning_refs.
+        return bool(self.local or self.submitted or self.contained_in)
+
+    def held(self) -> bool:
+        return self.needs_registration() or self.returning > 0
 
 
 def _unique(items: Iterable) -> list:
@@ -204,6 +212,7 @@ class ReferenceTable:
         self._borrowed: dict[ObjectId, _Borrowed] = {}
         self._unregistered: dict[ObjectId, None] = {}   # borrowed, registrations == 0
         self._tasks: dict[TaskId, tuple] = {}           # submitted tid -> arg oids
+        self._returning: dict[ObjectId, tuple] = {}     # return oid -> nested refs
         self._lineage_live: dict[TaskId, int] = {}      # tid -> live owned objects it made
         self._freed: OrderedDict = OrderedDict()        # bounded tombstones
         self._tombstones = tombstones
@@ -256,7 +265,8 @@ class ReferenceTable:
         return None if o is None else o.error
 
     def is_empty(self) -> bool:
-        return not (self._owned or self._borrowed or self._tasks or self._lineage_live)
+        return not (self._owned or self._borrowed or self._tasks or self._returning
+                    or self._lineage_live)
 
     def stats(self) -> dict:
         return dict(self._stats, owned=len(self._owned), borrowed=len(self._borrowed),
@@ -399,7 +409,7 @@ class ReferenceTable:
         out: list[Instruction] = []
         for oid in self._unregistered:
             b = self._borrowed[oid]
-            if b.held():
+            if b.needs_registration():
                 b.inflight += 1
                 out.append(SendAddBorrower(b.owner, oid, self.wid, 1))
         return out
@@ -434,21 +444,44 @@ class ReferenceTable:
 
     def returning_refs(self, return_oid: ObjectId, submitter: WorkerId,
                        nested_oids: Sequence[ObjectId]) -> list[Instruction]:
-        """Executor side: refs nested in return value ``return_oid`` of a task
-        submitted by ``submitter``. Send the Adds (wait for acks) before the
-        reply, and before any later Remove of ours on the same connection."""
+        """Executor side: the value of ``return_oid`` (owned by ``submitter``)
+        holds ``nested_oids``. Send the returned Adds and wait for their acks
+        before the reply; call ``return_sent`` once the reply is on the wire.
+
+        Each nested ref is held here until ``return_sent``, so that a Remove
+        of ours cannot overtake the reply to the submitter (same connection,
+        in order) and free a ref the submitter owns before it learns that
+        the return value holds it. Refs owned by a third process are safe on
+        their own: the Add for the submitter precedes any Remove of ours on
+        our connection to that owner. So the hold needs no registration.
+        """
+        if return_oid in self._returning:
+            raise OwnershipError(f"return {return_oid!r} is already being sent")
+        nested = _unique(nested_oids)
+        entries = [self._entry(oid) for oid in nested]  # raises if not held here
         out: list[Instruction] = []
-        for oid in _unique(nested_oids):
+        for oid, e in zip(nested, entries):
+            e.returning += 1
             owner = self.owner_of(oid)
-            if owner is None:
-                raise OwnershipError(f"returning ref {oid!r} that is not held here")
             if owner == submitter or submitter in self._dead:
                 continue                 # submitter counts it in O.contains / is gone
             if owner == self.wid:
                 out += self._add_borrower(oid, submitter, 1)
-            elif not self._borrowed[oid].owner_dead:
+            elif not e.owner_dead:
                 out.append(SendAddBorrower(owner, oid, submitter, 1))
+        self._returning[return_oid] = tuple(nested)
         return out
+
+    def return_sent(self, return_oid: ObjectId) -> list[Instruction]:
+        """The reply carrying ``return_oid`` was sent (or abandoned)."""
+        nested = self._returning.pop(return_oid, None)
+        if nested is None:
+            raise OwnershipError(f"return {return_oid!r} is not being sent")
+        for oid in nested:
+            e = self._entry(oid)
+            assert e.returning > 0, (oid, e)
+            e.returning -= 1
+        return self._release(nested)
 
     def return_received(self, return_oid: ObjectId, nested: Sequence) -> list[Instruction]:
         """Submitter side: the reply for ``return_oid`` holds refs ``nested``
@@ -635,19 +668,24 @@ class ReferenceTable:
 
     # ------------------------------------------------------------ memory view
     def summary(self) -> list[dict]:
-        """One row per owned object and borrowed ref (``gdfut memory``)."""
+        """One row per owned object and borrowed ref (``gdfut memory``).
+
+        ``submitted`` counts pending task arguments plus return values being
+        sent; ``borrowed`` is the number of borrower processes; ``nested`` the
+        number of owned objects here whose value holds the ref.
+        """
         rows = []
         for oid, o in self._owned.items():
             rows.append({"oid": oid, "owner": self.wid, "owned": True, "state": o.state.value,
                          "size": o.size, "locations": sorted(o.locations, key=repr),
-                         "local": o.local, "submitted": o.submitted,
+                         "local": o.local, "submitted": o.submitted + o.returning,
                          "borrowed": len(o.borrowers), "nested": len(o.contained_in),
                          "contains": len(o.contains), "call_site": o.call_site})
         for oid, b in self._borrowed.items():
             rows.append({"oid": oid, "owner": b.owner, "owned": False,
                          "state": "OWNER_DIED" if b.owner_dead else "BORROWED",
                          "size": None, "locations": [], "local": b.local,
-                         "submitted": b.submitted, "borrowed": 0,
+                         "submitted": b.submitted + b.returning, "borrowed": 0,
                          "nested": len(b.contained_in), "contains": 0,
                          "registrations": b.registrations, "call_site": ""})
         return rows
@@ -661,9 +699,14 @@ class ReferenceTable:
         for args in self._tasks.values():
             for a in args:
                 submitted[a] = submitted.get(a, 0) + 1
+        returning: dict = {}
+        for nested in self._returning.values():
+            for a in nested:
+                returning[a] = returning.get(a, 0) + 1
         lineage: dict = {}
         for oid, o in self._owned.items():
             assert o.local >= 0 and o.submitted == submitted.get(oid, 0), (oid, o)
+            assert o.returning == returning.get(oid, 0), (oid, o)
             assert all(v > 0 for v in o.borrowers.values()), (oid, o.borrowers)
             assert all(v > 0 for v in o.early_removes.values()), (oid, o.early_removes)
             assert not (o.borrowers.keys() & self._dead), (oid, o.borrowers)
@@ -680,8 +723,9 @@ class ReferenceTable:
         for oid, b in self._borrowed.items():
             assert b.owner != self.wid, oid
             assert b.local >= 0 and b.submitted == submitted.get(oid, 0), (oid, b)
+            assert b.returning == returning.get(oid, 0), (oid, b)
             assert b.registrations >= 0 and b.inflight >= 0, (oid, b)
-            assert b.held() > 0 or b.inflight > 0, (oid, b)   # else it was forgotten
+            assert b.held() or b.inflight > 0, (oid, b)   # else it was forgotten
             assert b.owner_dead == (b.owner in self._dead), (oid, b)
             assert not (b.owner_dead and b.inflight), (oid, b)
             unreg = not b.owner_dead and b.registrations == 0
@@ -689,7 +733,7 @@ class ReferenceTable:
             for x in b.contained_in:
                 assert oid in self._owned[x].contains, (oid, x)
         assert self._unregistered.keys() <= self._borrowed.keys()
-        for a in submitted:
+        for a in list(submitted) + list(returning):
             assert a in self._owned or a in self._borrowed, a
 
 
