@@ -8,7 +8,6 @@ import cloudpickle
 
 from . import runtime_context
 from .ids import new_id, short
-from .serialization import record_nested
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "max_concurrency", "namespace",
                   "lifetime", "max_restarts", "max_task_retries", "scheduling_strategy",
@@ -97,7 +96,6 @@ class ActorHandle:
         return ActorMethod(self, name, 1)
 
     def __reduce__(self):
-        record_nested(self)
         return (ActorHandle, (self._actor_id, self._owner_wid, self._owner_addr,
                               self._class_name, self._methods))
 

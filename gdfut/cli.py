@@ -59,6 +59,9 @@ async def _request(addr: tuple, token: bytes, mtype: int, fields: tuple, timeout
         raise Unreachable(f"{what}: no answer within {timeout:g} s") from None
     except tcp.ConnectionLost:
         raise Unreachable(f"{what}: connection closed during authentication") from None
+    except ConnectionRefusedError:
+        raise Unreachable(f"{what}: connection refused (nothing listens there; is the cluster "
+                          f"running?)") from None
     except OSError as exc:
         raise Unreachable(f"{what}: {exc.strerror or exc}") from None
     try:
@@ -435,6 +438,10 @@ def _num(v) -> str:
     return str(int(f)) if f == int(f) else f"{f:g}"
 
 
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
 def _bytes(n) -> str:
     if n is None:
         return "?"
@@ -509,8 +516,15 @@ def _res_cell(stats: dict, key: str) -> str:
     total = (stats.get("resources_total") or {}).get(key)
     if total is None:
         return "-"
-    avail = (stats.get("resources_available") or {}).get(key, total)
-    return f"{_num(total - avail)}/{_num(total)}"
+    return f"{_num(_in_use(stats, key))}/{_num(total)}"
+
+
+def _in_use(stats: dict, key: str) -> float:
+    """total - available; a resource missing from ``resources_available`` has 0 left."""
+    total = (stats.get("resources_total") or {}).get(key, 0)
+    if "resources_available" not in stats:
+        return 0
+    return total - (stats["resources_available"] or {}).get(key, 0)
 
 
 # ------------------------------------------------------------------ status
@@ -540,7 +554,7 @@ def cmd_status(args) -> int:
     for n in alive:
         s = n.get("stats") or {}
         for k, v in (s.get("resources_total") or {}).items():
-            used = v - (s.get("resources_available") or {}).get(k, v)
+            used = _in_use(s, k)
             t = totals.setdefault(k, [0.0, 0.0])
             t[0] += used
             t[1] += v
@@ -585,8 +599,8 @@ def _memory_listing(head_addr, token, timeout: float):
         try:
             reply = request(addr, token, P.NODE_MEMORY, timeout=timeout)
         except Unreachable as exc:
-            print(f"warning: node {_hex(n.get('node_id'))} not reachable: {exc}",
-                  file=sys.stderr)
+            print(f"warning: no object listing from node {_hex(n.get('node_id'))} "
+                  f"({exc}); its objects are missing below", file=sys.stderr)
             continue
         listing.append((n, reply))
     return listing
@@ -610,16 +624,15 @@ def cmd_memory(args) -> int:
         size = r.get("size")
         if owned and size:
             total += size
-        refs = [f"{k}={r.get(k, 0)}" for k in ("local", "submitted", "borrowed", "nested")]
-        if r.get("contains"):
-            refs.append(f"contains={r['contains']}")
+        refs = [f"{k}={r[k]}" for k in ("local", "submitted", "borrowed", "nested", "contains")
+                if r.get(k)]
         rows.append([
             _oid(r.get("oid")), owner, _bytes(size) if size is not None else "-",
             str(r.get("state", "?")),
             ", ".join(_location(x) for x in r.get("locations") or []) or "-",
-            " ".join(refs), str(r.get("call_site") or "-"),
+            " ".join(refs) or "none", str(r.get("call_site") or "-"),
         ])
-    _table(f"Objects ({len(rows)} references)",
+    _table(f"Objects ({_plural(len(rows), 'reference')})",
            ["OBJECT", "OWNER", "SIZE", "STATE", "LOCATIONS", "REFERENCES", "CALL SITE"], rows)
     print()
     store_rows = []
@@ -631,7 +644,7 @@ def cmd_memory(args) -> int:
         store_rows.append([_hex(n.get("node_id")), str(len(store)), str(pinned),
                            f"{_bytes(used)}/{_bytes(cap)}"])
     _table("Host stores", ["NODE", "OBJECTS", "PINNED", "USED"], store_rows)
-    print(f"\n{len(rows)} references, {_bytes(total)} in owned objects of known size")
+    print(f"\n{_plural(len(rows), 'reference')}, {_bytes(total)} in owned objects of known size")
     return 0
 
 

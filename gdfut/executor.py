@@ -133,7 +133,10 @@ class Executor:
                 return
             if self.actor_init_error is not None:
                 self.rt.io.post(self.send_done, task, DONE_ERROR,
-                                [[oid, self.actor_init_error, []] for oid in task.return_ids()])
+                                [[oid, self.actor_init_error, [], []] for oid in task.return_ids()])
+                return
+            if self.actor_concurrent():   # queued before the actor was set up
+                self.run_concurrent_actor_call(task)
                 return
             fn = getattr(self.actor, task.method)
         else:

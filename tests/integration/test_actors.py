@@ -1,0 +1,153 @@
+"""Actors: ordering, names, handles passed around, init errors, kill."""
+import asyncio
+import time
+
+import pytest
+
+import gdfut
+from gdfut.exceptions import ActorDiedError, TaskError
+
+
+@gdfut.remote
+class Counter:
+    def __init__(self, start=0):
+        self.n = start
+
+    def incr(self, k=1):
+        self.n += k
+        return self.n
+
+    def value(self):
+        return self.n
+
+
+def test_calls_run_in_submission_order(cluster):
+    c = Counter.remote()
+    assert gdfut.get([c.incr.remote() for _ in range(200)]) == list(range(1, 201))
+
+
+def test_order_kept_with_pending_dependencies(cluster):
+    @gdfut.remote
+    def slow(v):
+        time.sleep(0.5)
+        return v
+
+    c = Counter.remote()
+    first = c.incr.remote(slow.remote(10))     # waits for its argument
+    second = c.incr.remote(1)                  # must still run after the first
+    assert gdfut.get([first, second]) == [10, 11]
+
+
+def test_named_actor_and_get_actor(cluster):
+    c = Counter.options(name="counter").remote(5)
+    assert gdfut.get(c.incr.remote()) == 6
+    same = gdfut.get_actor("counter")
+    assert gdfut.get(same.incr.remote()) == 7
+    with pytest.raises(ValueError, match="already exists"):
+        Counter.options(name="counter").remote()
+    with pytest.raises(ValueError, match="no actor named"):
+        gdfut.get_actor("nope")
+
+
+def test_handle_passed_to_tasks(cluster):
+    @gdfut.remote
+    def bump(counter, times):
+        return gdfut.get([counter.incr.remote() for _ in range(times)])[-1]
+
+    c = Counter.remote()
+    results = gdfut.get([bump.remote(c, 10) for _ in range(3)])
+    assert sorted(results)[-1] == 30
+    assert gdfut.get(c.value.remote()) == 30
+
+
+def test_init_exception_surfaces_on_every_call(cluster):
+    @gdfut.remote
+    class Broken:
+        def __init__(self):
+            raise RuntimeError("bad init")
+
+        def f(self):
+            return 1
+
+    b = Broken.remote()
+    for _ in range(3):
+        with pytest.raises(RuntimeError, match="bad init") as info:
+            gdfut.get(b.f.remote())
+        assert isinstance(info.value, TaskError)
+
+
+def test_method_exception_keeps_actor_alive(cluster):
+    @gdfut.remote
+    class Fragile:
+        def fail(self):
+            raise ValueError("oops")
+
+        def ok(self):
+            return "fine"
+
+    a = Fragile.remote()
+    with pytest.raises(ValueError, match="oops"):
+        gdfut.get(a.fail.remote())
+    assert gdfut.get(a.ok.remote()) == "fine"
+
+
+def test_kill_actor(cluster):
+    c = Counter.remote()
+    assert gdfut.get(c.incr.remote()) == 1
+    gdfut.kill(c)
+    with pytest.raises(ActorDiedError, match="kill"):
+        for _ in range(50):
+            gdfut.get(c.incr.remote(), timeout=10)
+            time.sleep(0.1)
+
+
+def test_actor_process_death(cluster):
+    @gdfut.remote
+    class Suicidal:
+        def die(self):
+            import os
+            os._exit(1)
+
+        def ping(self):
+            return "pong"
+
+    s = Suicidal.remote()
+    assert gdfut.get(s.ping.remote()) == "pong"
+    with pytest.raises(ActorDiedError, match="died"):
+        gdfut.get(s.die.remote(), timeout=10)
+    with pytest.raises(ActorDiedError):
+        gdfut.get(s.ping.remote(), timeout=10)
+
+
+def test_async_actor_runs_concurrently(cluster):
+    @gdfut.remote
+    class AsyncActor:
+        async def wait_then(self, t, v):
+            await asyncio.sleep(t)
+            return v
+
+    a = AsyncActor.remote()
+    t0 = time.monotonic()
+    assert gdfut.get([a.wait_then.remote(1.0, i) for i in range(5)]) == list(range(5))
+    assert time.monotonic() - t0 < 3.0    # overlapping, not 5 s in a row
+
+
+def test_threaded_actor_max_concurrency(cluster):
+    @gdfut.remote
+    class Sleeper:
+        def nap(self, t):
+            time.sleep(t)
+            return t
+
+    a = Sleeper.options(max_concurrency=4).remote()
+    t0 = time.monotonic()
+    gdfut.get([a.nap.remote(1.0) for _ in range(4)])
+    assert time.monotonic() - t0 < 2.5
+
+
+def test_actor_methods_need_remote(cluster):
+    c = Counter.remote()
+    with pytest.raises(TypeError, match="remote"):
+        c.incr()
+    with pytest.raises(AttributeError, match="no method"):
+        c.missing.remote()
