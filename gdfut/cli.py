@@ -390,6 +390,11 @@ def _terminate(procs: list[tuple[str, int]], grace: float) -> list[tuple[str, in
 
 def cmd_stop(args) -> int:
     session_dir = _session_dir(args.session_dir)
+    if not os.path.exists(os.path.join(session_dir, "pids")):
+        # An embedded session (gdfut.init() with no address) belongs to its driver, which
+        # stops it on exit; never sweep another program's cluster.
+        raise CliError(f"session {session_dir} was not started by `gdfut start` (it has no "
+                       f"pids file); its driver stops it")
     recorded = [(k, p) for k, p in _read_pids(session_dir) if _alive(p)]
     stale = [(k, p) for k, p in recorded if not _belongs(p, session_dir)]
     recorded = [kp for kp in recorded if kp not in stale]
@@ -694,6 +699,10 @@ def main(argv=None) -> int:
         print(f"gdfut {args.command}: error: {exc}", file=sys.stderr)
     except (Unreachable, RemoteError) as exc:
         print(f"gdfut {args.command}: error: {exc}", file=sys.stderr)
+    except BrokenPipeError:        # `gdfut status | head`: the reader went away
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 0
     except KeyboardInterrupt:
         print(f"gdfut {args.command}: interrupted", file=sys.stderr)
         return 130

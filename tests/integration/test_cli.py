@@ -272,6 +272,24 @@ def test_bad_input_is_one_line_errors(tmp_path):
         assert "Traceback" not in proc.stderr and proc.stderr.strip().count("\n") == 0
 
 
+def test_stop_refuses_sessions_it_did_not_start(tmp_path):
+    (tmp_path / "token").write_bytes(os.urandom(32))      # like an embedded gdfut.init() session
+    proc = gdfut_cli("stop", "--session-dir", str(tmp_path), check=False)
+    assert proc.returncode == 1 and "was not started by `gdfut start`" in proc.stderr
+
+
+def test_resource_cells():
+    from gdfut.cli import _bytes, _oid, _res_cell
+    busy = {"resources_total": {"CPU": 2, "GPU": 1}, "resources_available": {"GPU": 0.5}}
+    assert _res_cell(busy, "CPU") == "2/2"               # missing from available: all in use
+    assert _res_cell(busy, "GPU") == "0.5/1"
+    assert _res_cell(busy, "accel") == "-"
+    assert _res_cell({}, "CPU") == "-"                    # a dead node has no stats
+    assert _bytes(64 * 1024 * 1024) == "64.0 MiB" and _bytes(12) == "12 B"
+    assert _oid(bytes(range(16)) + b"\xff\xff\xff\xff") == "0001020304050607:put"
+    assert _oid(bytes(range(16)) + b"\x00\x00\x00\x02") == "0001020304050607:2"
+
+
 def test_wrong_token_is_reported(tmp_path):
     address, session, _ = start_head()
     try:
