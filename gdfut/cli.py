@@ -242,6 +242,11 @@ def cmd_start(args) -> int:
 
 
 def _start_head(args) -> int:
+    latest = os.path.join(cluster.DEFAULT_ROOT, "session_latest")
+    try:
+        previous = os.readlink(latest)
+    except OSError:
+        previous = None
     session_dir = cluster.new_session_dir()
     head = cluster.spawn_head(session_dir, port=args.port, bind=args.bind, detach=True)
     try:
@@ -252,6 +257,7 @@ def _start_head(args) -> int:
         _, ninfo, cpus, store = _spawn_node(args, session_dir, local_head)
     except BaseException:
         head.stop()
+        _restore_latest(latest, session_dir, previous)
         raise
     with open(os.path.join(session_dir, "address"), "w") as f:
         f.write(address + "\n")
@@ -265,6 +271,8 @@ def _start_head(args) -> int:
     print("Connect from Python:")
     print("    import gdfut")
     print(f'    gdfut.init(address="{address}")')
+    print(f'    # the token is read from the latest session; if another session started since:')
+    print(f'    # gdfut.init(address="{address}", session_dir="{session_dir}")')
     print("Add a node on this machine:")
     print(f"    gdfut start --address {address} --session-dir {session_dir}")
     print("Inspect:")
@@ -272,6 +280,18 @@ def _start_head(args) -> int:
     print("Stop:")
     print(f"    gdfut stop --session-dir {session_dir}")
     return 0
+
+
+def _restore_latest(latest: str, failed: str, previous: str | None) -> None:
+    """A failed start must not leave ``session_latest`` pointing at a dead session."""
+    try:
+        if os.readlink(latest) != failed:
+            return                      # someone else started a session meanwhile
+        os.unlink(latest)
+        if previous:
+            os.symlink(previous, latest)
+    except OSError:
+        pass
 
 
 def _start_worker_node(args) -> int:
@@ -327,14 +347,15 @@ def _cmdline(pid: int) -> list[str] | None:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
             return f.read().decode(errors="replace").split("\0")
     except FileNotFoundError:
-        return []
+        return []               # gone (or no /proc entry for it)
     except OSError:
-        return None
-    # (no /proc: caller trusts the pid file)
+        return None             # unreadable: the caller trusts the pid file
 
 
 def _belongs(pid: int, session_dir: str) -> bool:
     """Is ``pid`` a gdfut process of this session (guards against reused pids)?"""
+    if not os.path.isdir("/proc"):
+        return True
     cmd = _cmdline(pid)
     if cmd is None:
         return True
@@ -396,7 +417,7 @@ def cmd_stop(args) -> int:
         raise CliError(f"session {session_dir} was not started by `gdfut start` (it has no "
                        f"pids file); its driver stops it")
     recorded = [(k, p) for k, p in _read_pids(session_dir) if _alive(p)]
-    stale = [(k, p) for k, p in recorded if not _belongs(p, session_dir)]
+    stale = [(k, p) for k, p in recorded if not _belongs(p, session_dir) and _alive(p)]
     recorded = [kp for kp in recorded if kp not in stale]
     for kind, pid in stale:
         print(f"not stopping pid {pid} (recorded as {kind}): it is no longer a process of "

@@ -30,6 +30,7 @@ from .transport import tcp
 log = logging.getLogger("gdfut.node")
 
 HEARTBEAT_S = 1.0
+PREFAULT_AHEAD = 512 * 1024 * 1024   # keep this much arena beyond the high-water mark faulted
 WORKER_KILL_GRACE_S = 2.0
 
 
@@ -112,7 +113,8 @@ class NodeDaemon:
 
     # ------------------------------------------------------------ lifecycle
     async def run(self):
-        self.arena = SharedArena.create(self.arena_name, self.capacity, prefault=True)
+        self.arena = SharedArena.create(self.arena_name, self.capacity, prefault=True,
+                                        prefault_initial=PREFAULT_AHEAD)
         self.server = await tcp.listen(self.args.bind, self.args.port, lambda: Conn(self),
                                        self.token)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -274,6 +276,7 @@ class NodeDaemon:
         _, req_id, oid, size, primary = m
         res = self.store.create(oid, size, peer.wid, primary=primary, now=next(self.clock))
         if res.ok:
+            self.arena.prefault_to(res.offset + size + PREFAULT_AHEAD)
             peer.conn.reply(req_id, {"offset": res.offset})
         else:
             peer.conn.reply(req_id, {"error": str(res.error), "needed": res.needed,

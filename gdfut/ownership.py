@@ -6,16 +6,18 @@ carries out the returned instructions, in order. Ids are opaque hashables:
 ``oid`` object, ``tid`` task, ``wid`` process (an owner or a borrower).
 
 Owned objects (this process made them: ``put`` or the return of a task it
-submitted) have state, size, locations, lineage and four kinds of holders:
-``local`` ObjectRefs here, ``submitted`` pending tasks taking the ref as an
-argument, ``borrowers`` (a count per other process) and ``contained_in`` (owned
-objects here whose value holds the ref). With all four empty the object is
-freed: ``FreeObject``, then the refs it contains lose one holder each.
+submitted) have state, size, locations, lineage and these holders: ``local``
+ObjectRefs here, ``submitted`` pending tasks taking the ref as an argument,
+``borrowers`` (a count per other process), ``contained_in`` (owned objects
+here whose value holds the ref) and ``returning`` (return values this process
+is sending that hold it). With none left the object is freed:
+``FreeObject``, then the refs it contains lose one holder each.
 
-Borrowed refs (owned by another process) have ``local``, ``submitted`` and
-``contained_in`` too, and ``registrations``: how many "process B holds R"
-registrations for this process the owner has recorded. When the last holder
-goes, the borrower sends ``SendRemoveBorrower(n=registrations)`` and forgets.
+Borrowed refs (owned by another process) have ``local``, ``submitted``,
+``contained_in``, ``returning`` too, and ``registrations``: how many "process
+B holds R" registrations for this process the owner has recorded. When the
+last holder goes, the borrower sends ``SendRemoveBorrower(n=registrations)``
+and forgets the ref.
 
 Borrower protocol (Ownership, NSDI'21 section 4.2, with counted registrations):
 
@@ -49,6 +51,24 @@ Failures: ``process_died`` drops the dead process as borrower everywhere and
 fails refs it owned (``OwnerDied``). Messages about a dead borrower, and any
 message about a freed or unknown object, are ignored and counted in
 ``stats()``.
+
+What the shell must do: carry out instructions in the order returned, and
+send the ``Send*`` ones to each peer in that order on one ordered connection
+(replies travel on it too); ack every Add, even an ignored one; report acks
+of its own Adds (``borrower == self``) with ``borrower_registered``; after
+``process_died(owner)`` stop waiting for acks from that owner.
+
+Known gaps (failure paths only; nothing is freed early in failure-free runs):
+
+* Reference cycles between objects are never freed (plain counting).
+* An executor that dies after some of its Adds for the submitter landed but
+  before its reply leaks those registrations at the third owner (until the
+  submitter dies).
+* An executor's hold on arguments rests on the submitter's hold, and refs
+  read out of an object rest on that object's owner until their Adds are
+  acked. If that process dies first the ref can be freed under the reader
+  (fate sharing: the runtime should cancel tasks of a dead submitter); the
+  late Add is then ignored as stale.
 """
 from __future__ import annotations
 
@@ -279,7 +299,8 @@ class ReferenceTable:
         """A new object owned here (put, or a return of a task we submit).
 
         Starts with ``local`` refs (0: the shell adds the first ObjectRef with
-        ``add_local_ref``; a PENDING entry nobody referenced yet is not freed).
+        ``add_local_ref``; an entry nobody ever referenced stays until it
+        turns READY or FAILED, then it is freed).
         ``contains``: refs nested in the value (put); each must be held here.
         Add every return of a task before dropping any (lineage counting).
         """
@@ -297,7 +318,8 @@ class ReferenceTable:
             self._lineage_live[lineage] = self._lineage_live.get(lineage, 0) + 1
         return []
 
-    def object_ready(self, oid: ObjectId, size: int | None, location: Location) -> list[Instruction]:
+    def object_ready(self, oid: ObjectId, size: int | None,
+                     location: Location) -> list[Instruction]:
         """The value exists at ``location``. For a freed object: delete it there."""
         o = self._owned.get(oid)
         if o is None:
@@ -457,6 +479,8 @@ class ReferenceTable:
         """
         if return_oid in self._returning:
             raise OwnershipError(f"return {return_oid!r} is already being sent")
+        if submitter == self.wid:   # return_received would count Adds never sent
+            raise OwnershipError("a process cannot execute its own task here")
         nested = _unique(nested_oids)
         entries = [self._entry(oid) for oid in nested]  # raises if not held here
         out: list[Instruction] = []

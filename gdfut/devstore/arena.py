@@ -103,11 +103,24 @@ class SharedArena:
         self.prefault_done = threading.Event()
         self._stop = threading.Event()
         self._prefault_thread: threading.Thread | None = None
+        # Pre-faulting runs up to a target that the store raises as it fills:
+        # faulting a many-GiB arena up front would burn seconds of CPU.
+        self._target_cv = threading.Condition()
+        self._prefault_target = capacity
 
     # -- construction ---------------------------------------------------------
 
+    def prefault_to(self, nbytes: int) -> None:
+        """Raise the pre-fault target to ``nbytes`` (never lowers it)."""
+        with self._target_cv:
+            target = min(self.capacity, nbytes)
+            if target > self._prefault_target:
+                self._prefault_target = target
+                self._target_cv.notify_all()
+
     @classmethod
-    def create(cls, name: str, capacity: int, prefault: bool = True) -> SharedArena:
+    def create(cls, name: str, capacity: int, prefault: bool = True,
+               prefault_initial: int | None = None) -> SharedArena:
         """Create ``/dev/shm/<name>``; returns at once, faulting in the background."""
         _check_name(name)
         if capacity <= 0:
@@ -124,6 +137,8 @@ class SharedArena:
         finally:
             os.close(fd)  # the mapping keeps the file alive
         arena = cls(name, mm, capacity, owner=True)
+        if prefault_initial is not None:
+            arena._prefault_target = max(0, min(capacity, prefault_initial))
         if prefault:
             arena._start_prefault()
         else:
@@ -225,6 +240,8 @@ class SharedArena:
 
     def _stop_prefault(self) -> None:
         self._stop.set()
+        with self._target_cv:
+            self._target_cv.notify_all()
         thread = self._prefault_thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
@@ -237,6 +254,9 @@ class SharedArena:
         try:
             use_madvise = _madvise is not None
             for start in range(0, self.capacity, PREFAULT_CHUNK):
+                with self._target_cv:
+                    while start >= self._prefault_target and not self._stop.is_set():
+                        self._target_cv.wait()
                 if self._stop.is_set():
                     return
                 length = min(PREFAULT_CHUNK, self.capacity - start)

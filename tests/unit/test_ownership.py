@@ -192,6 +192,7 @@ def test_return_contains_ref_owned_by_worker():
     assert w.returning_refs(O, S, [Y]) == []    # S recorded as borrower here
     assert w.register_held_refs() == []
     assert w.remove_local_ref(Y) == []          # S keeps it alive
+    assert w.return_sent(O) == []               # reply on the wire
     assert s.return_received(O, [(Y, W)]) == []
     assert s.object_ready(O, 4, INLINE) == []
     assert s.task_finished(T1) == []
@@ -208,14 +209,34 @@ def test_return_contains_ref_owned_by_submitter():
     submit(s, T1, [X])                          # X passed nested in the args
     assert w.add_local_ref(X, owner=S) == []
     assert w.returning_refs(O, S, [X]) == []
-    assert w.remove_local_ref(X) == []          # never registered: nothing to send
-    assert w.register_held_refs() == []
+    assert w.remove_local_ref(X) == []          # held by the outgoing reply
+    assert w.register_held_refs() == []         # that hold needs no registration
+    assert w.return_sent(O) == []               # never registered: nothing to send
+    assert w.is_empty()
     assert s.return_received(O, [(X, S)]) == []  # before task_finished
     assert s.object_ready(O, 4, INLINE) == []
     assert s.task_finished(T1) == []
     assert s.remove_local_ref(X) == []          # inside O now
     assert s.remove_local_ref(O) == [free(O, 4), ReleaseLineage(T1), free(X)]
-    assert s.is_empty() and w.is_empty()
+    assert s.is_empty()
+
+
+def test_registered_worker_remove_cannot_overtake_reply():
+    """W holds X (owned by S) registered, returns it to S and drops it before
+    the reply goes out: the Remove must follow the reply on the W->S wire."""
+    s, w = Table(S), Table(W)
+    put(s, X)
+    borrow(s, w, X)
+    submit(s, T1, [])
+    assert s.remove_local_ref(X) == []          # only W's registration is left
+    assert w.returning_refs(O, S, [X]) == []
+    assert w.remove_local_ref(X) == []          # not yet: the reply holds it
+    assert w.return_sent(O) == [SendRemoveBorrower(S, X, 1, W)]
+    assert s.return_received(O, [(X, S)]) == []  # the reply arrives first...
+    assert s.borrow_removed(X, W, 1) == []      # ...then the Remove: X lives in O
+    assert s.object_ready(O, 4, INLINE) == []
+    assert s.task_finished(T1) == []
+    assert s.remove_local_ref(O) == [free(O, 4), ReleaseLineage(T1), free(X)]
 
 
 def test_return_contains_ref_owned_by_third_process():
@@ -225,7 +246,8 @@ def test_return_contains_ref_owned_by_third_process():
     submit(s, T1, [])
     assert w.returning_refs(O, S, [R]) == [SendAddBorrower(Q, R, S, 1)]
     assert q.borrow_added(R, S, 1) == []        # acked before the reply
-    assert w.remove_local_ref(R) == [SendRemoveBorrower(Q, R, 1, W)]
+    assert w.remove_local_ref(R) == []
+    assert w.return_sent(O) == [SendRemoveBorrower(Q, R, 1, W)]
     assert q.borrow_removed(R, W, 1) == []
     assert q.remove_local_ref(R) == []          # only S holds it now
     assert s.return_received(O, [(R, Q, ("h", 1))]) == []
