@@ -123,7 +123,7 @@ class CoreWorker:
     INLINE_LOCATION = own.INLINE
 
     def __init__(self, *, mode: str, node_host: str, node_port: int, token: bytes,
-                 session_dir: str, head_addr: tuple | None, listen_host: str = "127.0.0.1",
+                 session_dir: str, head_addr: tuple | None, listen_host: str | None = None,
                  worker_id: bytes | None = None):
         assert mode in ("driver", "worker")
         self.mode = mode
@@ -160,7 +160,9 @@ class CoreWorker:
         self.io.run(self._start(kind or self.mode, pid or os.getpid()), timeout)
 
     async def _start(self, kind: str, pid: int):
-        self._server = await tcp.listen(self.listen_host, 0, lambda: PeerHandler(self), self.token)
+        # listen where our node is reachable: owners on other nodes push to us
+        host = self.listen_host or self.node_addr[0]
+        self._server = await tcp.listen(host, 0, lambda: PeerHandler(self), self.token)
         self.addr = self._server.sockets[0].getsockname()[:2]
         self.node_conn = await tcp.connect(*self.node_addr, PeerHandler(self), self.token)
         self.node_conn.peer = {"role": "node"}
@@ -172,6 +174,19 @@ class CoreWorker:
             self.head_addr = tuple(info["head_addr"])
         from .devstore.arena import SharedArena
         self.arena = SharedArena.attach(info["arena_name"])
+        if kind == "driver":
+            self._job_task = self.io.loop.create_task(self._register_job(pid))
+
+    async def _register_job(self, pid):
+        """Record this driver in the head's job table (control plane, off the hot path)."""
+        for _ in range(100):
+            try:
+                head = await self.head()
+                self.job_id = await head.request(P.HEAD_REGISTER_JOB, {
+                    "driver_wid": self.wid, "pid": pid, "addr": list(self.addr)})
+                return
+            except (GdfutError, OSError, tcp.ConnectionLost, asyncio.TimeoutError):
+                await asyncio.sleep(0.05)
 
     async def head(self):
         if self.head_conn is None or self.head_conn.closed:
@@ -435,13 +450,15 @@ class CoreWorker:
         region = self.arena.readonly_pinned(reply[0], reply[1], _Unpin(self, oid))
         return ser.loads_from_store(region)
 
-    def store_serialized(self, oid: bytes, s: ser.Serialized) -> list:
-        """Inline entry for small values, else write into the local store."""
+    def store_serialized(self, oid: bytes, s: ser.Serialized, owner: bytes | None = None) -> list:
+        """Inline entry for small values, else write into the local store.
+        ``owner``: the process that owns the object (default: this one); the
+        node frees it if that owner dies (fate sharing)."""
         if s.inline:
             return [INLINE, s.pickle_bytes]
         layout = s.store_layout()
         total = layout[2]
-        reply = self.node_request(P.STORE_CREATE, oid, total, True)
+        reply = self.node_request(P.STORE_CREATE, oid, total, True, owner or self.wid)
         if reply.get("error"):
             raise ObjectStoreFullError(
                 f"object {short(oid)} of {total} bytes does not fit in the object store "
@@ -612,6 +629,8 @@ class CoreWorker:
         for row in rows:
             row["owner_addr"] = list(self.addr)
             row["owner_mode"] = self.mode
+            row["locations"] = [_location_text(loc) for loc in row.get("locations", ())]
+            row["state"] = str(row.get("state"))
         return rows
 
     # ------------------------------------------------------------ shutdown
@@ -639,6 +658,13 @@ class CoreWorker:
             if conn is not None:
                 conn.close()
         await asyncio.sleep(0)
+
+
+def _location_text(loc) -> list:
+    """Wire form of a location: ["inline"] or [node_id, tier]."""
+    if loc == own.INLINE:
+        return ["inline"]
+    return list(loc)
 
 
 class _Unpin:

@@ -250,7 +250,7 @@ class Executor:
         out = []
         for oid, value in zip(task.return_ids(), values):
             s = ser.serialize(value, f"the return value of {task.name}")
-            entry = self.rt.store_serialized(oid, s)
+            entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
             nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
             out.append([oid, entry, nested, s.nested])
         return out
@@ -288,3 +288,7 @@ class Executor:
         wire = [[oid, entry, nested] for oid, entry, nested, _refs in returns]
         if not task.conn.closed:
             task.conn.send([P.TASK_DONE, task.tid, status, wire])
+        rt = self.rt
+        for oid, _entry, _nested, refs in returns:
+            if refs:   # the reply is queued ahead of any Remove we send now
+                rt.run_instructions(rt.table.return_sent(oid))

@@ -30,6 +30,7 @@ from .transport import tcp
 log = logging.getLogger("gdfut.node")
 
 HEARTBEAT_S = 1.0
+MEMORY_QUERY_TIMEOUT_S = 5.0
 PREFAULT_AHEAD = 512 * 1024 * 1024   # keep this much arena beyond the high-water mark faulted
 WORKER_KILL_GRACE_S = 2.0
 
@@ -92,12 +93,17 @@ class NodeDaemon:
         self.workers: dict[bytes, WorkerProc] = {}
         self.peers: dict[bytes, Conn] = {}            # wid -> connection of that process
         self.pending_leases: dict = {}                # request id -> (Conn, req_id)
+        self.object_owner: dict[bytes, bytes] = {}    # oid -> owner wid
+        self.objects_of_owner: dict[bytes, set] = {}  # owner wid -> oids here
         self.request_ids = itertools.count(1)
         self.head_conn = None
         self.head_addr = tuple(args.head_addr.split(":")) if args.head_addr else None
         if self.head_addr:
             self.head_addr = (self.head_addr[0], int(self.head_addr[1]))
         self.server = None
+        # the address others use to reach this node (and its workers)
+        self.node_ip = args.node_ip or (args.bind if args.bind not in ("0.0.0.0", "", "::")
+                                        else "127.0.0.1")
         self.clock = itertools.count(1)
         self.stopping = asyncio.Event()
         self.dispatch = {
@@ -147,7 +153,7 @@ class NodeDaemon:
         for _ in range(count):
             wid = new_id()
             log_path = os.path.join(self.session_dir, "logs", f"worker-{wid[:6].hex()}.log")
-            cmd = [sys.executable, "-m", "gdfut.worker_main", "--node", f"127.0.0.1:{self.port}",
+            cmd = [sys.executable, "-m", "gdfut.worker_main", "--node", f"{self.node_ip}:{self.port}",
                    "--session-dir", self.session_dir, "--worker-id", wid.hex()]
             if self.head_addr:
                 cmd += ["--head", f"{self.head_addr[0]}:{self.head_addr[1]}"]
@@ -186,7 +192,7 @@ class NodeDaemon:
             await asyncio.sleep(HEARTBEAT_S)
 
     def node_info(self):
-        return {"node_id": self.node_id, "addr": [self.args.bind, self.port],
+        return {"node_id": self.node_id, "addr": [self.node_ip, self.port],
                 "resources": self.total.to_dict(), "pid": os.getpid(),
                 "session_dir": self.session_dir, "arena": self.arena_name,
                 "object_store_memory": self.capacity}
@@ -273,9 +279,11 @@ class NodeDaemon:
         self.run_instructions(self.leases.worker_unblocked(peer.wid))
 
     def on_store_create(self, peer, m):
-        _, req_id, oid, size, primary = m
+        _, req_id, oid, size, primary, owner = m
         res = self.store.create(oid, size, peer.wid, primary=primary, now=next(self.clock))
         if res.ok:
+            self.object_owner[oid] = owner
+            self.objects_of_owner.setdefault(owner, set()).add(oid)
             self.arena.prefault_to(res.offset + size + PREFAULT_AHEAD)
             peer.conn.reply(req_id, {"offset": res.offset})
         else:
@@ -290,6 +298,20 @@ class NodeDaemon:
 
     def on_store_abort(self, peer, m):
         self.store.abort(m[1], peer.wid)
+        self.forget_owner(m[1])
+
+    def forget_owner(self, oid):
+        owner = self.object_owner.pop(oid, None)
+        if owner is not None:
+            oids = self.objects_of_owner.get(owner)
+            if oids is not None:
+                oids.discard(oid)
+                if not oids:
+                    del self.objects_of_owner[owner]
+
+    def delete_object(self, oid):
+        self.store.delete(oid)
+        self.forget_owner(oid)
 
     def on_store_pin(self, peer, m):
         _, req_id, oid = m
@@ -302,7 +324,7 @@ class NodeDaemon:
 
     def on_store_free(self, peer, m):
         for oid in m[1]:
-            self.store.delete(oid)
+            self.delete_object(oid)
 
     def on_kill_worker(self, peer, m):
         _, req_id, wid, reason = m
@@ -320,8 +342,9 @@ class NodeDaemon:
         owners = [p for p in self.peers.values() if p.conn is not None and not p.conn.closed
                   and p is not peer]
         rows = []
-        results = await asyncio.gather(*(p.conn.request(P.OWNER_MEMORY) for p in owners),
-                                       return_exceptions=True)
+        results = await asyncio.gather(
+            *(asyncio.wait_for(p.conn.request(P.OWNER_MEMORY), MEMORY_QUERY_TIMEOUT_S)
+              for p in owners), return_exceptions=True)
         for r in results:
             if isinstance(r, list):
                 rows.extend(r)
@@ -335,6 +358,9 @@ class NodeDaemon:
             return
         self.peers.pop(peer.wid, None)
         self.store.release_holder(peer.wid)
+        # fate sharing: what a dead owner owned can never be reached again
+        for oid in list(self.objects_of_owner.get(peer.wid, ())):
+            self.delete_object(oid)
         if peer.wid in self.workers:
             w = self.workers.pop(peer.wid)
             self.run_instructions(self.leases.worker_died(peer.wid))
@@ -373,6 +399,8 @@ def main(argv=None):
     ap.add_argument("--head-addr", default=None)
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--bind", default="127.0.0.1")
+    ap.add_argument("--node-ip", default=None,
+                    help="address other nodes use to reach this one (default: --bind)")
     ap.add_argument("--num-cpus", type=float, default=os.cpu_count())
     ap.add_argument("--num-gpus", type=float, default=0)
     ap.add_argument("--resources", default="{}")

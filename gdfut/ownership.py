@@ -306,9 +306,7 @@ class ReferenceTable:
         """
         if oid in self._owned or oid in self._borrowed or oid in self._freed:
             raise OwnershipError(f"object {oid!r} already known here")
-        nested = _unique(contains)
-        for c in nested:
-            self._entry(c)              # raises if not held here
+        nested = self._held_refs(_unique(contains))
         o = _Owned(lineage=lineage, call_site=call_site, contains=tuple(nested), size=size,
                    local=local)
         self._owned[oid] = o
@@ -401,8 +399,8 @@ class ReferenceTable:
         """Task tid takes these refs (top-level and nested, repeats counted)."""
         if tid in self._tasks:
             raise OwnershipError(f"task {tid!r} submitted twice")
-        args = tuple(arg_oids)
-        entries = [self._entry(a) for a in args]    # validate all before changing any
+        args = tuple(self._held_refs(arg_oids))    # all checked before changing any
+        entries = [self._entry(a) for a in args]
         for e in entries:
             e.submitted += 1
         self._tasks[tid] = args
@@ -481,8 +479,8 @@ class ReferenceTable:
             raise OwnershipError(f"return {return_oid!r} is already being sent")
         if submitter == self.wid:   # return_received would count Adds never sent
             raise OwnershipError("a process cannot execute its own task here")
-        nested = _unique(nested_oids)
-        entries = [self._entry(oid) for oid in nested]  # raises if not held here
+        nested = self._held_refs(_unique(nested_oids))
+        entries = [self._entry(oid) for oid in nested]
         out: list[Instruction] = []
         for oid, e in zip(nested, entries):
             e.returning += 1
@@ -497,10 +495,11 @@ class ReferenceTable:
         return out
 
     def return_sent(self, return_oid: ObjectId) -> list[Instruction]:
-        """The reply carrying ``return_oid`` was sent (or abandoned)."""
+        """The reply carrying ``return_oid`` was sent (or abandoned). Safe to
+        call for every return, with or without ``returning_refs`` before."""
         nested = self._returning.pop(return_oid, None)
         if nested is None:
-            raise OwnershipError(f"return {return_oid!r} is not being sent")
+            return []
         for oid in nested:
             e = self._entry(oid)
             assert e.returning > 0, (oid, e)
@@ -668,6 +667,19 @@ class ReferenceTable:
         if e is None:
             raise OwnershipError(f"ref {oid!r} is not held by this process")
         return e
+
+    def _held_refs(self, oids: Iterable[ObjectId]) -> list:
+        """oids, less dangling refs to our own freed objects (counted: the
+        shell fails their gets with the FREED status). Unknown: an error."""
+        out = []
+        for oid in oids:
+            if oid in self._owned or oid in self._borrowed:
+                out.append(oid)
+            elif oid in self._freed:
+                self._stats["stale_events"] += 1
+            else:
+                raise OwnershipError(f"ref {oid!r} is not held by this process")
+        return out
 
     def _new_borrowed(self, oid, owner) -> tuple[_Borrowed, list[Instruction]]:
         if oid in self._owned or owner == self.wid:

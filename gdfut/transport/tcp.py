@@ -119,9 +119,27 @@ class FramedConnection(asyncio.Protocol):
         if self._closed or not self._pending or not self.authenticated.done():
             return
         pending, self._pending = self._pending, []
-        chunks = [P.pack_frame(pending[i:i + P.MAX_MESSAGES_PER_FRAME])
-                  for i in range(0, len(pending), P.MAX_MESSAGES_PER_FRAME)]
-        self._transport.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+        try:
+            chunks = [P.pack_frame(pending[i:i + P.MAX_MESSAGES_PER_FRAME])
+                      for i in range(0, len(pending), P.MAX_MESSAGES_PER_FRAME)]
+        except (TypeError, ValueError, OverflowError):
+            chunks = self._pack_one_by_one(pending)
+        if chunks:
+            self._transport.write(b"".join(chunks) if len(chunks) > 1 else chunks[0])
+
+    def _pack_one_by_one(self, pending):
+        """A message that cannot be packed is a bug in its sender: log it and
+        drop only that message, never the rest of the batch."""
+        chunks = []
+        for message in pending:
+            try:
+                chunks.append(P.pack_frame([message]))
+            except (TypeError, ValueError, OverflowError) as exc:
+                log.error("dropping unpackable message type %s: %s", message[0], exc)
+                if message[0] == P.REPLY and len(message) > 1:
+                    chunks.append(P.pack_frame([[P.ERROR, message[1],
+                                                 f"reply could not be encoded: {exc}"]]))
+        return chunks
 
     def request(self, mtype: int, *fields) -> asyncio.Future:
         req_id = next(self._req_ids)

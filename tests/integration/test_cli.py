@@ -221,9 +221,6 @@ def test_stop_cleans_up_after_sigkilled_node():
     assert not [p for p in recorded_pids(session) if pid_alive(p)]
 
 
-@pytest.mark.xfail(reason="runtime bug: OWNER_MEMORY rows carry ownership.INLINE (an enum) in "
-                          "'locations', which msgpack cannot pack; the owner's reply is lost "
-                          "and NODE_MEMORY never answers", strict=False)
 def test_memory_lists_inline_objects():
     address, session, _ = start_head()
     driver = None

@@ -212,6 +212,7 @@ def test_return_contains_ref_owned_by_submitter():
     assert w.remove_local_ref(X) == []          # held by the outgoing reply
     assert w.register_held_refs() == []         # that hold needs no registration
     assert w.return_sent(O) == []               # never registered: nothing to send
+    assert w.return_sent(O) == []               # no-op for a return not being sent
     assert w.is_empty()
     assert s.return_received(O, [(X, S)]) == []  # before task_finished
     assert s.object_ready(O, 4, INLINE) == []
@@ -399,8 +400,11 @@ def test_misuse_raises():
     assert s.remove_local_ref(X) == [free(X)]
     with pytest.raises(OwnershipError):
         s.add_owned(X)                          # ids are never reused
-    assert s.remove_local_ref(X) == []          # dangling ref to a freed object
-    assert s.stats()["stale_events"] == 1
+    assert s.add_local_ref(X) == []             # dangling ref to a freed object
+    assert s.task_submitted(T1, [X]) == []      # ignored: the shell fails the task
+    assert s.remove_local_ref(X) == []
+    assert s.task_finished(T1) == []
+    assert s.stats()["stale_events"] == 3 and s.is_empty()
 
 
 # ---------------------------------------------------------------- summary
