@@ -149,6 +149,7 @@ class CoreWorker:
         self._closed = False
         self._call_sites = True
         self.owner_addrs: dict[bytes, tuple] = {}           # owner wid -> listen address
+        self.borrowed_refs_seen = 0
         from .submitter import TaskSubmitter
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -483,8 +484,19 @@ class CoreWorker:
             if not isinstance(r, ObjectRef):
                 raise TypeError(f"get() takes ObjectRefs or a list of them, got {type(r).__name__}")
         entries = self._entries(ref_list, timeout)
+        seen = self.borrowed_refs_seen
         values = [self._materialize(r.id, e) for r, e in zip(ref_list, entries)]
+        if self.borrowed_refs_seen != seen:
+            # refs read out of objects: register with their owners before the
+            # outer refs can go (the outer object is what keeps them alive now)
+            self.io.run(self._register_held())
         return values[0] if single else values
+
+    async def _register_held(self):
+        await asyncio.sleep(0)   # let the posted add_local_ref calls run first
+        adds = self.table.register_held_refs()
+        if adds:
+            await asyncio.gather(*(self.register_borrow(i) for i in adds))
 
     def _entries(self, refs, timeout):
         """Value entries for refs, waiting for them if needed (user thread)."""

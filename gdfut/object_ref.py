@@ -60,4 +60,6 @@ class ObjectRef:
 
 def _rebuild_ref(oid, owner_wid, owner_addr):
     rt = runtime_context.current()
+    if rt is not None and owner_wid != rt.wid:
+        rt.borrowed_refs_seen += 1   # get() registers them with their owners
     return ObjectRef(oid, owner_wid, owner_addr, rt)
