@@ -74,8 +74,10 @@ class ActorClass:
             except RemoteError as exc:
                 raise ValueError(str(exc)) from None
         cls_id, cls_bytes = self._class_bytes()
+        from .scheduling_strategies import strategy_wire
         rt.actors.create(actor_id, cls_id, cls_bytes, name, args, kwargs,
                          {"resources": resources,
+                          "strategy": strategy_wire(o.get("scheduling_strategy")),
                           "actor_options": {"max_concurrency": max_conc}})
         return handle
 

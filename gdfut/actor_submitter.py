@@ -17,7 +17,7 @@ from . import protocol as P
 from .exceptions import ActorDiedError, UnschedulableError
 from .ids import new_task_id, short
 from .object_ref import ObjectRef
-from .submitter import TaskSpec, ERROR
+from .submitter import TaskSpec, ERROR, lease_from_cluster
 from .transport import tcp
 
 log = logging.getLogger("gdfut.actors")
@@ -45,6 +45,8 @@ class ActorClient:
         self.killed = False
         self.locating = False
         self.location_waiters: list = []
+        self.node_id = None
+        self.lease_id = None
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -62,7 +64,8 @@ class ActorSubmitter:
         a, kw, held, deps, nested = sub.prepare_args(args, kwargs, f"{class_name}.__init__")
         spec = TaskSpec(new_task_id(), cls_id, cls_bytes, f"{class_name}.__init__", a, kw, 1,
                         options["resources"], 0, deps, nested, held, actor_id=actor_id,
-                        method="__init__", actor_options=options["actor_options"])
+                        method="__init__", actor_options=options["actor_options"],
+                        strategy=options.get("strategy"))
         self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site())
 
     def submit(self, handle, method, args, kwargs, num_returns) -> list[ObjectRef]:
@@ -100,8 +103,8 @@ class ActorSubmitter:
     async def _place(self, client, spec):
         rt = self.rt
         try:
-            grant = await rt.node_conn.request(P.REQUEST_LEASE, spec.resources, True,
-                                               client.actor_id)
+            grant, node_conn = await lease_from_cluster(
+                rt, spec.resources, True, client.actor_id, {"strategy": spec.strategy})
             conn = await rt.connect_peer(tuple(grant["addr"]))
         except tcp.RemoteError as exc:
             self._mark_dead(client, f"it cannot be scheduled: {exc}", UnschedulableError)
@@ -112,6 +115,7 @@ class ActorSubmitter:
         client.worker_id = grant["worker_id"]
         client.addr = tuple(grant["addr"])
         client.lease_id = grant["lease_id"]
+        client.node_id = grant["node_id"]
         self._connected(client, conn)
 
     def _connected(self, client, conn):
@@ -158,6 +162,7 @@ class ActorSubmitter:
             return
         client.worker_id = loc[1]
         client.addr = tuple(loc[0])
+        client.node_id = loc[2]
         self._connected(client, conn)
 
     def _flush(self, client):
@@ -204,10 +209,8 @@ class ActorSubmitter:
         for cb in client.location_waiters:
             cb()
         client.location_waiters.clear()
-        if client.is_creator and client.worker_id is not None:
-            rt = self.rt
-            if rt.node_conn is not None and not rt.node_conn.closed:
-                rt.node_conn.send([P.RETURN_LEASE, getattr(client, "lease_id", b""), True])
+        if client.is_creator and client.worker_id is not None and client.node_id is not None:
+            self.rt.send_to_node(client.node_id, [P.RETURN_LEASE, client.lease_id, True])
 
     def _fail_call(self, client, spec):
         cls = getattr(client, "err_cls", ActorDiedError)
@@ -226,7 +229,10 @@ class ActorSubmitter:
             self.clients[actor_id] = client
         client.killed = True
         if client.state == ALIVE:
-            self.rt.node_conn.send([P.KILL_WORKER, 0, client.worker_id, "killed by gdfut.kill()"])
+            if client.node_id is None:
+                client.node_id = self.rt.node_id
+            self.rt.send_to_node(client.node_id,
+                                 [P.KILL_WORKER, 0, client.worker_id, "killed by gdfut.kill()"])
         elif client.state == PENDING:
             client.location_waiters.append(lambda: self._kill_in_loop(
                 actor_id, owner_wid, owner_addr, class_name) if client.state == ALIVE else None)
@@ -244,7 +250,7 @@ class ActorSubmitter:
 
         def answer():
             if client.state == ALIVE:
-                conn.reply(req_id, [list(client.addr), client.worker_id])
+                conn.reply(req_id, [list(client.addr), client.worker_id, client.node_id])
             else:
                 conn.reply_error(req_id, f"{client.describe()} is dead: {client.death_reason}")
 

@@ -177,6 +177,27 @@ async def _own_rows(rt):
     return rt.memory_rows()
 
 
+class RuntimeContext:
+    """Where the calling code runs (Ray's ``get_runtime_context()``)."""
+
+    def __init__(self, rt):
+        self._rt = rt
+
+    def get_node_id(self) -> str:
+        return self._rt.node_id.hex()
+
+    def get_worker_id(self) -> str:
+        return self._rt.wid.hex()
+
+    @property
+    def worker_mode(self) -> str:
+        return self._rt.mode
+
+
+def get_runtime_context() -> RuntimeContext:
+    return RuntimeContext(runtime_context.require())
+
+
 def nodes() -> list[dict]:
     from . import protocol as P
     rt = runtime_context.require()
@@ -248,9 +269,11 @@ class RemoteFunction:
     def _task_options(self):
         if self._resolved is None:
             o = self._options
+            from .scheduling_strategies import strategy_wire
             self._resolved = {"num_returns": o.get("num_returns", 1),
                               "max_retries": o.get("max_retries", DEFAULT_MAX_RETRIES),
-                              "resources": resources_of(o)}
+                              "resources": resources_of(o),
+                              "strategy": strategy_wire(o.get("scheduling_strategy"))}
         return self._resolved
 
     def options(self, **options):
@@ -267,7 +290,7 @@ class RemoteFunction:
         n = opts["num_returns"]
         if n == 1:
             return refs[0]
-        return refs
+        return refs if n > 1 else None
 
     def __reduce__(self):
         return (RemoteFunction, (self._fn, self._options))

@@ -91,12 +91,18 @@ def spawn_head(session_dir, port=0, bind="127.0.0.1", embedded=False, detach=Fal
     return Daemon(_popen(cmd, session_dir, "head", detach), "head")
 
 
-def spawn_node(session_dir, head_addr, num_cpus, num_gpus=0, resources=None,
+def spawn_node(session_dir, head_addr, num_cpus, num_gpus=None, resources=None,
                object_store_memory=None, port=0, bind="127.0.0.1", embedded=False,
-               detach=False) -> Daemon:
+               detach=False, node_ip=None, transport=None) -> Daemon:
     cmd = [sys.executable, "-m", "gdfut.node", "--session-dir", session_dir,
-           "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus or 0),
+           "--num-cpus", str(num_cpus),
            "--resources", json.dumps(resources or {}), "--port", str(port), "--bind", bind]
+    if num_gpus is not None:          # else the node counts real GPUs (NVML)
+        cmd += ["--num-gpus", str(num_gpus)]
+    if node_ip:
+        cmd += ["--node-ip", node_ip]
+    if transport:
+        cmd += ["--transport", transport]
     if head_addr:
         cmd += ["--head-addr", f"{head_addr[0]}:{head_addr[1]}"]
     if object_store_memory:

@@ -150,6 +150,7 @@ class CoreWorker:
         self._call_sites = True
         self.owner_addrs: dict[bytes, tuple] = {}           # owner wid -> listen address
         self.borrowed_refs_seen = 0
+        self.node_addrs: dict[bytes, tuple] = {}            # node id -> daemon address
         from .submitter import TaskSubmitter
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -208,6 +209,7 @@ class CoreWorker:
         d[P.OWNER_MEMORY] = self._on_owner_memory
         d[P.TASK_DONE] = self.submitter.on_task_done
         d[P.ACTOR_LOCATION] = self.actors.on_actor_location
+        d[P.ADD_LOCATION] = self._on_add_location
 
     # ------------------------------------------------------------ connections
     async def connect_peer(self, addr) -> tcp.FramedConnection:
@@ -316,10 +318,47 @@ class CoreWorker:
 
     def _free_object(self, ins):
         self.values.pop(ins.oid, None)
-        stored = any(isinstance(loc, tuple) for loc in ins.locations)
-        if stored and self.node_conn is not None and not self.node_conn.closed:
-            # single-node for now: every stored copy is in our node's store
-            self.node_conn.send([P.STORE_FREE, [ins.oid]])
+        for loc in ins.locations:
+            if isinstance(loc, tuple):
+                self.send_to_node(loc[0], [P.STORE_FREE, [ins.oid]])
+
+    def send_to_node(self, node_id: bytes, message: list) -> None:
+        """Send a one-way message to a node daemon (ours or another)."""
+        if node_id == self.node_id:
+            if self.node_conn is not None and not self.node_conn.closed:
+                self.node_conn.send(message)
+            return
+        self.io.loop.create_task(self._send_to_remote_node(node_id, message))
+
+    async def _send_to_remote_node(self, node_id, message):
+        try:
+            conn = await self.node_connection(node_id)
+            conn.send(message)
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError, GdfutError) as exc:
+            log.info("node %s unreachable: %s", short(node_id), exc)
+
+    async def node_address(self, node_id: bytes) -> tuple:
+        addr = self.node_addrs.get(node_id)
+        if addr is None:
+            view = await self.node_conn.request(P.NODE_CLUSTER_VIEW)
+            for n in view:
+                self.node_addrs[n["node_id"]] = tuple(n["addr"])
+            addr = self.node_addrs.get(node_id)
+        if addr is None:
+            raise GdfutError(f"node {short(node_id)} is unknown to the cluster")
+        return addr
+
+    async def node_connection(self, node_id: bytes):
+        """An (authenticated, registered) connection to a node daemon."""
+        if node_id == self.node_id:
+            return self.node_conn
+        addr = await self.node_address(node_id)
+        conn = await self.connect_peer(addr)
+        if not conn.peer.get("registered"):
+            conn.peer["registered"] = True
+            await conn.request(P.REGISTER_CLIENT, self.wid, os.getpid(), list(self.addr),
+                               "remote-client")
+        return conn
 
     def _send_to_owner(self, owner_wid, message):
         addr = self.owner_addrs.get(owner_wid)
@@ -444,10 +483,9 @@ class CoreWorker:
         return ref
 
     def read_stored(self, oid: bytes, node_id: bytes, size: int):
-        """Pin a stored object on this node and rebuild it without copying (any thread)."""
-        reply = self.node_request(P.STORE_PIN, oid)
-        if reply is None:
-            raise ObjectLostError(f"object {short(oid)} is not in this node's store")
+        """Pin a stored object (pulled to this node if needed) and rebuild it
+        without copying. Any user thread."""
+        reply = self.io.run(self.pin_local_copy(oid, node_id, size))
         region = self.arena.readonly_pinned(reply[0], reply[1], _Unpin(self, oid))
         return ser.loads_from_store(region)
 
@@ -552,15 +590,43 @@ class CoreWorker:
         self.io.loop.create_task(self._pin(oid, entry, i, done))
 
     async def _pin(self, oid, entry, i, done):
-        reply = None
-        if entry[1] == self.node_id:
-            reply = await self.node_conn.request(P.STORE_PIN, oid)
-        if reply is None:
-            err = ObjectLostError(f"object {short(oid)} is not in the object store of this node "
-                                  f"(it was freed, or lives on another node)")
+        try:
+            reply = await self.pin_local_copy(oid, entry[1], entry[2])
+        except ObjectLostError as err:
             done(i, [ERROR, pickle.dumps(err)])
             return
         done(i, ["pinned", reply[0], reply[1]])
+
+    async def pin_local_copy(self, oid: bytes, node_id: bytes, size: int):
+        """Pin a copy in this node's store, pulling it from ``node_id`` first
+        when it lives elsewhere. Returns (offset, size)."""
+        if node_id == self.node_id:
+            reply = await self.node_conn.request(P.STORE_PIN, oid)
+        else:
+            try:
+                reply = await self.node_conn.request(P.NODE_PULL, oid, size, node_id)
+            except tcp.RemoteError as exc:
+                raise ObjectLostError(f"object {short(oid)} could not be fetched from node "
+                                      f"{short(node_id)}: {exc}") from None
+            if reply is not None:
+                self._tell_owner_location(oid)
+        if reply is None:
+            raise ObjectLostError(f"object {short(oid)} is not in the object store of node "
+                                  f"{short(node_id)} (it was freed)")
+        return reply
+
+    def _tell_owner_location(self, oid):
+        """A secondary copy now exists here: the owner must free it too."""
+        if self.table.is_owned(oid):
+            self.run_instructions(self.table.add_location(oid, (self.node_id, "host")))
+            return
+        owner = self.table.owner_of(oid)
+        if owner is not None:
+            self._send_to_owner(owner, [P.ADD_LOCATION, oid, self.node_id])
+
+    def _on_add_location(self, conn, m):
+        _, oid, node_id = m
+        self.run_instructions(self.table.add_location(oid, (node_id, "host")))
 
     def _materialize(self, oid, entry):
         kind = entry[0]

@@ -24,8 +24,11 @@ from .devstore.host_store import HostStoreState
 from .ids import new_id, short
 from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager, QueueFull,
                                 Reject, RequestCancelled, StartWorker)
+from .object_transfer import ObjectTransfer, TransferError
+from .sched import policy
 from .sched.resources import ResourceSet, actor_resources
 from .transport import tcp
+from .transport.base import default_backend_name
 
 log = logging.getLogger("gdfut.node")
 
@@ -105,6 +108,11 @@ class NodeDaemon:
         self.node_ip = args.node_ip or (args.bind if args.bind not in ("0.0.0.0", "", "::")
                                         else "127.0.0.1")
         self.clock = itertools.count(1)
+        self.cluster: dict[bytes, dict] = {}          # node_id -> head's view of that node
+        self.spread_counter = 0
+        self.transfer = ObjectTransfer(self, args.transport or default_backend_name())
+        self.transfer_holder = ("transfer", "pull")
+        self.data_addr = None
         self.stopping = asyncio.Event()
         self.dispatch = {
             P.REGISTER_WORKER: self.on_register, P.REGISTER_CLIENT: self.on_register,
@@ -114,7 +122,8 @@ class NodeDaemon:
             P.STORE_ABORT: self.on_store_abort, P.STORE_PIN: self.on_store_pin,
             P.STORE_UNPIN: self.on_store_unpin, P.STORE_FREE: self.on_store_free,
             P.KILL_WORKER: self.on_kill_worker, P.NODE_STATUS: self.on_status,
-            P.NODE_MEMORY: self.on_memory,
+            P.NODE_MEMORY: self.on_memory, P.NODE_PULL: self.on_pull,
+            P.NODE_CLUSTER_VIEW: self.on_cluster_view,
         }
 
     # ------------------------------------------------------------ lifecycle
@@ -124,6 +133,9 @@ class NodeDaemon:
         self.server = await tcp.listen(self.args.bind, self.args.port, lambda: Conn(self),
                                        self.token)
         self.port = self.server.sockets[0].getsockname()[1]
+        self.data_addr = await self.transfer.start(self.args.bind)
+        self.data_addr = (self.node_ip, self.data_addr[1]) if self.transfer.backend_name != "inproc" \
+            else self.data_addr
         self.run_instructions(self.leases.request_lease  # noqa: prestart the pool
                               if False else [StartWorker(int(self.args.num_cpus))])
         print(json.dumps({"port": self.port, "node_id": self.node_id.hex(), "pid": os.getpid(),
@@ -136,6 +148,7 @@ class NodeDaemon:
 
     async def shutdown(self):
         self.server.close()
+        await self.transfer.close()
         procs = [w.popen for w in self.workers.values()]
         for p in procs:
             _signal(p, signal.SIGTERM)
@@ -187,20 +200,44 @@ class NodeDaemon:
                     self.head_conn = await tcp.connect(*self.head_addr, Conn(self), self.token)
                     await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
                 self.head_conn.send([P.HEAD_HEARTBEAT, self.node_id, self.stats()])
+                await self.refresh_cluster()
             except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
                 log.warning("head not reachable: %s", exc)
             await asyncio.sleep(HEARTBEAT_S)
+
+    async def refresh_cluster(self):
+        nodes = await asyncio.wait_for(self.head_conn.request(P.HEAD_LIST_NODES), 10)
+        self.cluster = {n["node_id"]: n for n in nodes}
+
+    def node_views(self) -> list:
+        """Placement-policy snapshot: this node exact, the others as last heard."""
+        views = []
+        for node_id, n in self.cluster.items():
+            if node_id == self.node_id:
+                continue
+            st = n.get("stats") or {}
+            total = ResourceSet.from_dict(st.get("resources_total") or n.get("resources") or {})
+            avail = ResourceSet.from_dict(st.get("resources_available") or {})
+            views.append(policy.NodeView(node_id, total, avail,
+                                         (st.get("leases") or {}).get("queued_requests", 0),
+                                         n.get("state") == "ALIVE"))
+        views.append(policy.NodeView(self.node_id, self.total, self.leases.available,
+                                     self.leases.queue_length, True))
+        views.sort(key=lambda v: v.node_id)
+        return views
 
     def node_info(self):
         return {"node_id": self.node_id, "addr": [self.node_ip, self.port],
                 "resources": self.total.to_dict(), "pid": os.getpid(),
                 "session_dir": self.session_dir, "arena": self.arena_name,
-                "object_store_memory": self.capacity}
+                "object_store_memory": self.capacity,
+                "data_addr": list(self.data_addr) if self.data_addr else None,
+                "transport": self.transfer.backend_name}
 
     def stats(self):
         lease = self.leases.stats()
         return {"resources_total": lease["total"], "resources_available": lease["available"],
-                "leases": lease, "store": self.store.stats(),
+                "leases": lease, "store": self.store.stats(), "transfer": self.transfer.stats,
                 "workers": len(self.workers), "prefaulted_bytes": self.arena.prefaulted_bytes}
 
     # ---------------------------------------------------------- instructions
@@ -254,9 +291,7 @@ class NodeDaemon:
             self.run_instructions(self.leases.worker_started(wid))
 
     def on_request_lease(self, peer: Conn, m):
-        _, req_id, resources, is_actor, actor_id = m
-        request_id = next(self.request_ids)
-        self.pending_leases[request_id] = (peer, req_id)
+        _, req_id, resources, is_actor, actor_id, hints = m
         if is_actor:
             opts = resources or {}
             placement, held = actor_resources(opts.get("CPU"), opts.get("GPU"),
@@ -264,9 +299,36 @@ class NodeDaemon:
                                                if k not in ("CPU", "GPU")})
         else:
             held = placement = ResourceSet.from_dict(resources)
+        if not hints.get("spilled"):
+            decision = self.place(placement, hints)
+            if isinstance(decision, policy.Unschedulable):
+                peer.conn.reply_error(req_id, f"Unschedulable: {decision.message}")
+                return
+            if isinstance(decision, policy.Place) and decision.node_id != self.node_id:
+                target = self.cluster[decision.node_id]
+                peer.conn.reply(req_id, {"spillback": target["addr"],
+                                         "node_id": decision.node_id})
+                return
+        request_id = next(self.request_ids)
+        self.pending_leases[request_id] = (peer, req_id)
         self.run_instructions(self.leases.request_lease(request_id, held, peer.wid,
                                                         is_actor=bool(is_actor),
                                                         placement=placement))
+
+    def place(self, needs: ResourceSet, hints: dict):
+        strategy = policy.DEFAULT
+        kind = hints.get("strategy")
+        if kind == "SPREAD":
+            strategy = policy.SPREAD
+        elif isinstance(kind, list) and kind[0] == "AFFINITY":
+            strategy = policy.NodeAffinity(kind[1], soft=bool(kind[2]))
+        request = policy.PlacementRequest(needs, self.node_id,
+                                          dict(hints.get("arg_bytes") or {}), strategy)
+        decision = policy.choose_node(request, self.node_views(), self.spread_counter)
+        if strategy is policy.SPREAD and isinstance(decision, policy.Place):
+            self.spread_counter += 1
+        log.debug("placement: %s", decision.explain())
+        return decision
 
     def on_return_lease(self, peer, m):
         _, lease_id, worker_died = m
@@ -280,16 +342,68 @@ class NodeDaemon:
 
     def on_store_create(self, peer, m):
         _, req_id, oid, size, primary, owner = m
-        res = self.store.create(oid, size, peer.wid, primary=primary, now=next(self.clock))
+        res = self.create_with_eviction(oid, size, peer.wid, primary)
         if res.ok:
             self.object_owner[oid] = owner
             self.objects_of_owner.setdefault(owner, set()).add(oid)
-            self.arena.prefault_to(res.offset + size + PREFAULT_AHEAD)
             peer.conn.reply(req_id, {"offset": res.offset})
         else:
             peer.conn.reply(req_id, {"error": str(res.error), "needed": res.needed,
                                      "capacity": res.capacity, "used": res.used,
                                      "largest_free": res.largest_free})
+
+    def create_with_eviction(self, oid, size, holder, primary):
+        """Create; when full, evict unpinned secondary copies (LRU) and retry."""
+        res = self.store.create(oid, size, holder, primary=primary, now=next(self.clock))
+        while not res.ok and str(res.error) == "full":
+            victims = [v for v in self.store.lru_unpinned(64)
+                       if not self.store.get(v).primary]
+            if not victims:
+                break
+            for v in victims:
+                self.store.delete(v)
+            res = self.store.create(oid, size, holder, primary=primary, now=next(self.clock))
+        if res.ok:
+            self.arena.prefault_to(res.offset + size + PREFAULT_AHEAD)
+        return res
+
+    def create_secondary(self, oid, size) -> int:
+        res = self.create_with_eviction(oid, size, self.transfer_holder, False)
+        if not res.ok:
+            raise TransferError(
+                f"no room for a copy of object {short(oid)} ({size} bytes) on node "
+                f"{short(self.node_id)}: store capacity {res.capacity}, {res.used} in use")
+        return res.offset
+
+    def after_unpin(self, oid):
+        pass
+
+    def on_pull(self, peer, m):
+        asyncio.ensure_future(self._pull_for(peer, m))
+
+    async def _pull_for(self, peer, m):
+        _, req_id, oid, size, source_node = m
+        try:
+            if not self.store.contains(oid):
+                source = self.cluster.get(source_node)
+                if source is None or not source.get("data_addr"):
+                    await self.refresh_cluster()
+                    source = self.cluster.get(source_node)
+                if source is None or source.get("state") != "ALIVE":
+                    raise TransferError(f"node {short(source_node)} holding object "
+                                        f"{short(oid)} is not alive")
+                await self.transfer.pull(oid, size, tuple(source["data_addr"]))
+        except (TransferError, OSError, ConnectionError, asyncio.TimeoutError) as exc:
+            peer.conn.reply_error(req_id, f"{type(exc).__name__}: {exc}")
+            return
+        loc = self.store.pin(oid, peer.wid, now=next(self.clock))
+        peer.conn.reply(req_id, list(loc) if loc is not None else None)
+
+    def on_cluster_view(self, peer, m):
+        peer.conn.reply(m[1], [{"node_id": n["node_id"], "addr": n["addr"],
+                                "data_addr": n.get("data_addr"), "state": n.get("state"),
+                                "resources": n.get("resources")}
+                               for n in self.cluster.values()])
 
     def on_store_seal(self, peer, m):
         _, req_id, oid = m
@@ -371,6 +485,19 @@ class NodeDaemon:
             self.run_instructions(self.leases.client_died(peer.wid))
 
 
+def detect_gpus() -> int:
+    """Number of NVIDIA GPUs (nvidia-ml-py), 0 when there is no driver."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+        try:
+            return pynvml.nvmlDeviceGetCount()
+        finally:
+            pynvml.nvmlShutdown()
+    except Exception:   # no package, no driver (NVMLError_LibraryNotFound), no device
+        return 0
+
+
 def read_head_addr(session_dir):
     try:
         with open(os.path.join(session_dir, "head.json")) as f:
@@ -402,11 +529,16 @@ def main(argv=None):
     ap.add_argument("--node-ip", default=None,
                     help="address other nodes use to reach this one (default: --bind)")
     ap.add_argument("--num-cpus", type=float, default=os.cpu_count())
-    ap.add_argument("--num-gpus", type=float, default=0)
+    ap.add_argument("--num-gpus", type=float, default=None,
+                    help="GPUs to declare (default: count them with NVML; without a GPU, "
+                         "N declares emulated GPUs for CPU mode)")
     ap.add_argument("--resources", default="{}")
     ap.add_argument("--object-store-memory", type=int, default=2 * 1024**3)
     ap.add_argument("--embedded", action="store_true")
+    ap.add_argument("--transport", default=None, help="data plane: tcp (default) or ucx")
     args = ap.parse_args(argv)
+    if args.num_gpus is None:
+        args.num_gpus = detect_gpus()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         filename=os.path.join(args.session_dir, "logs", f"node-{os.getpid()}.log"))
     daemon = NodeDaemon(args)

@@ -45,6 +45,8 @@ KILL_WORKER = 22          # req: worker_id, reason
 NODE_STATUS = 23          # req -> status dict
 NODE_MEMORY = 24          # req -> memory listing of every owner on this node
 CANCEL_LEASE_REQUEST = 25
+NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, size)
+NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
 # owner <-> worker (direct task push)
 PUSH_TASK = 30            # spec
 TASK_DONE = 31            # task_id, result
@@ -56,6 +58,7 @@ ADD_BORROWER = 41         # req: oid, borrower_wid, n -> ack
 REMOVE_BORROWER = 42      # oid, borrower_wid, n
 ACTOR_LOCATION = 43       # req: actor_id -> (addr, worker_id) | error
 OWNER_MEMORY = 44         # req -> ownership summary of this process
+ADD_LOCATION = 45         # oid, node_id (a node pulled a secondary copy)
 # node / driver <-> head (control plane)
 HEAD_REGISTER_NODE = 60   # req: node info
 HEAD_HEARTBEAT = 61       # node_id, stats

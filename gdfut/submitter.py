@@ -56,6 +56,8 @@ class TaskSpec:
     cancelled: bool = False
     force_cancel: bool = False
 
+    strategy: object = None       # None | "SPREAD" | ["AFFINITY", node_id, soft]
+
     def return_ids(self) -> list[bytes]:
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
 
@@ -71,17 +73,21 @@ class Lease:
     worker_id: bytes
     addr: tuple
     key: tuple
+    node_conn: object = None          # the node daemon that granted it
     conn: object = None
     in_flight: dict = field(default_factory=dict)   # tid -> spec
     returning: bool = False
 
 
 class ShapeQueue:
-    """Ready tasks of one resource shape and the leases serving them."""
+    """Ready tasks of one scheduling class (resource shape, strategy, the node
+    holding most of their argument bytes) and the leases serving them."""
 
-    def __init__(self, key, resources):
+    def __init__(self, key, resources, strategy, arg_bytes):
         self.key = key
         self.resources = resources
+        self.strategy = strategy
+        self.arg_bytes = arg_bytes
         self.ready: collections.deque = collections.deque()
         self.leases: dict[bytes, Lease] = {}
         self.pending_requests = 0
@@ -127,7 +133,8 @@ class TaskSubmitter:
         rt = self.rt
         a, kw, held, deps, nested = self.prepare_args(args, kwargs, name)
         spec = TaskSpec(new_task_id(), fn_id, fn_bytes, name, a, kw, options["num_returns"],
-                        options["resources"], options["max_retries"], deps, nested, held)
+                        options["resources"], options["max_retries"], deps, nested, held,
+                        strategy=options.get("strategy"))
         refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
         rt.io.post(self.submit_in_loop, spec, rt.call_site())
         return refs
@@ -175,10 +182,13 @@ class TaskSubmitter:
                 then(spec)
 
     def enqueue(self, spec: TaskSpec, front: bool = False):
-        key = tuple(sorted(spec.resources.items()))
+        arg_bytes = stored_arg_bytes(spec)
+        preferred = max(arg_bytes, key=arg_bytes.get) if arg_bytes else None
+        strategy_key = spec.strategy if not isinstance(spec.strategy, list) else tuple(spec.strategy)
+        key = (tuple(sorted(spec.resources.items())), strategy_key, preferred)
         q = self.queues.get(key)
         if q is None:
-            q = self.queues[key] = ShapeQueue(key, spec.resources)
+            q = self.queues[key] = ShapeQueue(key, spec.resources, spec.strategy, arg_bytes)
         (q.ready.appendleft if front else q.ready.append)(spec)
         self.dispatch(q)
 
@@ -208,17 +218,22 @@ class TaskSubmitter:
 
     async def request_lease(self, q: ShapeQueue):
         rt = self.rt
+        hints = {"arg_bytes": q.arg_bytes, "strategy": q.strategy}
         try:
-            grant = await rt.node_conn.request(P.REQUEST_LEASE, q.resources, False, None)
+            grant, node_conn = await lease_from_cluster(rt, q.resources, False, None, hints)
         except tcp.RemoteError as exc:
             q.pending_requests -= 1
             self._fail_queue(q, UnschedulableError(str(exc)))
             return
-        except tcp.ConnectionLost:
+        except (tcp.ConnectionLost, OSError, asyncio.TimeoutError) as exc:
             q.pending_requests -= 1
+            log.warning("lease request failed: %s", exc)
+            if q.ready and not self._closed:
+                rt.io.loop.call_later(0.1, self.dispatch, q)
             return
         q.pending_requests -= 1
-        lease = Lease(grant["lease_id"], grant["worker_id"], tuple(grant["addr"]), q.key)
+        lease = Lease(grant["lease_id"], grant["worker_id"], tuple(grant["addr"]), q.key,
+                      node_conn)
         if not q.ready or self._closed:
             self._return_lease(lease, worker_died=False)
             return
@@ -234,7 +249,7 @@ class TaskSubmitter:
         self._maybe_return_later(q, lease)
 
     def _return_lease(self, lease: Lease, worker_died: bool):
-        conn = self.rt.node_conn
+        conn = lease.node_conn
         if conn is not None and not conn.closed:
             conn.send([P.RETURN_LEASE, lease.lease_id, worker_died])
 
@@ -322,6 +337,7 @@ class TaskSubmitter:
 
     # ------------------------------------------------------------ cancel
     def cancel(self, tid: bytes, force: bool):
+        """Cancel a pending task (queued: dropped; running: interrupted)."""
         spec = self.specs.get(tid)
         if spec is None:
             return False
@@ -331,10 +347,11 @@ class TaskSubmitter:
         if lease is not None:
             lease.conn.send([P.CANCEL_TASK, tid, force])
             return True
-        q = self.queues.get(tuple(sorted(spec.resources.items())))
-        if q is not None and spec in q.ready:
-            q.ready.remove(spec)
-            self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+        for q in self.queues.values():
+            if spec in q.ready:
+                q.ready.remove(spec)
+                self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+                break
         return True
 
     def release_lineage(self, tid: bytes):
@@ -342,3 +359,30 @@ class TaskSubmitter:
 
     def close(self):
         self._closed = True
+
+
+def stored_arg_bytes(spec: TaskSpec) -> dict:
+    """Bytes of the task's stored (not inline) arguments, by node."""
+    out: dict = {}
+    for e in spec.args + [kv[1] for kv in spec.kwargs]:
+        if e[0] == STORE:
+            out[e[1]] = out.get(e[1], 0) + e[2]
+    return out
+
+
+MAX_SPILLBACKS = 4
+
+
+async def lease_from_cluster(rt, resources, is_actor, actor_id, hints):
+    """Ask our node for a lease; follow spillback replies to other nodes.
+    Returns (grant, node connection that granted it)."""
+    conn = rt.node_conn
+    hints = dict(hints)
+    for _ in range(MAX_SPILLBACKS):
+        reply = await conn.request(P.REQUEST_LEASE, resources, is_actor, actor_id, hints)
+        if "spillback" not in reply:
+            return reply, conn
+        rt.node_addrs[reply["node_id"]] = tuple(reply["spillback"])
+        conn = await rt.node_connection(reply["node_id"])
+        hints["spilled"] = True     # the target queues it; no ping-pong
+    raise tcp.ConnectionLost("too many spillbacks")

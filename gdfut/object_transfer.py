@@ -1,0 +1,194 @@
+"""Node-to-node object transfer (data plane), pull-based.
+
+A node that needs an object (a local process asked for it) pulls it from a
+node holding a copy, in chunks, straight into a slot of its own store: at most
+one transfer per object per node (later requests wait for the one in flight)
+and a bound on the bytes in flight per node. The copy is *secondary*: the
+store may evict it when space runs short; the primary stays where it was made
+until its owner frees it.
+
+The serving side pins the object for the duration of each chunk, so a free
+that races a transfer is deferred by the store, never torn.
+"""
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+
+from .ids import short
+from .transport.base import get_backend
+
+log = logging.getLogger("gdfut.transfer")
+
+CHUNK_BYTES = 64 * 1024 * 1024
+MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024     # per node, across all pulls
+ENDPOINTS_PER_PEER = 2                      # parallel streams to one source node
+PULL = "pull"
+
+
+class ByteBudget:
+    """A semaphore counted in bytes (asyncio), bounding data in flight."""
+
+    def __init__(self, limit: int):
+        assert limit > 0
+        self.limit = limit
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    async def acquire(self, n: int) -> int:
+        n = min(n, self.limit)          # one chunk larger than the budget still goes alone
+        async with self._cond:
+            while self.used + n > self.limit:
+                await self._cond.wait()
+            self.used += n
+        return n
+
+    async def release(self, n: int) -> None:
+        async with self._cond:
+            self.used -= n
+            assert self.used >= 0
+            self._cond.notify_all()
+
+
+class TransferError(Exception):
+    pass
+
+
+class ObjectTransfer:
+    """The node's data-plane server and puller."""
+
+    def __init__(self, node, backend_name: str):
+        self.node = node
+        self.backend = get_backend(backend_name)
+        self.backend_name = backend_name
+        self.listener = None
+        self.inflight: dict[bytes, asyncio.Future] = {}
+        self.budget = ByteBudget(MAX_BYTES_IN_FLIGHT)
+        self.pools: dict[tuple, asyncio.Queue] = {}
+        self._serve_ids = itertools.count(1)
+        self.stats = {"pulls": 0, "pulled_bytes": 0, "served_bytes": 0, "failed_pulls": 0}
+
+    async def start(self, host: str) -> tuple:
+        self.listener = await self.backend.listen(host, 0, self.node.token, self.serve)
+        return tuple(self.listener.address)
+
+    async def close(self):
+        for pool in self.pools.values():
+            while not pool.empty():
+                ep = pool.get_nowait()
+                if ep is not None:
+                    await ep.close()
+        if self.listener is not None:
+            await self.listener.close()
+
+    # ------------------------------------------------------------- serving
+    async def serve(self, ep) -> None:
+        holder = ("transfer", next(self._serve_ids))
+        store, arena = self.node.store, self.node.arena
+        try:
+            while True:
+                msg = await ep.recv_frame()
+                if not msg or msg[0] != PULL:
+                    log.warning("bad data-plane request %r", msg[:1] if msg else msg)
+                    return
+                _, oid, offset, length = msg
+                loc = store.pin(oid, holder)
+                if loc is None:
+                    await ep.send_frame(["missing", 0])
+                    continue
+                try:
+                    start, size = loc
+                    length = max(0, min(length, size - offset))
+                    await ep.send_frame(["ok", size, length])
+                    if length:
+                        await ep.send_buffer(arena.view(start + offset, length))
+                    self.stats["served_bytes"] += length
+                finally:
+                    store.unpin(oid, holder)
+                    self.node.after_unpin(oid)
+        except (ConnectionError, asyncio.IncompleteReadError, EOFError, OSError):
+            return
+        finally:
+            self.node.store.release_holder(holder)
+
+    # -------------------------------------------------------------- pulling
+    async def pull(self, oid: bytes, size: int, source_addr: tuple) -> None:
+        """Make ``oid`` present (sealed) in this node's store."""
+        if self.node.store.contains(oid):
+            return
+        fut = self.inflight.get(oid)
+        if fut is not None:
+            await asyncio.shield(fut)
+            return
+        fut = asyncio.get_running_loop().create_future()
+        self.inflight[oid] = fut
+        try:
+            await self._pull(oid, size, tuple(source_addr))
+            fut.set_result(None)
+        except BaseException as exc:
+            self.stats["failed_pulls"] += 1
+            fut.set_exception(exc)
+            fut.exception()       # retrieved: waiters re-raise it themselves
+            raise
+        finally:
+            del self.inflight[oid]
+
+    async def _pull(self, oid, size, source_addr):
+        node = self.node
+        offset = node.create_secondary(oid, size)
+        holder = node.transfer_holder
+        try:
+            await self._receive(oid, size, source_addr, offset)
+        except BaseException:
+            node.store.abort(oid, holder)
+            raise
+        node.store.seal(oid, holder)
+        self.stats["pulls"] += 1
+        self.stats["pulled_bytes"] += size
+
+    async def _receive(self, oid, size, source_addr, offset):
+        arena = self.node.arena
+        pos = 0
+        while pos < size or pos == 0:
+            want = min(CHUNK_BYTES, size - pos)
+            granted = await self.budget.acquire(max(want, 1))
+            ep = await self._endpoint(source_addr)
+            try:
+                await ep.send_frame([PULL, oid, pos, want])
+                reply = await ep.recv_frame()
+                if reply[0] != "ok":
+                    raise TransferError(f"object {short(oid)} is not on node {source_addr}")
+                if reply[1] != size:
+                    raise TransferError(f"object {short(oid)} size mismatch: "
+                                        f"{reply[1]} != {size}")
+                if reply[2]:
+                    await ep.recv_into(arena.view(offset + pos, reply[2]))
+            except BaseException:
+                await ep.close()
+                self._give_back(source_addr, None)
+                raise
+            finally:
+                await self.budget.release(granted)
+            self._give_back(source_addr, ep)
+            pos += reply[2]
+            if size == 0:
+                break
+
+    async def _endpoint(self, addr):
+        pool = self.pools.get(addr)
+        if pool is None:
+            pool = self.pools[addr] = asyncio.Queue()
+            for _ in range(ENDPOINTS_PER_PEER):
+                pool.put_nowait(None)      # a slot: connect lazily
+        ep = await pool.get()
+        if ep is None:
+            try:
+                ep = await self.backend.connect(addr, self.node.token)
+            except BaseException:
+                pool.put_nowait(None)
+                raise
+        return ep
+
+    def _give_back(self, addr, ep):
+        self.pools[addr].put_nowait(ep)

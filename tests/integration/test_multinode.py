@@ -1,0 +1,158 @@
+"""Several node daemons on one machine behaving as one cluster (issue 4)."""
+import collections
+import os
+import time
+
+import numpy as np
+import pytest
+
+import gdfut
+from gdfut.exceptions import UnschedulableError
+from gdfut.testing import Cluster
+from helpers import assert_no_leaks, shm_files
+
+MB = 1024 * 1024
+
+
+@pytest.fixture
+def two_nodes():
+    c = Cluster()
+    try:
+        a = c.add_node(num_cpus=1, wait=False)
+        b = c.add_node(num_cpus=2, num_gpus=1, resources={"accel": 2})
+        c.connect()
+        yield c, a, b
+    finally:
+        c.shutdown()
+        assert not shm_files(c.session_dir)
+        assert_no_leaks(None)
+
+
+@gdfut.remote
+def where():
+    return gdfut.get_runtime_context().get_node_id()
+
+
+@gdfut.remote
+def busy_where(t):
+    time.sleep(t)
+    return gdfut.get_runtime_context().get_node_id()
+
+
+@gdfut.remote
+def make_array(n, seed):
+    rng = np.random.default_rng(seed)
+    return rng.integers(0, 2**31, size=n, dtype=np.int64), gdfut.get_runtime_context().get_node_id()
+
+
+@gdfut.remote
+def checksum(arr):
+    return int(arr.sum()), gdfut.get_runtime_context().get_node_id()
+
+
+def test_tasks_run_on_every_node(two_nodes):
+    c, a, b = two_nodes
+    nodes = set(gdfut.get([busy_where.remote(0.3) for _ in range(12)], timeout=60))
+    assert nodes == {a.node_id, b.node_id}
+
+
+def test_object_made_on_one_node_read_on_another(two_nodes):
+    c, a, b = two_nodes
+    pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+    pin_a = gdfut.NodeAffinitySchedulingStrategy(a.node_id)
+    made = make_array.options(scheduling_strategy=pin_b, num_returns=1).remote(3 * MB, 7)
+    arr_ref = gdfut.get(made)
+    arr, node = arr_ref
+    assert node == b.node_id
+    expect = int(np.random.default_rng(7).integers(0, 2**31, size=3 * MB, dtype=np.int64).sum())
+    assert int(arr.sum()) == expect                       # driver (node a) pulled it
+    big = gdfut.put(arr)                                  # primary on node a
+    total, ran_on = gdfut.get(checksum.options(scheduling_strategy=pin_b).remote(big))
+    assert (total, ran_on) == (expect, b.node_id)         # node b pulled it
+
+
+def test_locality_runs_task_where_its_data_is(two_nodes):
+    c, a, b = two_nodes
+    pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+
+    @gdfut.remote
+    def make_big():
+        return np.ones(100 * MB // 8)
+
+    ref = make_big.options(scheduling_strategy=pin_b).remote()
+    gdfut.wait([ref])
+    for _ in range(3):
+        total, node = gdfut.get(checksum.remote(ref))
+        assert node == b.node_id and total == 100 * MB // 8
+
+
+def test_gpu_tasks_only_on_gpu_nodes(two_nodes):
+    c, a, b = two_nodes
+    nodes = gdfut.get([where.options(num_gpus=1).remote() for _ in range(4)], timeout=60)
+    assert set(nodes) == {b.node_id}
+    nodes = gdfut.get([where.options(resources={"accel": 1}).remote() for _ in range(4)])
+    assert set(nodes) == {b.node_id}
+
+
+def test_unschedulable_fails_fast(two_nodes):
+    t0 = time.monotonic()
+    with pytest.raises(UnschedulableError, match="GPU"):
+        gdfut.get(where.options(num_gpus=4).remote(), timeout=30)
+    with pytest.raises(UnschedulableError, match="tpu"):
+        gdfut.get(where.options(resources={"tpu": 1}).remote(), timeout=30)
+    assert time.monotonic() - t0 < 10
+
+
+def test_spillback_when_local_node_is_busy(two_nodes):
+    c, a, b = two_nodes
+    # node a (the driver's) has 1 CPU: a long task there, then more work spills to b
+    pin_a = gdfut.NodeAffinitySchedulingStrategy(a.node_id)
+    blocker = busy_where.options(scheduling_strategy=pin_a).remote(3)
+    time.sleep(0.5)
+    nodes = gdfut.get([busy_where.remote(0.5) for _ in range(4)], timeout=60)
+    assert set(nodes) == {b.node_id}
+    assert gdfut.get(blocker) == a.node_id
+
+
+def test_spread_and_soft_affinity(two_nodes):
+    c, a, b = two_nodes
+    nodes = gdfut.get([busy_where.options(scheduling_strategy="SPREAD").remote(0.2)
+                       for _ in range(6)], timeout=60)
+    counts = collections.Counter(nodes)
+    assert set(counts) == {a.node_id, b.node_id}
+    soft = gdfut.NodeAffinitySchedulingStrategy("ab" * 16, soft=True)
+    assert gdfut.get(where.options(scheduling_strategy=soft).remote()) in {a.node_id, b.node_id}
+
+
+def test_node_added_mid_run_receives_work(two_nodes):
+    c, a, b = two_nodes
+    first = gdfut.get([busy_where.remote(0.1) for _ in range(6)])
+    assert set(first) <= {a.node_id, b.node_id}
+    d = c.add_node(num_cpus=2, resources={"new": 1})
+    assert gdfut.get(where.options(resources={"new": 1}).remote(), timeout=30) == d.node_id
+    nodes = set(gdfut.get([busy_where.remote(0.5) for _ in range(20)], timeout=60))
+    assert d.node_id in nodes
+
+
+def test_actor_placed_on_gpu_node(two_nodes):
+    c, a, b = two_nodes
+
+    @gdfut.remote(num_gpus=1)
+    class GpuActor:
+        def node(self):
+            return gdfut.get_runtime_context().get_node_id()
+
+    act = GpuActor.remote()
+    assert gdfut.get(act.node.remote(), timeout=30) == b.node_id
+    gdfut.kill(act)
+
+
+def test_node_death_retries_tasks_elsewhere(two_nodes):
+    c, a, b = two_nodes
+    pin_soft_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id, soft=True)
+    refs = [busy_where.options(scheduling_strategy=pin_soft_b, max_retries=3).remote(2)
+            for _ in range(2)]
+    time.sleep(1.0)
+    c.remove_node(b)
+    nodes = gdfut.get(refs, timeout=60)
+    assert set(nodes) == {a.node_id}
