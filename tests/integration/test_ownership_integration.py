@@ -153,3 +153,18 @@ def test_freed_object_cannot_be_fetched(cluster):
     wait_until(lambda: stored_objects() == 0, timeout=5, what="freed")
     with pytest.raises(ObjectLostError, match="freed"):
         gdfut.get(fetch_later.remote([pickle.loads(blob)]), timeout=20)
+
+
+def test_owner_death_fails_borrowed_refs_clearly(cluster):
+    @gdfut.remote
+    class Maker:
+        def make(self):
+            return [gdfut.put(np.ones(MB // 8))]   # the actor owns the inner object
+
+    m = Maker.remote()
+    inner = gdfut.get(m.make.remote())[0]
+    assert gdfut.get(inner).sum() == MB / 8
+    gdfut.kill(m)
+    time.sleep(1.0)
+    with pytest.raises(OwnerDiedError, match="owner"):
+        gdfut.get(inner, timeout=20)
