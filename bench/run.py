@@ -1,7 +1,7 @@
 """Benchmark orchestrator: shared/bench/WORKLOADS.md on gdfut, Ray and Dask.
 
     python bench/run.py [--systems gdfut,ray,dask] [--compare ray,dask]
-                        [--workloads W1,W2,W3,W4,W6] [--repeat 3] [--quick]
+                        [--workloads W1,W1b,W2,W3,W4,W6] [--repeat 3] [--quick]
                         [--out bench/results/] [--timeout 300]
 
 Each system runs in fresh subprocesses of its own (bench/child.py for the

@@ -17,3 +17,13 @@ def inc(x):
 def array_sum(a):
     # ``a`` arrives already resolved (ObjectRef/Future argument) as an ndarray.
     return float(a.sum())
+
+
+def submit_noops(module_name, n):
+    """A second owner: this task submits n no-ops from its worker (W1b)."""
+    import importlib
+    rt = importlib.import_module(module_name)
+    remote_noop = rt.remote(noop)
+    refs = [remote_noop.remote() for _ in range(n)]
+    results = rt.get(refs)
+    return sum(1 for r in results if r is None)

@@ -4,9 +4,9 @@ from __future__ import annotations
 import hashlib
 import inspect
 
-import cloudpickle
 
 from . import runtime_context
+from . import serialization as ser
 from .ids import new_id, short
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "max_concurrency", "namespace",
@@ -36,7 +36,7 @@ class ActorClass:
 
     def _class_bytes(self):
         if self._pickled is None:
-            data = cloudpickle.dumps(self._cls)
+            data = ser.dumps_callable(self._cls)
             self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
         return self._pickled
 

@@ -8,9 +8,9 @@ import json
 import os
 import threading
 
-import cloudpickle
 
 from . import cluster, runtime_context
+from . import serialization as ser
 from .exceptions import NotInitializedError
 from .ids import new_id
 from .object_ref import ObjectRef
@@ -262,7 +262,7 @@ class RemoteFunction:
 
     def _function_bytes(self):
         if self._pickled is None:
-            data = cloudpickle.dumps(self._fn)
+            data = ser.dumps_callable(self._fn)
             self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
         return self._pickled
 

@@ -165,7 +165,7 @@ class Executor:
     def function(self, fn_id):
         fn = self.functions[fn_id]
         if isinstance(fn, bytes):
-            fn = self.functions[fn_id] = cloudpickle.loads(fn)
+            fn = self.functions[fn_id] = ser.loads_callable(fn)
         return fn
 
     def create_actor(self, task: Task):

@@ -306,6 +306,7 @@ class NodeDaemon:
                 return
             if isinstance(decision, policy.Place) and decision.node_id != self.node_id:
                 target = self.cluster[decision.node_id]
+                self.note_remote_placement(target, placement)
                 peer.conn.reply(req_id, {"spillback": target["addr"],
                                          "node_id": decision.node_id})
                 return
@@ -314,6 +315,18 @@ class NodeDaemon:
         self.run_instructions(self.leases.request_lease(request_id, held, peer.wid,
                                                         is_actor=bool(is_actor),
                                                         placement=placement))
+
+    @staticmethod
+    def note_remote_placement(target: dict, needs: ResourceSet) -> None:
+        """Count a request sent to another node against our view of its free
+        resources until its next heartbeat, so that a burst of requests
+        spreads instead of all chasing one stale snapshot (Ray does the same)."""
+        stats = target.get("stats")
+        if not stats or stats.get("resources_available") is None:
+            return
+        free = ResourceSet.from_dict(stats["resources_available"])
+        if needs.fits_in(free):
+            stats["resources_available"] = free.subtract(needs).to_dict()
 
     def place(self, needs: ResourceSet, hints: dict):
         strategy = policy.DEFAULT

@@ -143,3 +143,58 @@ def loads_from_store(region) -> object:
     data = mv[start:start + pickle_len]
     buffers = [region[o:o + n] for o, n in bufspec]
     return pickle.loads(data, buffers=buffers)
+
+
+# --- functions and classes shipped to workers ---------------------------------
+# cloudpickle (>= 3.1) replaces co_filename of by-value code with "<dynamic-code>",
+# so a remote traceback would lose its source lines. The source file travels
+# beside the pickle and is put back on the worker; where the file exists there
+# (one host, or the same checkout on every host), tracebacks show the code.
+
+_DYNAMIC_CODE = "<dynamic-code>"
+
+
+def dumps_callable(obj) -> bytes:
+    """Pickle a remote function or actor class with its source file name."""
+    return cloudpickle.dumps((obj, _source_file(obj)))
+
+
+def loads_callable(data: bytes):
+    obj, source = cloudpickle.loads(data)
+    if source:
+        _restore_filenames(obj, source)
+    return obj
+
+
+def _source_file(obj) -> str | None:
+    code = getattr(obj, "__code__", None)
+    if code is not None:
+        return code.co_filename
+    for member in vars(obj).values() if isinstance(obj, type) else ():
+        code = getattr(_plain_function(member), "__code__", None)
+        if code is not None:
+            return code.co_filename
+    return None
+
+
+def _plain_function(member):
+    if isinstance(member, (staticmethod, classmethod)):
+        return member.__func__
+    if isinstance(member, property):
+        return member.fget
+    return member
+
+
+def _restore_filenames(obj, source: str) -> None:
+    functions = [obj] if not isinstance(obj, type) else \
+        [_plain_function(m) for m in vars(obj).values()]
+    for fn in functions:
+        code = getattr(fn, "__code__", None)
+        if code is not None and code.co_filename == _DYNAMIC_CODE:
+            fn.__code__ = _with_filename(code, source)
+
+
+def _with_filename(code, source: str):
+    consts = tuple(_with_filename(c, source) if hasattr(c, "co_filename") else c
+                   for c in code.co_consts)
+    return code.replace(co_filename=source, co_consts=consts)

@@ -193,17 +193,31 @@ class TaskSubmitter:
         self.dispatch(q)
 
     def dispatch(self, q: ShapeQueue):
+        depth = self.pipeline_depth(q)
         for lease in q.leases.values():
             if not q.ready:
                 break
             if lease.conn is None or lease.returning:
                 continue
-            while q.ready and len(lease.in_flight) < MAX_IN_FLIGHT_PER_WORKER:
+            while q.ready and len(lease.in_flight) < depth:
                 self.push(lease, q.ready.popleft())
         wanted = min(len(q.ready), MAX_PENDING_LEASE_REQUESTS)
         while q.pending_requests < wanted and not self._closed:
             q.pending_requests += 1
             self.rt.io.loop.create_task(self.request_lease(q))
+
+    @staticmethod
+    def pipeline_depth(q: ShapeQueue) -> int:
+        """Tasks one lease may hold in flight: a fair share of the backlog.
+
+        Pipelining hides the round trip for tiny tasks, but pushing a short
+        backlog of long tasks into the first granted worker would run them one
+        after another while the other lease requests come back empty. So each
+        lease (granted or still requested) gets an even share, capped."""
+        in_flight = sum(len(lease.in_flight) for lease in q.leases.values())
+        slots = len(q.leases) + q.pending_requests
+        share = -(-(len(q.ready) + in_flight) // max(slots, 1))
+        return max(1, min(MAX_IN_FLIGHT_PER_WORKER, share))
 
     def push(self, lease: Lease, spec: TaskSpec):
         if spec.cancelled:
@@ -227,6 +241,8 @@ class TaskSubmitter:
             return
         except (tcp.ConnectionLost, OSError, asyncio.TimeoutError) as exc:
             q.pending_requests -= 1
+            if self._closed:
+                return      # shutting down: outstanding requests end with the connection
             log.warning("lease request failed: %s", exc)
             if q.ready and not self._closed:
                 rt.io.loop.call_later(0.1, self.dispatch, q)

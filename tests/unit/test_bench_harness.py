@@ -97,7 +97,7 @@ def test_comparison_table_labels_every_row():
 def test_parse_args_defaults():
     args = run.parse_args([])
     assert args.systems is None and args.compare == []
-    assert args.workloads == ["W1", "W2", "W3", "W4", "W6"]
+    assert args.workloads == ["W1", "W1b", "W2", "W3", "W4", "W6"]
     assert args.repeat == 3 and args.quick is False and args.timeout == 300.0
     assert args.out.name == "results"
 
@@ -131,6 +131,7 @@ def test_plan_systems():
 def test_full_parameters_follow_the_spec():
     params = run.workload_params(list(workloads.WORKLOADS), quick=False)
     assert params["W1"] == {"tasks": 10_000}
+    assert params["W1b"] == {"tasks": 10_000, "owners": 2}
     assert params["W2"] == {"hops": 1000, "round_trips": 200}
     assert params["W3"] == {"array_bytes": 256 << 20, "iterations": 5}
     assert params["W4"] == {"array_bytes": 256 << 20, "tasks": 8}
