@@ -7,6 +7,7 @@ import inspect
 
 from . import runtime_context
 from . import serialization as ser
+from .serialization import record_nested
 from .ids import new_id, short
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "max_concurrency", "namespace",
@@ -62,7 +63,6 @@ class ActorClass:
             raise ValueError(f"max_concurrency must be an int >= 1, got {max_conc!r}")
         actor_id = new_id()
         name = self._cls.__name__
-        handle = ActorHandle(actor_id, rt.wid, rt.addr, name, self._methods)
         if o.get("name"):
             async def register():
                 head = await rt.head()
@@ -78,17 +78,50 @@ class ActorClass:
         rt.actors.create(actor_id, cls_id, cls_bytes, name, args, kwargs,
                          {"resources": resources,
                           "strategy": strategy_wire(o.get("scheduling_strategy")),
-                          "actor_options": {"max_concurrency": max_conc}})
-        return handle
+                          "actor_options": {"max_concurrency": max_conc}},
+                         pinned=bool(o.get("name")))
+        # After create(): the owner's table knows the actor before its first handle.
+        return ActorHandle(actor_id, rt.wid, rt.addr, name, self._methods, rt)
 
 
 class ActorHandle:
-    def __init__(self, actor_id, owner_wid, owner_addr, class_name, methods):
+    """A handle to an actor. Handles are counted like ObjectRefs, under the
+    actor's id, by the actor's owner (its creator): when the last handle
+    anywhere is gone (local copies, handles passed to tasks or held inside
+    objects), the owner stops the actor once its pending calls are done.
+    Named actors are kept until ``kill`` or until their owner exits, since
+    ``get_actor`` may hand out new handles at any time."""
+
+    def __init__(self, actor_id, owner_wid, owner_addr, class_name, methods, rt=None):
         self._actor_id = actor_id
         self._owner_wid = owner_wid
         self._owner_addr = tuple(owner_addr)
         self._class_name = class_name
         self._methods = list(methods)
+        self._rt = rt
+        if rt is not None:
+            rt.add_local_ref(self)
+
+    # The attributes reference counting reads, as on ObjectRef.
+    @property
+    def id(self) -> bytes:
+        return self._actor_id
+
+    @property
+    def owner_wid(self) -> bytes:
+        return self._owner_wid
+
+    @property
+    def owner_addr(self) -> tuple:
+        return self._owner_addr
+
+    def __del__(self):
+        rt = self.__dict__.get("_rt")
+        if rt is not None:
+            try:
+                rt.remove_local_ref(self._actor_id)
+            except Exception:  # interpreter shutdown: nothing to tell anyone
+                pass
 
     def __getattr__(self, name):
         if name.startswith("_"):
@@ -98,8 +131,9 @@ class ActorHandle:
         return ActorMethod(self, name, 1)
 
     def __reduce__(self):
-        return (ActorHandle, (self._actor_id, self._owner_wid, self._owner_addr,
-                              self._class_name, self._methods))
+        record_nested(self)
+        return (_rebuild_handle, (self._actor_id, self._owner_wid, self._owner_addr,
+                                  self._class_name, self._methods))
 
     def __repr__(self):
         return f"Actor({self._class_name}, {short(self._actor_id)})"
@@ -109,6 +143,13 @@ class ActorHandle:
 
     def __hash__(self):
         return hash(self._actor_id)
+
+
+def _rebuild_handle(actor_id, owner_wid, owner_addr, class_name, methods):
+    rt = runtime_context.current()
+    if rt is not None and owner_wid != rt.wid:
+        rt.borrowed_refs_seen += 1   # get() registers them with the owner
+    return ActorHandle(actor_id, owner_wid, owner_addr, class_name, methods, rt)
 
 
 class ActorMethod:

@@ -47,6 +47,7 @@ class ActorClient:
         self.location_waiters: list = []
         self.node_id = None
         self.lease_id = None
+        self.out_of_scope = False   # creator only: every handle is gone
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -59,14 +60,15 @@ class ActorSubmitter:
         self.by_conn: dict[object, ActorClient] = {}
 
     # ------------------------------------------------------ user thread
-    def create(self, actor_id, cls_id, cls_bytes, class_name, args, kwargs, options):
+    def create(self, actor_id, cls_id, cls_bytes, class_name, args, kwargs, options,
+               pinned=False):
         sub = self.rt.submitter
         a, kw, held, deps, nested = sub.prepare_args(args, kwargs, f"{class_name}.__init__")
         spec = TaskSpec(new_task_id(), cls_id, cls_bytes, f"{class_name}.__init__", a, kw, 1,
                         options["resources"], 0, deps, nested, held, actor_id=actor_id,
                         method="__init__", actor_options=options["actor_options"],
                         strategy=options.get("strategy"))
-        self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site())
+        self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site(), pinned)
 
     def submit(self, handle, method, args, kwargs, num_returns) -> list[ObjectRef]:
         rt = self.rt
@@ -88,10 +90,12 @@ class ActorSubmitter:
         rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
         rt.submitter.specs[spec.tid] = spec
 
-    def _create_in_loop(self, spec, class_name, call_site):
+    def _create_in_loop(self, spec, class_name, call_site, pinned):
         rt = self.rt
         client = ActorClient(spec.actor_id, rt.wid, rt.addr, class_name, is_creator=True)
         self.clients[spec.actor_id] = client
+        # Handles are counted under the actor id like refs to an object we own.
+        rt.table.add_owned(spec.actor_id, call_site=call_site, local=1 if pinned else 0)
         for oid in spec.return_ids():
             rt.table.add_owned(oid, lineage=spec.tid, call_site=call_site)
         rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
@@ -128,6 +132,7 @@ class ActorSubmitter:
             cb()
         client.location_waiters.clear()
         self._flush(client)
+        self._maybe_retire(client)
 
     def _submit_in_loop(self, spec, actor_id, owner_wid, owner_addr, class_name, call_site):
         rt = self.rt
@@ -187,14 +192,40 @@ class ActorSubmitter:
             log.warning("reply for unknown task %s", short(m[1]))
             return
         self.rt.submitter.finish(spec, m[3])
+        self._maybe_retire(client)
+
+    # ------------------------------------------------- handles out of scope
+    def handles_gone(self, actor_id):
+        """The owner's table freed the actor id: no handle is left anywhere."""
+        client = self.clients.get(actor_id)
+        if client is None or not client.is_creator:
+            return
+        client.out_of_scope = True
+        self._maybe_retire(client)
+
+    def _maybe_retire(self, client):
+        """Stop an out-of-scope actor once the calls already made have run."""
+        if not client.out_of_scope or client.state != ALIVE:
+            return
+        if client.queue or client.in_flight:
+            return
+        client.killed = True
+        node = client.node_id if client.node_id is not None else self.rt.node_id
+        self.rt.send_to_node(node, [P.KILL_WORKER, 0, client.worker_id,
+                                    "all handles to the actor went out of scope"])
 
     # ------------------------------------------------------ death, kill
     def on_connection_lost(self, conn):
         client = self.by_conn.pop(conn, None)
         if client is None:
             return
-        reason = ("it was killed by gdfut.kill()" if client.killed
-                  else "its worker process died unexpectedly")
+        if client.out_of_scope:
+            reason = "all handles to it went out of scope"
+        elif client.killed:
+            reason = "it was killed by gdfut.kill()"
+        else:
+            reason = "its worker process died unexpectedly"
+
         self._mark_dead(client, reason)
 
     def _mark_dead(self, client, reason, err_cls=ActorDiedError):

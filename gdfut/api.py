@@ -161,7 +161,7 @@ def get_actor(name: str, namespace: str | None = None):
     except RemoteError as exc:
         raise ValueError(str(exc)) from None
     return ActorHandle(actor_id, owner_wid, tuple(owner_addr), meta["class_name"],
-                       meta["methods"])
+                       meta["methods"], rt)
 
 
 def memory_summary() -> list[dict]:

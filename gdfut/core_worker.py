@@ -317,6 +317,9 @@ class CoreWorker:
                 raise AssertionError(f"unknown instruction {ins!r}")
 
     def _free_object(self, ins):
+        if ins.oid in self.actors.clients:      # an actor id: its last handle is gone
+            self.actors.handles_gone(ins.oid)
+            return
         self.values.pop(ins.oid, None)
         for loc in ins.locations:
             if isinstance(loc, tuple):
@@ -703,7 +706,7 @@ class CoreWorker:
         conn.reply(m[1], self.memory_rows())
 
     def memory_rows(self) -> list:
-        rows = self.table.summary()
+        rows = [r for r in self.table.summary() if r["oid"] not in self.actors.clients]
         for row in rows:
             row["owner_addr"] = list(self.addr)
             row["owner_mode"] = self.mode

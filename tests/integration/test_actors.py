@@ -151,3 +151,77 @@ def test_actor_methods_need_remote(cluster):
         c.incr()
     with pytest.raises(AttributeError, match="no method"):
         c.missing.remote()
+
+
+# --- lifetime: handles are reference counted --------------------------------
+
+@gdfut.remote
+class Pid:
+    def pid(self):
+        import os
+        return os.getpid()
+
+
+@gdfut.remote
+class Holder:
+    def __init__(self):
+        self.kept = None
+
+    def keep(self, handles):
+        self.kept = handles[0]          # a handle nested in an argument: a borrow
+        return True
+
+    def call_kept(self):
+        return gdfut.get(self.kept.pid.remote())
+
+    def drop(self):
+        self.kept = None
+        return True
+
+
+def _wait_gone(pid, timeout=10.0):
+    import psutil
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE:
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_actor_stops_when_last_handle_is_dropped(cluster):
+    a = Pid.remote()
+    pid = gdfut.get(a.pid.remote())
+    del a
+    assert _wait_gone(pid), "actor process still running after its last handle was dropped"
+
+
+def test_calls_made_before_the_handle_drops_still_run(cluster):
+    assert gdfut.get(Counter.remote(5).incr.remote(2)) == 7
+    c = Counter.remote()
+    refs = [c.incr.remote() for _ in range(20)]
+    del c
+    assert gdfut.get(refs) == list(range(1, 21))
+
+
+def test_borrowed_handle_keeps_actor_alive(cluster):
+    a = Pid.remote()
+    pid = gdfut.get(a.pid.remote())
+    holder = Holder.remote()
+    assert gdfut.get(holder.keep.remote([a]))
+    del a
+    time.sleep(0.5)
+    assert gdfut.get(holder.call_kept.remote()) == pid      # still alive, via the borrow
+    assert gdfut.get(holder.drop.remote())
+    assert _wait_gone(pid), "actor kept running after the borrower dropped the last handle"
+
+
+def test_named_actor_outlives_its_handles(cluster):
+    a = Pid.options(name="keeper").remote()
+    pid = gdfut.get(a.pid.remote())
+    del a
+    time.sleep(0.5)
+    again = gdfut.get_actor("keeper")
+    assert gdfut.get(again.pid.remote()) == pid
+    gdfut.kill(again)
+    assert _wait_gone(pid)
