@@ -148,32 +148,51 @@ class ObjectTransfer:
         self.stats["pulled_bytes"] += size
 
     async def _receive(self, oid, size, source_addr, offset):
-        arena = self.node.arena
-        pos = 0
-        while pos < size or pos == 0:
-            want = min(CHUNK_BYTES, size - pos)
-            granted = await self.budget.acquire(max(want, 1))
+        """Chunks move on up to ENDPOINTS_PER_PEER streams at once, so one
+        stream's request/reply gap overlaps another's bytes."""
+        chunks = [(pos, min(CHUNK_BYTES, size - pos)) for pos in range(0, size, CHUNK_BYTES)]
+        chunks = chunks or [(0, 0)]
+        next_chunk = iter(chunks)
+
+        async def stream():
+            for pos, want in next_chunk:      # shared iterator: each chunk taken once
+                await self._receive_chunk(oid, size, source_addr, offset, pos, want)
+
+        streams = [asyncio.ensure_future(stream())
+                   for _ in range(min(ENDPOINTS_PER_PEER, len(chunks)))]
+        try:
+            await asyncio.gather(*streams)
+        except BaseException:
+            for t in streams:
+                t.cancel()
+            await asyncio.gather(*streams, return_exceptions=True)
+            raise
+
+    async def _receive_chunk(self, oid, size, source_addr, offset, pos, want):
+        granted = await self.budget.acquire(max(want, 1))
+        try:
             ep = await self._endpoint(source_addr)
             try:
                 await ep.send_frame([PULL, oid, pos, want])
                 reply = await ep.recv_frame()
                 if reply[0] != "ok":
                     raise TransferError(f"object {short(oid)} is not on node {source_addr}")
-                if reply[1] != size:
-                    raise TransferError(f"object {short(oid)} size mismatch: "
-                                        f"{reply[1]} != {size}")
-                if reply[2]:
-                    await ep.recv_into(arena.view(offset + pos, reply[2]))
+                if reply[1] != size or reply[2] != want:
+                    raise TransferError(f"object {short(oid)}: node {source_addr} has "
+                                        f"{reply[1]} bytes, sent {reply[2]} of chunk at {pos}; "
+                                        f"expected {size} and {want}")
+                if want:
+                    await self.arena_receive(ep, offset + pos, want)
             except BaseException:
                 await ep.close()
                 self._give_back(source_addr, None)
                 raise
-            finally:
-                await self.budget.release(granted)
             self._give_back(source_addr, ep)
-            pos += reply[2]
-            if size == 0:
-                break
+        finally:
+            await self.budget.release(granted)
+
+    async def arena_receive(self, ep, start, length):
+        await ep.recv_into(self.node.arena.view(start, length))
 
     async def _endpoint(self, addr):
         pool = self.pools.get(addr)

@@ -12,8 +12,9 @@ Strategies, in order of precedence inside ``choose_node``:
 * Feasibility first: a node is *feasible* when it is alive and its **total**
   resources fit the request; *available* when its free resources fit now.
   No feasible node -> ``Unschedulable``, with the missing resources named.
-* ``NodeAffinity(node_id, soft=False)``: that node or nothing (Wait while it
-  is busy; Unschedulable when it is dead, unknown or too small).
+* ``NodeAffinity(node_id, soft=False)``: that node or nothing (Place there
+  even while it is busy, so the request queues at that node; Wait when that
+  node is the local one; Unschedulable when it is dead, unknown or too small).
   ``soft=True``: that node if it is available now, else the DEFAULT policy.
 * ``SPREAD``: round-robin over feasible nodes, starting at
   ``spread_counter % len(feasible)`` and taking the first available one. The
@@ -216,7 +217,10 @@ def _node_affinity(
             f"hard node affinity to {target.node_id}, which lacks {missing} "
             f"(needs {needs.to_dict()}, node total {target.total.to_dict()})",
         )
-    return Wait(f"hard node affinity: {target.node_id} is busy")
+    if target.node_id == request.local_node_id:
+        return Wait(f"hard node affinity: {target.node_id} is busy")
+    # Only the target may run it: queue there, never at a node that cannot.
+    return Place(target.node_id, "affinity", "requested node is busy; queue there")
 
 
 def _spread(needs: ResourceSet, feasible: list[NodeView], counter: int) -> Decision:

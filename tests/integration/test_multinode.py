@@ -71,6 +71,15 @@ def test_object_made_on_one_node_read_on_another(two_nodes):
     assert (total, ran_on) == (expect, b.node_id)         # node b pulled it
 
 
+def test_hard_affinity_waits_for_its_busy_node(two_nodes):
+    c, a, b = two_nodes
+    pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+    # more pinned tasks than b has CPUs, while a sits idle: all must run on b
+    nodes = gdfut.get([busy_where.options(scheduling_strategy=pin_b).remote(0.2)
+                       for _ in range(6)], timeout=60)
+    assert set(nodes) == {b.node_id}
+
+
 def test_locality_runs_task_where_its_data_is(two_nodes):
     c, a, b = two_nodes
     pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)

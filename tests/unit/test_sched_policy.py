@@ -292,8 +292,11 @@ def test_hard_affinity():
     hard_a = req({"CPU": 1}, local="b", strategy=NodeAffinity("a"))
     assert choose_node(hard_a, nodes) == Place("a", "affinity", choose_node(hard_a, nodes).detail)
     hard_b = req({"CPU": 1}, local="a", strategy=NodeAffinity("b"))
-    assert isinstance(choose_node(hard_b, nodes), Wait)
-    assert isinstance(choose_for_spillback(hard_b, nodes), Wait)
+    # b is busy: the request queues at b, never at a node that must not run it
+    assert choose_node(hard_b, nodes).node_id == "b"
+    assert choose_for_spillback(hard_b, nodes).node_id == "b"
+    hard_b_at_b = req({"CPU": 1}, local="b", strategy=NodeAffinity("b"))
+    assert isinstance(choose_node(hard_b_at_b, nodes), Wait)
     too_big = req({"CPU": 8}, strategy=NodeAffinity("a"))
     decision = choose_node(too_big, nodes)
     assert isinstance(decision, Unschedulable) and decision.missing == {"CPU": 4}
