@@ -1,6 +1,6 @@
 """gdfut: a GPU-aware distributed futures runtime (Ray's API)."""
-from .api import (cancel, get, get_actor, get_runtime_context, init, is_initialized, kill,
-                  memory_summary, nodes, put, remote, shutdown, wait)
+from .api import (cancel, get, get_actor, get_gpu_ids, get_runtime_context, init,
+                  is_initialized, kill, memory_summary, nodes, put, remote, shutdown, wait)
 from .scheduling_strategies import NodeAffinitySchedulingStrategy
 from .object_ref import ObjectRef
 from .actor import ActorHandle
@@ -8,6 +8,7 @@ from . import exceptions
 
 __version__ = "0.1.0"
 
-__all__ = ["get_runtime_context", "NodeAffinitySchedulingStrategy", "init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
-           "kill", "get_actor", "memory_summary", "nodes", "ObjectRef", "ActorHandle",
-           "exceptions", "__version__"]
+__all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
+           "kill", "get_actor", "get_gpu_ids", "get_runtime_context", "memory_summary", "nodes",
+           "NodeAffinitySchedulingStrategy", "ObjectRef", "ActorHandle", "exceptions",
+           "__version__"]

@@ -48,6 +48,7 @@ class ActorClient:
         self.node_id = None
         self.lease_id = None
         self.out_of_scope = False   # creator only: every handle is gone
+        self.gpu_ids: tuple = ()    # creator only: devices its lease holds
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -119,6 +120,7 @@ class ActorSubmitter:
         client.worker_id = grant["worker_id"]
         client.addr = tuple(grant["addr"])
         client.lease_id = grant["lease_id"]
+        client.gpu_ids = tuple(grant.get("gpu_ids") or ())
         client.node_id = grant["node_id"]
         self._connected(client, conn)
 
@@ -183,7 +185,7 @@ class ActorSubmitter:
             sent = client.conn.peer.setdefault("fns", set())
             include = spec.method == "__init__" and spec.fn_id not in sent
             sent.add(spec.fn_id)
-            client.conn.send([P.PUSH_TASK, spec.wire(self.rt, include)])
+            client.conn.send([P.PUSH_TASK, spec.wire(self.rt, include, client.gpu_ids)])
 
     def on_task_done(self, conn, m):
         client = self.by_conn.get(conn)

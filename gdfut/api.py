@@ -193,6 +193,16 @@ class RuntimeContext:
     def worker_mode(self) -> str:
         return self._rt.mode
 
+    def get_accelerator_ids(self) -> dict:
+        """Devices assigned to the running task or actor: {"GPU": ["0", ...]}."""
+        return {"GPU": [str(g) for g in self._rt.gpu_ids]}
+
+
+def get_gpu_ids() -> list[int]:
+    """GPU ids assigned to the calling task or actor (empty in the driver and
+    for tasks that asked for no GPU). CUDA_VISIBLE_DEVICES names the same."""
+    return list(runtime_context.require().gpu_ids)
+
 
 def get_runtime_context() -> RuntimeContext:
     return RuntimeContext(runtime_context.require())
@@ -297,4 +307,4 @@ class RemoteFunction:
 
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
-           "kill", "get_actor", "memory_summary", "nodes", "ObjectRef", "NotInitializedError"]
+           "kill", "get_actor", "memory_summary", "nodes", "get_gpu_ids", "ObjectRef", "NotInitializedError"]

@@ -150,6 +150,8 @@ class CoreWorker:
         self._call_sites = True
         self.owner_addrs: dict[bytes, tuple] = {}           # owner wid -> listen address
         self.borrowed_refs_seen = 0
+        self.gpu_ids: tuple = ()            # devices of the task running now (workers)
+        self.inherited_cuda_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.node_addrs: dict[bytes, tuple] = {}            # node id -> daemon address
         from .submitter import TaskSubmitter
         from .actor_submitter import ActorSubmitter

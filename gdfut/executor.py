@@ -34,13 +34,13 @@ MAX_QUEUED_TASKS = 100_000
 
 class Task:
     __slots__ = ("conn", "tid", "fn_id", "fn_bytes", "name", "args", "kwargs", "num_returns",
-                 "owner_wid", "owner_addr", "actor_id", "method", "actor_options")
+                 "owner_wid", "owner_addr", "actor_id", "method", "actor_options", "gpu_ids")
 
     def __init__(self, conn, wire):
         self.conn = conn
         (self.tid, self.fn_id, self.fn_bytes, self.name, self.args, self.kwargs,
          self.num_returns, self.owner_wid, self.owner_addr, self.actor_id, self.method,
-         self.actor_options) = wire
+         self.actor_options, self.gpu_ids) = wire
 
     def return_ids(self):
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
@@ -127,6 +127,8 @@ class Executor:
             self.cond.notify_all()
 
     def execute(self, task: Task):
+        if task.actor_id is None or task.method == "__init__":
+            self.assign_gpus(task.gpu_ids)
         if task.actor_id is not None:
             if task.method == "__init__":
                 self.create_actor(task)
@@ -142,6 +144,20 @@ class Executor:
         else:
             fn = self.function(task.fn_id)
         self.call_and_reply(task, fn)
+
+    def assign_gpus(self, gpu_ids):
+        """Show the task only the devices its lease holds, as Ray does: CUDA
+        libraries read CUDA_VISIBLE_DEVICES when they first initialise."""
+        gpu_ids = tuple(gpu_ids or ())
+        if gpu_ids == self.rt.gpu_ids:
+            return
+        self.rt.gpu_ids = gpu_ids
+        if gpu_ids:
+            os.environ["CUDA_VISIBLE_DEVICES"] = ",".join(str(g) for g in gpu_ids)
+        elif self.rt.inherited_cuda_devices is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = self.rt.inherited_cuda_devices
 
     def call_and_reply(self, task, fn):
         try:

@@ -26,7 +26,7 @@ from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager,
                                 Reject, RequestCancelled, StartWorker)
 from .object_transfer import ObjectTransfer, TransferError
 from .sched import policy
-from .sched.resources import ResourceSet, actor_resources
+from .sched.resources import GPU_MEMORY, ResourceSet, actor_resources
 from .transport import tcp
 from .transport.base import default_backend_name
 
@@ -498,17 +498,38 @@ class NodeDaemon:
             self.run_instructions(self.leases.client_died(peer.wid))
 
 
-def detect_gpus() -> int:
-    """Number of NVIDIA GPUs (nvidia-ml-py), 0 when there is no driver."""
+def detect_gpus() -> tuple[int, int]:
+    """(number of NVIDIA GPUs, their total memory in bytes) from nvidia-ml-py;
+    (0, 0) when there is no package, no driver or no device."""
     try:
         import pynvml
         pynvml.nvmlInit()
+    except Exception:   # no package, or NVMLError_LibraryNotFound: CPU mode
+        return 0, 0
+    try:
+        count = pynvml.nvmlDeviceGetCount()
+        memory = sum(pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(i)).total
+                     for i in range(count))
+        return count, memory
+    except Exception as exc:
+        log.warning("NVML present but the GPUs could not be listed: %s", exc)
+        return 0, 0
+    finally:
         try:
-            return pynvml.nvmlDeviceGetCount()
-        finally:
             pynvml.nvmlShutdown()
-    except Exception:   # no package, no driver (NVMLError_LibraryNotFound), no device
-        return 0
+        except Exception:
+            pass
+
+
+def declared_resources(num_gpus, resources_json: str | None) -> tuple[float, dict]:
+    """GPUs and custom resources of this node: the flags, else what NVML finds.
+    Found GPUs also declare their memory as the ``GPU_memory`` resource."""
+    resources = json.loads(resources_json or "{}")
+    if num_gpus is None:
+        num_gpus, memory = detect_gpus()
+        if num_gpus and memory and GPU_MEMORY not in resources:
+            resources[GPU_MEMORY] = memory
+    return num_gpus, resources
 
 
 def read_head_addr(session_dir):
@@ -550,8 +571,8 @@ def main(argv=None):
     ap.add_argument("--embedded", action="store_true")
     ap.add_argument("--transport", default=None, help="data plane: tcp (default) or ucx")
     args = ap.parse_args(argv)
-    if args.num_gpus is None:
-        args.num_gpus = detect_gpus()
+    args.num_gpus, resources = declared_resources(args.num_gpus, args.resources)
+    args.resources = json.dumps(resources)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",
                         filename=os.path.join(args.session_dir, "logs", f"node-{os.getpid()}.log"))
     daemon = NodeDaemon(args)

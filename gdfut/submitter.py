@@ -61,10 +61,10 @@ class TaskSpec:
     def return_ids(self) -> list[bytes]:
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
 
-    def wire(self, rt, include_fn: bool) -> list:
+    def wire(self, rt, include_fn: bool, gpu_ids=()) -> list:
         return [self.tid, self.fn_id, self.fn_bytes if include_fn else None, self.name,
                 self.args, self.kwargs, self.num_returns, rt.wid, list(rt.addr),
-                self.actor_id, self.method, self.actor_options]
+                self.actor_id, self.method, self.actor_options, list(gpu_ids)]
 
 
 @dataclass
@@ -77,6 +77,7 @@ class Lease:
     conn: object = None
     in_flight: dict = field(default_factory=dict)   # tid -> spec
     returning: bool = False
+    gpu_ids: tuple = ()               # devices the node assigned to this lease
 
 
 class ShapeQueue:
@@ -228,41 +229,48 @@ class TaskSubmitter:
         sent = lease.conn.peer.setdefault("fns", set())
         include = spec.fn_id not in sent
         sent.add(spec.fn_id)
-        lease.conn.send([P.PUSH_TASK, spec.wire(self.rt, include)])
+        lease.conn.send([P.PUSH_TASK, spec.wire(self.rt, include, lease.gpu_ids)])
 
     async def request_lease(self, q: ShapeQueue):
+        """One lease request. It counts as pending until its lease is usable
+        (granted *and* connected), so pipeline_depth keeps a share of the
+        backlog for it meanwhile."""
+        try:
+            lease = await self._acquire_lease(q)
+        finally:
+            q.pending_requests -= 1
+        if lease is not None:
+            q.leases[lease.lease_id] = lease
+            self.lease_of_conn.setdefault(lease.conn, []).append(lease)
+        self.dispatch(q)
+        if lease is not None:
+            self._maybe_return_later(q, lease)
+
+    async def _acquire_lease(self, q: ShapeQueue) -> Lease | None:
         rt = self.rt
         hints = {"arg_bytes": q.arg_bytes, "strategy": q.strategy}
         try:
             grant, node_conn = await lease_from_cluster(rt, q.resources, False, None, hints)
         except tcp.RemoteError as exc:
-            q.pending_requests -= 1
             self._fail_queue(q, UnschedulableError(str(exc)))
-            return
+            return None
         except (tcp.ConnectionLost, OSError, asyncio.TimeoutError) as exc:
-            q.pending_requests -= 1
-            if self._closed:
-                return      # shutting down: outstanding requests end with the connection
-            log.warning("lease request failed: %s", exc)
-            if q.ready and not self._closed:
-                rt.io.loop.call_later(0.1, self.dispatch, q)
-            return
-        q.pending_requests -= 1
+            if not self._closed:    # shutting down: requests end with the connection
+                log.warning("lease request failed: %s", exc)
+                if q.ready:
+                    rt.io.loop.call_later(0.1, self.dispatch, q)
+            return None
         lease = Lease(grant["lease_id"], grant["worker_id"], tuple(grant["addr"]), q.key,
-                      node_conn)
+                      node_conn, gpu_ids=tuple(grant.get("gpu_ids") or ()))
         if not q.ready or self._closed:
             self._return_lease(lease, worker_died=False)
-            return
+            return None
         try:
             lease.conn = await rt.connect_peer(lease.addr)
         except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
             self._return_lease(lease, worker_died=True)
-            self.dispatch(q)
-            return
-        q.leases[lease.lease_id] = lease
-        self.lease_of_conn.setdefault(lease.conn, []).append(lease)
-        self.dispatch(q)
-        self._maybe_return_later(q, lease)
+            return None
+        return lease
 
     def _return_lease(self, lease: Lease, worker_died: bool):
         conn = lease.node_conn
