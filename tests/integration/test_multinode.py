@@ -9,7 +9,7 @@ import pytest
 import gdfut
 from gdfut.exceptions import UnschedulableError
 from gdfut.testing import Cluster
-from helpers import assert_no_leaks, shm_files
+from helpers import assert_no_leaks, shm_files, wait_until
 
 MB = 1024 * 1024
 
@@ -165,3 +165,30 @@ def test_node_death_retries_tasks_elsewhere(two_nodes):
     c.remove_node(b)
     nodes = gdfut.get(refs, timeout=60)
     assert set(nodes) == {a.node_id}
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ucx"])
+def test_object_pulled_over_each_data_transport(transport):
+    if transport == "ucx":
+        pytest.importorskip("ucxx", reason="ucxx (ucxx-cu12) is not installed")
+    c = Cluster(transport=transport)
+    try:
+        a = c.add_node(num_cpus=1, wait=False)
+        b = c.add_node(num_cpus=1)
+        c.connect()
+        assert {n["transport"] for n in c.alive_nodes()} == {transport}
+        pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+        arr = np.arange(150 * MB // 8, dtype=np.int64)      # > 2 chunks of 64 MiB
+        ref = gdfut.put(arr)                                 # primary on node a
+        total, ran_on = gdfut.get(checksum.options(scheduling_strategy=pin_b).remote(ref))
+        assert ran_on == b.node_id and total == int(arr.sum())
+
+        def pulled_by_b():
+            row = next(n for n in c.alive_nodes() if n["node_id"].hex() == b.node_id)
+            return ((row.get("stats") or {}).get("transfer") or {}).get("pulled_bytes", 0)
+        wait_until(lambda: pulled_by_b() >= arr.nbytes, timeout=10,
+                   what="node b's heartbeat to report the pull")
+    finally:
+        c.shutdown()
+        assert not shm_files(c.session_dir)
+        assert_no_leaks(None)
