@@ -217,11 +217,19 @@ def _wait_ready(daemon, session_dir: str) -> dict:
     return info
 
 
+def _gpus(node_info: dict, declared) -> str:
+    if declared is not None:
+        return _num(declared)
+    return _num((node_info.get("resources") or {}).get("GPU", 0)) + " (found by NVML)"
+
+
 def _spawn_node(args, session_dir, head_addr) -> tuple:
     store = args.object_store_memory or cluster.default_object_store_memory()
     cpus = args.num_cpus if args.num_cpus is not None else (os.cpu_count() or 1)
-    node = cluster.spawn_node(session_dir, head_addr, cpus, args.num_gpus or 0,
-                              _resources(args.resources), store, bind=args.bind, detach=True)
+    # num_gpus None: the node counts real GPUs with NVML (0 without a driver)
+    node = cluster.spawn_node(session_dir, head_addr, cpus, args.num_gpus,
+                              _resources(args.resources), store, bind=args.bind, detach=True,
+                              transport=args.transport)
     info = _wait_ready(node, session_dir)
     cluster.record_pid(session_dir, "node", node.popen.pid)
     return node, info, cpus, store
@@ -232,6 +240,8 @@ def cmd_start(args) -> int:
         raise CliError("--object-store-memory must be a positive number of bytes")
     if args.num_cpus is not None and args.num_cpus < 0:
         raise CliError("--num-cpus must be >= 0")
+    if args.num_gpus is not None and args.num_gpus < 0:
+        raise CliError("--num-gpus must be >= 0")
     _resources(args.resources)            # validate before starting anything
     if args.head == bool(args.address):
         raise CliError("give exactly one of --head (start a new cluster) or "
@@ -266,7 +276,7 @@ def _start_head(args) -> int:
     print(f"  logs:        {os.path.join(session_dir, 'logs')}")
     print(f"  head:        pid {hinfo['pid']}")
     print(f"  node:        {ninfo['node_id'][:16]} pid {ninfo['pid']} "
-          f"(CPU {_num(cpus)}, GPU {_num(args.num_gpus or 0)}, store {_bytes(store)})")
+          f"(CPU {_num(cpus)}, GPU {_gpus(ninfo, args.num_gpus)}, store {_bytes(store)})")
     print()
     print("Connect from Python:")
     print("    import gdfut")
@@ -302,7 +312,7 @@ def _start_worker_node(args) -> int:
     _, ninfo, cpus, store = _spawn_node(args, session_dir, head_addr)
     print(f"gdfut node {ninfo['node_id'][:16]} started (pid {ninfo['pid']}), "
           f"joining the head at {head_addr[0]}:{head_addr[1]}")
-    print(f"  resources:   CPU {_num(cpus)}, GPU {_num(args.num_gpus or 0)}, store {_bytes(store)}")
+    print(f"  resources:   CPU {_num(cpus)}, GPU {_gpus(ninfo, args.num_gpus)}, store {_bytes(store)}")
     print(f"  session dir: {session_dir}")
     print(f"  logs:        {os.path.join(session_dir, 'logs')}")
     print(f"Stop the whole cluster: gdfut stop --session-dir {session_dir}")
@@ -687,7 +697,10 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--bind", default="127.0.0.1",
                     help="interface the daemons listen on (default 127.0.0.1; 0.0.0.0 for all)")
     st.add_argument("--num-cpus", type=float, default=None)
-    st.add_argument("--num-gpus", type=float, default=0)
+    st.add_argument("--num-gpus", type=float, default=None,
+                    help="GPUs to declare; without a GPU: emulated ones (default: NVML count)")
+    st.add_argument("--transport", choices=("tcp", "ucx"), default=None,
+                    help="node-to-node data plane (default: $GDFUT_TRANSPORT or tcp)")
     st.add_argument("--resources", default=None, help='custom resources, JSON: \'{"accel": 2}\'')
     st.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES")
     st.add_argument("--session-dir", default=None,

@@ -136,10 +136,10 @@ class NodeDaemon:
         self.data_addr = await self.transfer.start(self.args.bind)
         self.data_addr = (self.node_ip, self.data_addr[1]) if self.transfer.backend_name != "inproc" \
             else self.data_addr
-        self.run_instructions(self.leases.request_lease  # noqa: prestart the pool
-                              if False else [StartWorker(int(self.args.num_cpus))])
+        self.run_instructions([StartWorker(int(self.args.num_cpus))])   # one per CPU, warm
         print(json.dumps({"port": self.port, "node_id": self.node_id.hex(), "pid": os.getpid(),
-                          "arena": self.arena_name}), flush=True)
+                          "arena": self.arena_name, "resources": self.total.to_dict(),
+                          "transport": self.transfer.backend_name}), flush=True)
         tasks = [asyncio.ensure_future(self.head_loop()), asyncio.ensure_future(self.reap_loop())]
         await self.stopping.wait()
         for t in tasks:
