@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import json
 import logging
 import os
@@ -58,6 +59,33 @@ class HeadConn:
         self.head.on_closed(self)
 
 
+class DeadProcessLog:
+    """Drivers and workers known dead, in the order heard, so every node can
+    free objects those owners had there (fate sharing) even if the owner never
+    connected to it. Bounded: a node that falls further behind than
+    ``limit`` entries gets the whole retained log again (repeats are harmless)."""
+
+    def __init__(self, limit: int = 100_000):
+        assert limit > 0
+        self.limit = limit
+        self.entries: collections.deque = collections.deque()   # (seq, wid)
+        self.known: set = set()
+        self.seq = 0
+
+    def add(self, wids) -> None:
+        for wid in wids:
+            if wid in self.known:
+                continue
+            self.seq += 1
+            self.entries.append((self.seq, wid))
+            self.known.add(wid)
+            if len(self.entries) > self.limit:
+                self.known.discard(self.entries.popleft()[1])
+
+    def since(self, seq: int) -> tuple[int, list]:
+        return self.seq, [wid for s, wid in self.entries if s > seq]
+
+
 class Head:
     def __init__(self, args):
         self.args = args
@@ -74,7 +102,10 @@ class Head:
             P.HEAD_LOOKUP_ACTOR: self.on_lookup_actor, P.HEAD_REMOVE_ACTOR: self.on_remove_actor,
             P.HEAD_STATUS: self.on_status, P.HEAD_REGISTER_JOB: self.on_register_job,
             P.HEAD_SHUTDOWN: self.on_shutdown,
+            P.HEAD_PROCESSES_DIED: self.on_processes_died,
+            P.HEAD_DEAD_PROCESSES: self.on_dead_processes,
         }
+        self.dead = DeadProcessLog()
 
     async def run(self):
         server = await tcp.listen(self.args.bind, self.args.port, lambda: HeadConn(self),
@@ -133,6 +164,13 @@ class Head:
             d["stats"] = self.stats.get(node_id, {})
             out.append(d)
         return out
+
+    def on_processes_died(self, peer, m):
+        self.dead.add(m[1])
+
+    def on_dead_processes(self, peer, m):
+        seq, wids = self.dead.since(m[2])
+        peer.conn.reply(m[1], [seq, wids])
 
     def on_list_nodes(self, peer, m):
         peer.conn.reply(m[1], self.nodes())

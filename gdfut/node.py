@@ -98,6 +98,7 @@ class NodeDaemon:
         self.pending_leases: dict = {}                # request id -> (Conn, req_id)
         self.object_owner: dict[bytes, bytes] = {}    # oid -> owner wid
         self.objects_of_owner: dict[bytes, set] = {}  # owner wid -> oids here
+        self.dead_seq = 0                             # head's dead-process log read so far
         self.request_ids = itertools.count(1)
         self.head_conn = None
         self.head_addr = tuple(args.head_addr.split(":")) if args.head_addr else None
@@ -208,6 +209,18 @@ class NodeDaemon:
     async def refresh_cluster(self):
         nodes = await asyncio.wait_for(self.head_conn.request(P.HEAD_LIST_NODES), 10)
         self.cluster = {n["node_id"]: n for n in nodes}
+        seq, dead = await asyncio.wait_for(
+            self.head_conn.request(P.HEAD_DEAD_PROCESSES, self.dead_seq), 10)
+        self.dead_seq = seq
+        for wid in dead:
+            self.free_objects_of(wid)
+
+    def free_objects_of(self, owner_wid):
+        """Fate sharing: what a dead owner owned can never be reached again."""
+        if owner_wid in self.peers:       # still connected here: not dead after all
+            return
+        for oid in list(self.objects_of_owner.get(owner_wid, ())):
+            self.delete_object(oid)
 
     def node_views(self) -> list:
         """Placement-policy snapshot: this node exact, the others as last heard."""
@@ -485,9 +498,10 @@ class NodeDaemon:
             return
         self.peers.pop(peer.wid, None)
         self.store.release_holder(peer.wid)
-        # fate sharing: what a dead owner owned can never be reached again
-        for oid in list(self.objects_of_owner.get(peer.wid, ())):
-            self.delete_object(oid)
+        self.free_objects_of(peer.wid)
+        if peer.kind != "remote-client" and self.head_conn is not None \
+                and not self.head_conn.closed:
+            self.head_conn.send([P.HEAD_PROCESSES_DIED, [peer.wid]])   # tell the other nodes
         if peer.wid in self.workers:
             w = self.workers.pop(peer.wid)
             self.run_instructions(self.leases.worker_died(peer.wid))

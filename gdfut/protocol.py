@@ -69,6 +69,8 @@ HEAD_REMOVE_ACTOR = 65    # actor_id
 HEAD_STATUS = 66          # req -> cluster status
 HEAD_REGISTER_JOB = 67    # req: driver info -> job id
 HEAD_SHUTDOWN = 68        # req: stop the cluster (CLI `gdfut stop`)
+HEAD_PROCESSES_DIED = 69  # [wid, ...]: a node saw these drivers/workers go
+HEAD_DEAD_PROCESSES = 70  # req: since_seq -> [seq, [wid, ...]] died after since_seq
 
 
 def pack_frame(messages: list) -> bytes:

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 import gdfut
+from gdfut import protocol as P
 from gdfut.exceptions import UnschedulableError
 from gdfut.testing import Cluster
 from helpers import assert_no_leaks, shm_files, wait_until
@@ -192,3 +193,33 @@ def test_object_pulled_over_each_data_transport(transport):
         c.shutdown()
         assert not shm_files(c.session_dir)
         assert_no_leaks(None)
+
+
+def test_dead_owner_objects_freed_on_a_node_it_never_connected_to(two_nodes):
+    c, a, b = two_nodes
+    pin_a = gdfut.NodeAffinitySchedulingStrategy(a.node_id)
+    pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+
+    @gdfut.remote
+    class Maker:
+        def make(self, n):
+            return np.ones(n)                      # stored in node b's store
+
+    @gdfut.remote(max_retries=0)
+    def hold_and_die(maker):
+        ref = maker.make.remote(MB)                # owned by this worker on node a
+        gdfut.wait([ref])
+        os._exit(1)                                # dies holding it
+
+    def objects_on_b():
+        from gdfut.cli import head_request       # any daemon answers NODE_STATUS
+        status = head_request(("127.0.0.1", b.info["port"]), c.token, P.NODE_STATUS)
+        return status["store"]["num_objects"]
+
+    maker = Maker.options(scheduling_strategy=pin_b).remote()
+    assert objects_on_b() == 0
+    with pytest.raises(gdfut.exceptions.WorkerCrashedError):
+        gdfut.get(hold_and_die.options(scheduling_strategy=pin_a).remote(maker), timeout=60)
+    assert objects_on_b() == 1                     # (the owner may not have been seen dead yet)
+    # node b hears of the death from the head and frees what that owner had there
+    wait_until(lambda: objects_on_b() == 0, timeout=10, what="node b to free the dead owner's object")
