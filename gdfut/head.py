@@ -104,8 +104,10 @@ class Head:
             P.HEAD_SHUTDOWN: self.on_shutdown,
             P.HEAD_PROCESSES_DIED: self.on_processes_died,
             P.HEAD_DEAD_PROCESSES: self.on_dead_processes,
+            P.HEAD_PROCESSES_STARTED: self.on_processes_started,
         }
         self.dead = DeadProcessLog()
+        self.processes_of_node: dict[bytes, set] = {}   # live drivers/workers by node
 
     async def run(self):
         server = await tcp.listen(self.args.bind, self.args.port, lambda: HeadConn(self),
@@ -135,6 +137,8 @@ class Head:
                 self.stopping.set()
 
     def mark_node(self, node_id, state):
+        if state == "DEAD":       # its drivers and workers died with it
+            self.dead.add(sorted(self.processes_of_node.pop(node_id, ())))
         with self.db:
             self.db.execute("UPDATE nodes SET state=? WHERE node_id=?", (state, node_id))
 
@@ -165,8 +169,13 @@ class Head:
             out.append(d)
         return out
 
+    def on_processes_started(self, peer, m):
+        self.processes_of_node.setdefault(m[1], set()).update(m[2])
+
     def on_processes_died(self, peer, m):
         self.dead.add(m[1])
+        for wids in self.processes_of_node.values():
+            wids.difference_update(m[1])
 
     def on_dead_processes(self, peer, m):
         seq, wids = self.dead.since(m[2])

@@ -200,6 +200,8 @@ class NodeDaemon:
                 if self.head_conn is None or self.head_conn.closed:
                     self.head_conn = await tcp.connect(*self.head_addr, Conn(self), self.token)
                     await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
+                    local = [wid for wid, p in self.peers.items() if p.kind != "remote-client"]
+                    self.head_conn.send([P.HEAD_PROCESSES_STARTED, self.node_id, local])
                 self.head_conn.send([P.HEAD_HEARTBEAT, self.node_id, self.stats()])
                 await self.refresh_cluster()
             except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
@@ -295,6 +297,9 @@ class NodeDaemon:
                 "head_addr": list(self.head_addr) if self.head_addr else None,
                 "resources": self.total.to_dict()}
         peer.conn.reply(req_id, info)
+        if kind != "remote-client" and self.head_conn is not None and not self.head_conn.closed:
+            # so that the head can declare it dead if this whole node dies
+            self.head_conn.send([P.HEAD_PROCESSES_STARTED, self.node_id, [wid]])
         if m[0] == P.REGISTER_WORKER:
             w = self.workers.get(wid)
             if w is None:

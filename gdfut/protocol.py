@@ -71,6 +71,7 @@ HEAD_REGISTER_JOB = 67    # req: driver info -> job id
 HEAD_SHUTDOWN = 68        # req: stop the cluster (CLI `gdfut stop`)
 HEAD_PROCESSES_DIED = 69  # [wid, ...]: a node saw these drivers/workers go
 HEAD_DEAD_PROCESSES = 70  # req: since_seq -> [seq, [wid, ...]] died after since_seq
+HEAD_PROCESSES_STARTED = 71   # node_id, [wid, ...]: drivers/workers that registered there
 
 
 def pack_frame(messages: list) -> bytes:
