@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import time
 
 from .ids import short
 from .transport.base import get_backend
@@ -25,6 +26,7 @@ CHUNK_BYTES = 64 * 1024 * 1024
 MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024     # per node, across all pulls
 ENDPOINTS_PER_PEER = 2                      # parallel streams to one source node
 PULL = "pull"
+LOG_PULLS_FROM_BYTES = 64 * 1024 * 1024     # pulls this large are logged with their rate
 
 
 class ByteBudget:
@@ -136,6 +138,7 @@ class ObjectTransfer:
 
     async def _pull(self, oid, size, source_addr):
         node = self.node
+        t0 = time.perf_counter()
         offset = node.create_secondary(oid, size)
         holder = node.transfer_holder
         try:
@@ -146,6 +149,10 @@ class ObjectTransfer:
         node.store.seal(oid, holder)
         self.stats["pulls"] += 1
         self.stats["pulled_bytes"] += size
+        secs = time.perf_counter() - t0
+        if size >= LOG_PULLS_FROM_BYTES:
+            log.info("pulled %s (%d bytes) from %s in %.1f ms: %.2f GB/s", short(oid), size,
+                     source_addr, secs * 1e3, size / secs / 1e9)
 
     async def _receive(self, oid, size, source_addr, offset):
         """Chunks move on up to ENDPOINTS_PER_PEER streams at once, so one
