@@ -28,8 +28,14 @@ DEFAULT_MAX_RETRIES = 3
 def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False,
-         session_dir: str | None = None, **_ignored):
-    """Start an embedded cluster (head + one node) or join ``address``."""
+         session_dir: str | None = None, log_to_driver: bool = True, **ray_options):
+    """Start an embedded cluster (head + one node) or join ``address``.
+
+    ``log_to_driver``: print what tasks print here, labelled "(fn pid=N)".
+    Ray options gdfut has no use for (``namespace``, ``runtime_env``,
+    ``include_dashboard``...) are accepted with a warning; others are an error.
+    """
+    _check_ray_options(ray_options)
     with _lock:
         if runtime_context.current() is not None:
             if ignore_reinit_error:
@@ -40,8 +46,25 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
         else:
             _join(address, session_dir)
+        runtime_context.require().log_to_driver = bool(log_to_driver)
         atexit.register(shutdown)
         return _context()
+
+
+_RAY_OPTIONS_IGNORED = {"namespace", "runtime_env", "logging_level", "logging_format",
+                        "include_dashboard", "dashboard_host", "dashboard_port",
+                        "configure_logging", "job_config", "_temp_dir", "_system_config",
+                        "_node_ip_address", "storage"}
+
+
+def _check_ray_options(options: dict) -> None:
+    unknown = sorted(set(options) - _RAY_OPTIONS_IGNORED)
+    if unknown:
+        raise TypeError(f"gdfut.init() got unknown argument(s) {unknown}")
+    if options:
+        import warnings
+        warnings.warn(f"gdfut.init(): {sorted(options)} accepted for Ray compatibility and "
+                      f"ignored", stacklevel=3)
 
 
 def _start_embedded(num_cpus, num_gpus, resources, object_store_memory):

@@ -29,6 +29,7 @@ from .ids import new_id, object_id_for_put, short
 from .object_ref import ObjectRef
 from . import ownership as own
 from . import serialization as ser
+from . import worker_output
 from .transport import tcp
 
 log = logging.getLogger("gdfut.core")
@@ -151,6 +152,10 @@ class CoreWorker:
         self.owner_addrs: dict[bytes, tuple] = {}           # owner wid -> listen address
         self.borrowed_refs_seen = 0
         self.gpu_ids: tuple = ()            # devices of the task running now (workers)
+        self.pid = os.getpid()
+        self.output_conn = None             # where printed lines go: the running task's owner
+        self.output_label = ""              # "(fn pid=N)" prefix of those lines
+        self.log_to_driver = True
         self.inherited_cuda_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.node_addrs: dict[bytes, tuple] = {}            # node id -> daemon address
         from .submitter import TaskSubmitter
@@ -212,6 +217,7 @@ class CoreWorker:
         d[P.TASK_DONE] = self.submitter.on_task_done
         d[P.ACTOR_LOCATION] = self.actors.on_actor_location
         d[P.ADD_LOCATION] = self._on_add_location
+        d[P.WORKER_OUTPUT] = lambda conn, m: worker_output.on_worker_output(self, conn, m)
 
     # ------------------------------------------------------------ connections
     async def connect_peer(self, addr) -> tcp.FramedConnection:

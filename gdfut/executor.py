@@ -127,6 +127,7 @@ class Executor:
             self.cond.notify_all()
 
     def execute(self, task: Task):
+        self.note_output_target(task)
         if task.actor_id is None or task.method == "__init__":
             self.assign_gpus(task.gpu_ids)
         if task.actor_id is not None:
@@ -144,6 +145,17 @@ class Executor:
         else:
             fn = self.function(task.fn_id)
         self.call_and_reply(task, fn)
+
+    def note_output_target(self, task: Task):
+        """Lines printed from now on go to this task's owner, labelled Ray's way:
+        "(fn pid=N)" for a function, "(Class pid=N)" for an actor."""
+        rt = self.rt
+        rt.output_conn = task.conn
+        if task.actor_id is not None:
+            what = task.name.rsplit(".", 1)[0]
+        else:
+            what = task.name.rsplit(".", 1)[-1]
+        rt.output_label = f"{what} pid={rt.pid}"
 
     def assign_gpus(self, gpu_ids):
         """Show the task only the devices its lease holds, as Ray does: CUDA
@@ -219,6 +231,7 @@ class Executor:
         return self.actor_pool is not None or self.actor_loop is not None
 
     def run_concurrent_actor_call(self, task: Task):
+        self.note_output_target(task)
         if self.actor_loop is not None:
             asyncio.run_coroutine_threadsafe(self.async_call(task), self.actor_loop)
         else:

@@ -59,6 +59,7 @@ REMOVE_BORROWER = 42      # oid, borrower_wid, n
 ACTOR_LOCATION = 43       # req: actor_id -> (addr, worker_id) | error
 OWNER_MEMORY = 44         # req -> ownership summary of this process
 ADD_LOCATION = 45         # oid, node_id (a node pulled a secondary copy)
+WORKER_OUTPUT = 46        # [[label, stream, line], ...]: what a task printed
 # node / driver <-> head (control plane)
 HEAD_REGISTER_NODE = 60   # req: node info
 HEAD_HEARTBEAT = 61       # node_id, stats

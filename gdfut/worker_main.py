@@ -21,6 +21,7 @@ def main(argv=None):
     from . import runtime_context
     from .core_worker import CoreWorker
     from .executor import Executor
+    from . import worker_output
 
     token = open(os.path.join(args.session_dir, "token"), "rb").read()
     host, port = args.node.rsplit(":", 1)
@@ -33,6 +34,7 @@ def main(argv=None):
                     worker_id=bytes.fromhex(args.worker_id))
     executor = Executor(rt)
     rt.executor = executor
+    worker_output.install(rt)
     runtime_context.set_runtime(rt)
     signal.signal(signal.SIGTERM, lambda *_: executor.stop())
     rt.start(kind="worker")
