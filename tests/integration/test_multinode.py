@@ -195,61 +195,54 @@ def test_object_pulled_over_each_data_transport(transport):
         assert_no_leaks(None)
 
 
+@gdfut.remote
+class Maker:
+    def make(self, n):
+        return np.ones(n)                          # stored in the store of the actor's node
+
+
+def objects_on(c, node) -> int:
+    from gdfut.cli import head_request           # any daemon answers NODE_STATUS
+    status = head_request(("127.0.0.1", node.info["port"]), c.token, P.NODE_STATUS)
+    return status["store"]["num_objects"]
+
+
+@gdfut.remote(max_retries=0)
+def hold_and_die(maker):
+    ref = maker.make.remote(MB)                    # owned by this worker
+    gdfut.wait([ref])
+    os._exit(1)                                    # dies holding it
+
+
+@gdfut.remote(max_retries=0)
+def hold(maker):
+    ref = maker.make.remote(MB)                    # owned by this worker
+    gdfut.wait([ref])
+    time.sleep(60)
+
+
 def test_dead_owner_objects_freed_on_a_node_it_never_connected_to(two_nodes):
     c, a, b = two_nodes
     pin_a = gdfut.NodeAffinitySchedulingStrategy(a.node_id)
     pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
-
-    @gdfut.remote
-    class Maker:
-        def make(self, n):
-            return np.ones(n)                      # stored in node b's store
-
-    @gdfut.remote(max_retries=0)
-    def hold_and_die(maker):
-        ref = maker.make.remote(MB)                # owned by this worker on node a
-        gdfut.wait([ref])
-        os._exit(1)                                # dies holding it
-
-    def objects_on_b():
-        from gdfut.cli import head_request       # any daemon answers NODE_STATUS
-        status = head_request(("127.0.0.1", b.info["port"]), c.token, P.NODE_STATUS)
-        return status["store"]["num_objects"]
-
     maker = Maker.options(scheduling_strategy=pin_b).remote()
-    assert objects_on_b() == 0
+    assert objects_on(c, b) == 0
     with pytest.raises(gdfut.exceptions.WorkerCrashedError):
         gdfut.get(hold_and_die.options(scheduling_strategy=pin_a).remote(maker), timeout=60)
-    assert objects_on_b() == 1                     # (the owner may not have been seen dead yet)
+    assert objects_on(c, b) == 1                   # (the owner may not have been seen dead yet)
     # node b hears of the death from the head and frees what that owner had there
-    wait_until(lambda: objects_on_b() == 0, timeout=10, what="node b to free the dead owner's object")
+    wait_until(lambda: objects_on(c, b) == 0, timeout=10,
+               what="node b to free the dead owner's object")
 
 
 def test_objects_of_owners_on_a_dead_node_are_freed_elsewhere(two_nodes):
     c, a, b = two_nodes
     pin_a = gdfut.NodeAffinitySchedulingStrategy(a.node_id)
     pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
-
-    @gdfut.remote
-    class Maker:
-        def make(self, n):
-            return np.ones(n)                      # stored in node a's store
-
-    @gdfut.remote(max_retries=0)
-    def hold(maker):
-        ref = maker.make.remote(MB)                # owned by this worker on node b
-        gdfut.wait([ref])
-        time.sleep(60)
-
-    def objects_on_a():
-        from gdfut.cli import head_request       # any daemon answers NODE_STATUS
-        status = head_request(("127.0.0.1", a.info["port"]), c.token, P.NODE_STATUS)
-        return status["store"]["num_objects"]
-
     maker = Maker.options(scheduling_strategy=pin_a).remote()
     holding = hold.options(scheduling_strategy=pin_b).remote(maker)
-    wait_until(lambda: objects_on_a() == 1, timeout=20, what="the object on node a")
+    wait_until(lambda: objects_on(c, a) == 1, timeout=20, what="the object on node a")
     c.remove_node(b)                               # the owner's whole node dies
-    wait_until(lambda: objects_on_a() == 0, timeout=10, what="node a to free the object")
+    wait_until(lambda: objects_on(c, a) == 0, timeout=10, what="node a to free the object")
     with pytest.raises(gdfut.exceptions.GdfutError):
         gdfut.get(holding, timeout=30)
