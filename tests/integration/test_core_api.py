@@ -39,6 +39,33 @@ def test_put_get_zero_copy_readonly(cluster):
         out[0] = 1.0
 
 
+def _in_shared_arena(address: int) -> bool:
+    """Whether ``address`` lies in a mapping of a gdfut arena in /dev/shm."""
+    with open("/proc/self/maps") as f:
+        for line in f:
+            if "/dev/shm/gdfut-" in line:
+                lo, hi = (int(x, 16) for x in line.split()[0].split("-"))
+                if lo <= address < hi:
+                    return True
+    return False
+
+
+def test_arrow_table_zero_copy(cluster):
+    pa = pytest.importorskip("pyarrow")
+    n = 2 * 1024 * 1024
+    table = pa.table({"x": pa.array(np.arange(n, dtype=np.int64)),
+                      "y": pa.array(np.ones(n, dtype=np.float64))})
+    ref = gdfut.put(table)
+    used = store_stats()["used_bytes"]
+    assert table.nbytes <= used < table.nbytes + 1024 * 1024    # written once
+    out = gdfut.get(ref)
+    assert out.equals(table)
+    values = out.column("x").chunk(0).buffers()[1]
+    assert _in_shared_arena(values.address)                    # a view of the store
+    assert not _in_shared_arena(table.column("x").chunk(0).buffers()[1].address)
+    assert gdfut.get(total.remote(gdfut.put(np.asarray(out.column("y"))))) == float(n)
+
+
 def test_small_values_inline_never_touch_store(cluster):
     refs = [gdfut.put(i) for i in range(50)] + [add.remote(i, 1) for i in range(50)]
     assert gdfut.get(refs) == list(range(50)) + list(range(1, 51))
