@@ -1,6 +1,8 @@
 """gdfut: a GPU-aware distributed futures runtime (Ray's API)."""
-from .api import (cancel, get, get_actor, get_gpu_ids, get_runtime_context, init,
-                  is_initialized, kill, memory_summary, nodes, put, remote, shutdown, wait)
+from .api import (available_resources, cancel, cluster_resources, get, get_actor, get_gpu_ids,
+                  get_runtime_context, init, is_initialized, kill, memory_summary, nodes, put,
+                  remote, shutdown, wait)
+from .actor import method
 from .scheduling_strategies import NodeAffinitySchedulingStrategy
 from .object_ref import ObjectRef
 from .actor import ActorHandle
@@ -8,7 +10,8 @@ from . import exceptions
 
 __version__ = "0.1.0"
 
-__all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
-           "kill", "get_actor", "get_gpu_ids", "get_runtime_context", "memory_summary", "nodes",
+__all__ = ["init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait",
+           "cancel", "kill", "get_actor", "get_gpu_ids", "get_runtime_context",
+           "cluster_resources", "available_resources", "memory_summary", "nodes",
            "NodeAffinitySchedulingStrategy", "ObjectRef", "ActorHandle", "exceptions",
            "__version__"]

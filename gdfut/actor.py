@@ -15,13 +15,25 @@ _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "max_concurrency"
                   "memory", "get_if_exists"}
 
 
+def method(*, num_returns: int = 1):
+    """Decorate an actor method with call options (Ray's ``@ray.method``)."""
+    if not isinstance(num_returns, int) or num_returns < 0:
+        raise ValueError(f"num_returns must be an int >= 0, got {num_returns!r}")
+
+    def mark(fn):
+        fn.__gdfut_num_returns__ = num_returns
+        return fn
+    return mark
+
+
 class ActorClass:
     def __init__(self, cls, options):
         self._cls = cls
         self._options = dict(options)
         self._pickled = None
-        self._methods = [n for n, v in inspect.getmembers(cls, callable)
-                         if not n.startswith("__")]
+        # method name -> num_returns (1 unless set with @gdfut.method)
+        self._methods = {n: getattr(v, "__gdfut_num_returns__", 1)
+                         for n, v in inspect.getmembers(cls, callable) if not n.startswith("__")}
 
     def __call__(self, *a, **k):
         raise TypeError(f"actor class {self._cls.__name__} cannot be instantiated directly; "
@@ -97,7 +109,7 @@ class ActorHandle:
         self._owner_wid = owner_wid
         self._owner_addr = tuple(owner_addr)
         self._class_name = class_name
-        self._methods = list(methods)
+        self._methods = dict(methods) if isinstance(methods, dict) else dict.fromkeys(methods, 1)
         self._rt = rt
         if rt is not None:
             rt.add_local_ref(self)
@@ -128,7 +140,7 @@ class ActorHandle:
             raise AttributeError(name)
         if name not in self._methods:
             raise AttributeError(f"actor {self._class_name} has no method {name!r}")
-        return ActorMethod(self, name, 1)
+        return ActorMethod(self, name, self._methods[name])
 
     def __reduce__(self):
         record_nested(self)
@@ -158,8 +170,14 @@ class ActorMethod:
         self._name = name
         self._num_returns = num_returns
 
-    def options(self, num_returns: int = 1, **_ignored):
-        return ActorMethod(self._handle, self._name, num_returns)
+    def options(self, **options):
+        unknown = set(options) - {"num_returns", "name"}
+        if unknown:
+            raise ValueError(f"unknown actor method option(s) {sorted(unknown)}")
+        n = options.get("num_returns", self._num_returns)
+        if not isinstance(n, int) or n < 0:
+            raise ValueError(f"num_returns must be an int >= 0, got {n!r}")
+        return ActorMethod(self._handle, self._name, n)
 
     def remote(self, *args, **kwargs):
         rt = runtime_context.require()

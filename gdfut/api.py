@@ -216,6 +216,20 @@ class RuntimeContext:
     def worker_mode(self) -> str:
         return self._rt.mode
 
+    def get_job_id(self) -> str | None:
+        job = getattr(self._rt, "job_id", None)
+        return job.hex() if isinstance(job, bytes) else (None if job is None else str(job))
+
+    def get_task_id(self) -> str | None:
+        """The running task's id (None in the driver)."""
+        tid = self._rt.current_task_id
+        return tid.hex() if tid is not None else None
+
+    def get_actor_id(self) -> str | None:
+        """This actor's id, in an actor's methods (else None)."""
+        aid = self._rt.current_actor_id
+        return aid.hex() if aid is not None else None
+
     def get_accelerator_ids(self) -> dict:
         """Devices assigned to the running task or actor: {"GPU": ["0", ...]}."""
         return {"GPU": [str(g) for g in self._rt.gpu_ids]}
@@ -225,6 +239,30 @@ def get_gpu_ids() -> list[int]:
     """GPU ids assigned to the calling task or actor (empty in the driver and
     for tasks that asked for no GPU). CUDA_VISIBLE_DEVICES names the same."""
     return list(runtime_context.require().gpu_ids)
+
+
+def cluster_resources() -> dict:
+    """Total resources of the alive nodes (Ray's ``cluster_resources``)."""
+    return _sum_resources("resources_total")
+
+
+def available_resources() -> dict:
+    """Free resources of the alive nodes, as of their last heartbeat (about 1 s)."""
+    return _sum_resources("resources_available")
+
+
+def _sum_resources(key: str) -> dict:
+    total: dict = {}
+    for n in nodes():
+        if n.get("state") != "ALIVE":
+            continue
+        stats = n.get("stats") or {}
+        amounts = stats.get(key)
+        if amounts is None and key == "resources_total":
+            amounts = n.get("resources") or {}
+        for name, amount in (amounts or {}).items():
+            total[name] = total.get(name, 0) + amount
+    return total
 
 
 def get_runtime_context() -> RuntimeContext:

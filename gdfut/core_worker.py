@@ -154,6 +154,8 @@ class CoreWorker:
         self.gpu_ids: tuple = ()            # devices of the task running now (workers)
         self.pid = os.getpid()
         self.output_conn = None             # where printed lines go: the running task's owner
+        self.current_task_id: bytes | None = None
+        self.current_actor_id: bytes | None = None
         self.output_label = ""              # "(fn pid=N)" prefix of those lines
         self.log_to_driver = True
         self.inherited_cuda_devices = os.environ.get("CUDA_VISIBLE_DEVICES")

@@ -127,7 +127,7 @@ class Executor:
             self.cond.notify_all()
 
     def execute(self, task: Task):
-        self.note_output_target(task)
+        self.note_running_task(task)
         if task.actor_id is None or task.method == "__init__":
             self.assign_gpus(task.gpu_ids)
         if task.actor_id is not None:
@@ -146,11 +146,14 @@ class Executor:
             fn = self.function(task.fn_id)
         self.call_and_reply(task, fn)
 
-    def note_output_target(self, task: Task):
-        """Lines printed from now on go to this task's owner, labelled Ray's way:
-        "(fn pid=N)" for a function, "(Class pid=N)" for an actor."""
+    def note_running_task(self, task: Task):
+        """Remember the task for get_runtime_context(); lines printed from now
+        on go to its owner, labelled Ray's way: "(fn pid=N)" for a function,
+        "(Class pid=N)" for an actor."""
         rt = self.rt
         rt.output_conn = task.conn
+        rt.current_task_id = task.tid
+        rt.current_actor_id = task.actor_id
         if task.actor_id is not None:
             what = task.name.rsplit(".", 1)[0]
         else:
@@ -231,7 +234,7 @@ class Executor:
         return self.actor_pool is not None or self.actor_loop is not None
 
     def run_concurrent_actor_call(self, task: Task):
-        self.note_output_target(task)
+        self.note_running_task(task)
         if self.actor_loop is not None:
             asyncio.run_coroutine_threadsafe(self.async_call(task), self.actor_loop)
         else:

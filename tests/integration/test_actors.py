@@ -225,3 +225,33 @@ def test_named_actor_outlives_its_handles(cluster):
     assert gdfut.get(again.pid.remote()) == pid
     gdfut.kill(again)
     assert _wait_gone(pid)
+
+
+@gdfut.remote
+class Splitter:
+    @gdfut.method(num_returns=2)
+    def halves(self, items):
+        mid = len(items) // 2
+        return items[:mid], items[mid:]
+
+    def ids(self):
+        ctx = gdfut.get_runtime_context()
+        return ctx.get_actor_id(), ctx.get_task_id()
+
+
+def test_method_decorator_sets_num_returns(cluster):
+    s = Splitter.remote()
+    left, right = s.halves.remote([1, 2, 3, 4])
+    assert gdfut.get([left, right]) == [[1, 2], [3, 4]]
+    whole = s.halves.options(num_returns=1).remote([1, 2])
+    assert gdfut.get(whole) == ([1], [2])
+    with pytest.raises(ValueError, match="bogus"):
+        s.halves.options(bogus=True)
+
+
+def test_runtime_context_inside_actor(cluster):
+    s = Splitter.remote()
+    (actor_id, task1), (same_actor, task2) = gdfut.get([s.ids.remote(), s.ids.remote()])
+    assert actor_id == same_actor == s._actor_id.hex()
+    assert task1 and task2 and task1 != task2
+    assert gdfut.get_runtime_context().get_actor_id() is None

@@ -276,3 +276,20 @@ def test_init_twice_is_an_error(cluster):
     with pytest.raises(RuntimeError, match="already"):
         gdfut.init()
     assert gdfut.is_initialized()
+
+
+def test_cluster_and_available_resources(cluster):
+    from helpers import wait_until
+    assert gdfut.cluster_resources()["CPU"] == 2
+    wait_until(lambda: gdfut.available_resources().get("CPU") == 2, timeout=10,
+               what="an idle node's heartbeat")
+
+    @gdfut.remote
+    def task_ids():
+        ctx = gdfut.get_runtime_context()
+        return ctx.get_task_id(), ctx.get_actor_id()
+
+    (t1, a1), (t2, _) = gdfut.get([task_ids.remote(), task_ids.remote()])
+    assert t1 and t2 and t1 != t2 and a1 is None
+    assert gdfut.get_runtime_context().get_task_id() is None
+    assert gdfut.get_runtime_context().get_job_id()
