@@ -16,6 +16,7 @@ import logging
 import os
 import pickle
 import threading
+import time
 import traceback
 
 import cloudpickle
@@ -34,13 +35,15 @@ MAX_QUEUED_TASKS = 100_000
 
 class Task:
     __slots__ = ("conn", "tid", "fn_id", "fn_bytes", "name", "args", "kwargs", "num_returns",
-                 "owner_wid", "owner_addr", "actor_id", "method", "actor_options", "gpu_ids")
+                 "owner_wid", "owner_addr", "actor_id", "method", "actor_options", "gpu_ids",
+                 "started")
 
     def __init__(self, conn, wire):
         self.conn = conn
         (self.tid, self.fn_id, self.fn_bytes, self.name, self.args, self.kwargs,
          self.num_returns, self.owner_wid, self.owner_addr, self.actor_id, self.method,
          self.actor_options, self.gpu_ids) = wire
+        self.started = 0.0
 
     def return_ids(self):
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
@@ -151,6 +154,7 @@ class Executor:
         on go to its owner, labelled Ray's way: "(fn pid=N)" for a function,
         "(Class pid=N)" for an actor."""
         rt = self.rt
+        task.started = time.perf_counter()
         rt.output_conn = task.conn
         rt.current_task_id = task.tid
         rt.current_actor_id = task.actor_id
@@ -318,8 +322,9 @@ class Executor:
 
     def _reply(self, task, status, returns):
         wire = [[oid, entry, nested] for oid, entry, nested, _refs in returns]
+        busy_s = time.perf_counter() - task.started if task.started else 0.0
         if not task.conn.closed:
-            task.conn.send([P.TASK_DONE, task.tid, status, wire])
+            task.conn.send([P.TASK_DONE, task.tid, status, wire, busy_s])
         rt = self.rt
         for oid, _entry, _nested, refs in returns:
             if refs:   # the reply is queued ahead of any Remove we send now

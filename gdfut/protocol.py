@@ -49,7 +49,7 @@ NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, si
 NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
 # owner <-> worker (direct task push)
 PUSH_TASK = 30            # spec
-TASK_DONE = 31            # task_id, result
+TASK_DONE = 31            # task_id, status, returns[, seconds the worker spent on it]
 CANCEL_TASK = 32          # task_id, force
 EXIT_WORKER = 33          # reason
 # any process <-> owner

@@ -28,6 +28,8 @@ log = logging.getLogger("gdfut.submitter")
 INLINE, ERROR, STORE = 0, 1, 2
 ARG_REF = 3                     # [ARG_REF, oid] until resolved by the owner
 MAX_IN_FLIGHT_PER_WORKER = 16   # pipelining depth of one lease
+PIPELINE_MAX_TASK_S = 0.002     # tasks longer than this go one at a time per lease
+EXEC_TIME_WEIGHT = 0.2          # of the newest sample in a shape's moving average
 MAX_PENDING_LEASE_REQUESTS = 16  # per resource shape
 LEASE_LINGER_S = 0.02           # keep an idle lease this long before returning it
 
@@ -69,7 +71,7 @@ class TaskSpec:
 
 @dataclass
 class Lease:
-    lease_id: bytes
+    lease_id: int                     # the granting node's number for it
     worker_id: bytes
     addr: tuple
     key: tuple
@@ -78,6 +80,12 @@ class Lease:
     in_flight: dict = field(default_factory=dict)   # tid -> spec
     returning: bool = False
     gpu_ids: tuple = ()               # devices the node assigned to this lease
+    node_id: bytes = b""
+
+    @property
+    def uid(self) -> tuple:
+        """Unique in this process: lease numbers are per node."""
+        return (self.node_id, self.lease_id)
 
 
 class ShapeQueue:
@@ -90,8 +98,17 @@ class ShapeQueue:
         self.strategy = strategy
         self.arg_bytes = arg_bytes
         self.ready: collections.deque = collections.deque()
-        self.leases: dict[bytes, Lease] = {}
+        self.leases: dict[tuple, Lease] = {}     # Lease.uid -> lease
         self.pending_requests = 0
+        self.avg_exec_s: float | None = None    # moving average, as workers report it
+
+    def note_exec_time(self, seconds) -> None:
+        if seconds is None:
+            return
+        if self.avg_exec_s is None:
+            self.avg_exec_s = float(seconds)
+        else:
+            self.avg_exec_s += EXEC_TIME_WEIGHT * (float(seconds) - self.avg_exec_s)
 
 
 class TaskSubmitter:
@@ -209,12 +226,16 @@ class TaskSubmitter:
 
     @staticmethod
     def pipeline_depth(q: ShapeQueue) -> int:
-        """Tasks one lease may hold in flight: a fair share of the backlog.
+        """Tasks one lease may hold in flight.
 
-        Pipelining hides the round trip for tiny tasks, but pushing a short
-        backlog of long tasks into the first granted worker would run them one
-        after another while the other lease requests come back empty. So each
-        lease (granted or still requested) gets an even share, capped."""
+        Pipelining hides the round trip for tiny tasks, but tasks pushed to a
+        worker wait there even when other workers come free, so long tasks
+        go one at a time (as in Ray) and so does a shape not yet measured:
+        its first reply tells how long its tasks take. Short tasks get a fair
+        share of the backlog per lease (granted or still requested), capped,
+        so a short backlog still spreads over the leases being requested."""
+        if q.avg_exec_s is None or q.avg_exec_s > PIPELINE_MAX_TASK_S:
+            return 1
         in_flight = sum(len(lease.in_flight) for lease in q.leases.values())
         slots = len(q.leases) + q.pending_requests
         share = -(-(len(q.ready) + in_flight) // max(slots, 1))
@@ -224,6 +245,7 @@ class TaskSubmitter:
         if spec.cancelled:
             self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
             return
+        log.debug("push %s to lease %s", spec.name, lease.lease_id)
         lease.in_flight[spec.tid] = spec
         self.lease_of_task[spec.tid] = lease
         sent = lease.conn.peer.setdefault("fns", set())
@@ -237,10 +259,15 @@ class TaskSubmitter:
         backlog for it meanwhile."""
         try:
             lease = await self._acquire_lease(q)
+        except Exception:       # a bug must not strand the queue: log, retry soon
+            log.exception("lease request failed unexpectedly")
+            lease = None
+            if not self._closed:
+                self.rt.io.loop.call_later(0.1, self.dispatch, q)
         finally:
             q.pending_requests -= 1
         if lease is not None:
-            q.leases[lease.lease_id] = lease
+            q.leases[lease.uid] = lease
             self.lease_of_conn.setdefault(lease.conn, []).append(lease)
         self.dispatch(q)
         if lease is not None:
@@ -261,7 +288,10 @@ class TaskSubmitter:
                     rt.io.loop.call_later(0.1, self.dispatch, q)
             return None
         lease = Lease(grant["lease_id"], grant["worker_id"], tuple(grant["addr"]), q.key,
-                      node_conn, gpu_ids=tuple(grant.get("gpu_ids") or ()))
+                      node_conn, gpu_ids=tuple(grant.get("gpu_ids") or ()),
+                      node_id=grant["node_id"])
+        log.debug("lease %s granted: worker %s at %s (%d ready)", lease.lease_id,
+                  short(lease.worker_id), lease.addr, len(q.ready))
         if not q.ready or self._closed:
             self._return_lease(lease, worker_died=False)
             return None
@@ -282,8 +312,8 @@ class TaskSubmitter:
             self.rt.io.loop.call_later(LEASE_LINGER_S, self._return_if_idle, q, lease)
 
     def _return_if_idle(self, q, lease):
-        if lease.lease_id in q.leases and not q.ready and not lease.in_flight:
-            del q.leases[lease.lease_id]
+        if lease.uid in q.leases and not q.ready and not lease.in_flight:
+            del q.leases[lease.uid]
             leases = self.lease_of_conn.get(lease.conn, [])
             if lease in leases:
                 leases.remove(lease)
@@ -291,13 +321,15 @@ class TaskSubmitter:
 
     # ----------------------------------------------------------- replies
     def on_task_done(self, conn, m):
-        _, tid, status, returns = m
+        tid, status, returns = m[1], m[2], m[3]
         lease = self.lease_of_task.pop(tid, None)
         if lease is None:
             self.rt.actors.on_task_done(conn, m)
             return
         spec = lease.in_flight.pop(tid)
         q = self.queues[lease.key]
+        if status != DONE_RESCHEDULE:
+            q.note_exec_time(m[4] if len(m) > 4 else None)
         if status == DONE_RESCHEDULE:
             self.enqueue(spec, front=True)   # the worker blocked; run it elsewhere
         else:
@@ -336,7 +368,7 @@ class TaskSubmitter:
     def on_connection_lost(self, conn):
         for lease in self.lease_of_conn.pop(conn, []):
             q = self.queues[lease.key]
-            q.leases.pop(lease.lease_id, None)
+            q.leases.pop(lease.uid, None)
             self._return_lease(lease, worker_died=True)
             for tid, spec in list(lease.in_flight.items()):
                 self.lease_of_task.pop(tid, None)

@@ -246,3 +246,19 @@ def test_objects_of_owners_on_a_dead_node_are_freed_elsewhere(two_nodes):
     wait_until(lambda: objects_on(c, a) == 0, timeout=10, what="node a to free the object")
     with pytest.raises(gdfut.exceptions.GdfutError):
         gdfut.get(holding, timeout=30)
+
+
+def test_leases_from_two_nodes_are_all_returned():
+    # Each node numbers its leases from 1: the owner must keep them apart.
+    c = Cluster()
+    try:
+        a = c.add_node(num_cpus=1, wait=False)
+        b = c.add_node(num_cpus=1)
+        c.connect()
+        nodes = gdfut.get([busy_where.remote(0.5) for _ in range(2)], timeout=60)
+        assert set(nodes) == {a.node_id, b.node_id}
+        wait_until(lambda: gdfut.available_resources().get("CPU") == 2, timeout=10,
+                   what="both leases to be returned once idle")
+    finally:
+        c.shutdown()
+        assert_no_leaks(None)
