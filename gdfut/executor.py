@@ -69,7 +69,11 @@ class Executor:
 
     # ------------------------------------------------------------ io thread
     def on_push_task(self, conn, m):
-        task = Task(conn, m[1])
+        try:
+            task = Task(conn, m[1])
+        except (TypeError, ValueError) as exc:
+            self.refuse_malformed(conn, m[1], exc)
+            return
         if task.fn_bytes is not None and task.fn_id not in self.functions:
             self.functions[task.fn_id] = task.fn_bytes   # unpickled lazily, on the main thread
         if task.actor_id is not None and task.method != "__init__" and self.actor_concurrent():
@@ -312,6 +316,20 @@ class Executor:
     def error_returns(self, task: Task, err: BaseException) -> list:
         entry = [ERROR, self.pickle_error(err)]
         return [[oid, entry, [], []] for oid in task.return_ids()]
+
+    def refuse_malformed(self, conn, wire, exc):
+        """A task message we cannot read (a gdfut of another version sent it?):
+        fail the task at its owner rather than leave it waiting forever."""
+        log.error("malformed task message (%s): %r", exc, str(wire)[:200])
+        try:
+            tid, num_returns = wire[0], int(wire[6])
+        except (TypeError, ValueError, IndexError):
+            return          # not even its id: nothing to answer
+        err = GdfutError(f"worker {short(self.rt.wid)} could not read the task message "
+                         f"({exc}); are the driver and the cluster the same gdfut version?")
+        entry = [ERROR, self.pickle_error(err)]
+        returns = [[object_id_for_return(tid, i), entry, []] for i in range(num_returns)]
+        conn.send([P.TASK_DONE, tid, DONE_ERROR, returns, 0.0])
 
     def reply_error(self, task: Task, err: BaseException, status: int):
         self.rt.io.post(self.send_done, task, status, self.error_returns(task, err))

@@ -293,3 +293,20 @@ def test_cluster_and_available_resources(cluster):
     assert t1 and t2 and t1 != t2 and a1 is None
     assert gdfut.get_runtime_context().get_task_id() is None
     assert gdfut.get_runtime_context().get_job_id()
+
+
+def test_malformed_task_message_fails_the_task_not_hangs(cluster):
+    # what a worker of another gdfut version would see: a task message of the
+    # wrong shape must come back as an error, never leave the caller waiting
+    from gdfut import runtime_context
+    from gdfut.submitter import TaskSpec
+    rt = runtime_context.require()
+    original = TaskSpec.wire
+    TaskSpec.wire = lambda self, rt, include_fn, gpu_ids=(): original(self, rt, include_fn)[:-1]
+    try:
+        with pytest.raises(gdfut.exceptions.GdfutError, match="could not read the task"):
+            gdfut.get(add.remote(1, 2), timeout=30)
+    finally:
+        TaskSpec.wire = original
+    assert gdfut.get(add.remote(1, 2), timeout=30) == 3
+    assert rt is runtime_context.require()
