@@ -738,6 +738,10 @@ class CoreWorker:
     async def _close(self):
         self._closed = True
         self.submitter.close()
+        job_task = getattr(self, "_job_task", None)
+        if job_task is not None and not job_task.done():
+            job_task.cancel()
+            await asyncio.gather(job_task, return_exceptions=True)
         if self._server is not None:
             self._server.close()
         for fut in list(self.peers.values()):

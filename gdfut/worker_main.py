@@ -36,8 +36,10 @@ def main(argv=None):
     rt.executor = executor
     worker_output.install(rt)
     runtime_context.set_runtime(rt)
-    signal.signal(signal.SIGTERM, lambda *_: executor.stop())
     rt.start(kind="worker")
+    # Only now a graceful stop: until registered, SIGTERM's default (exit at
+    # once) is right, and a handler could not interrupt a blocked start-up.
+    signal.signal(signal.SIGTERM, lambda *_: executor.stop())
     executor.run_forever()
     rt.shutdown()
     os._exit(0)
