@@ -43,6 +43,8 @@ class ActorClass:
         unknown = set(options) - _ACTOR_OPTIONS
         if unknown:
             raise ValueError(f"unknown actor option(s) {sorted(unknown)}")
+        from .api import warn_not_yet
+        warn_not_yet(options)
         clone = ActorClass(self._cls, {**self._options, **options})
         clone._pickled = self._pickled
         return clone

@@ -23,6 +23,26 @@ _TASK_OPTIONS = {"num_returns", "num_cpus", "num_gpus", "resources", "max_retrie
                  "lifetime", "namespace", "max_restarts"}
 DEFAULT_MAX_RETRIES = 3
 
+# Ray options accepted so that Ray code runs, but whose behaviour gdfut does
+# not have yet (fault tolerance comes next): a warning says so, once per name.
+_NOT_YET = {"max_restarts": "actors are not restarted after they die",
+            "max_task_retries": "actor calls are not retried",
+            "retry_exceptions": "application exceptions are not retried",
+            "lifetime": "detached actors still end with their owner",
+            "memory": "memory is not a scheduled resource"}
+_warned: set = set()
+
+
+def warn_not_yet(options: dict) -> None:
+    import warnings
+    for name, what in _NOT_YET.items():
+        value = options.get(name)
+        if value in (None, 0, False, "non_detached") or name in _warned:
+            continue
+        _warned.add(name)
+        warnings.warn(f"option {name}={value!r} is accepted for Ray compatibility but not "
+                      f"supported yet: {what}", stacklevel=3)
+
 
 # ------------------------------------------------------------------ cluster
 def init(address: str | None = None, *, num_cpus: float | None = None,
@@ -287,6 +307,7 @@ def remote(*args, **kwargs):
     if args:
         raise TypeError("remote() takes a function or class, or only keyword options")
     _check_options(kwargs)
+    warn_not_yet(kwargs)
     return lambda target: _make_remote(target, kwargs)
 
 
@@ -349,6 +370,7 @@ class RemoteFunction:
 
     def options(self, **options):
         _check_options(options)
+        warn_not_yet(options)
         clone = RemoteFunction(self._fn, {**self._options, **options})
         clone._pickled = self._pickled
         return clone

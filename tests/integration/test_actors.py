@@ -255,3 +255,13 @@ def test_runtime_context_inside_actor(cluster):
     assert actor_id == same_actor == s._actor_id.hex()
     assert task1 and task2 and task1 != task2
     assert gdfut.get_runtime_context().get_actor_id() is None
+
+
+def test_unsupported_ray_options_warn(cluster):
+    from gdfut import api
+    api._warned.clear()
+    with pytest.warns(UserWarning, match="max_restarts"):
+        a = Counter.options(max_restarts=3).remote()
+    assert gdfut.get(a.incr.remote()) == 1
+    with pytest.warns(UserWarning, match="retry_exceptions"):
+        gdfut.remote(retry_exceptions=True)(lambda: 1)
