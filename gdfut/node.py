@@ -36,6 +36,8 @@ HEARTBEAT_S = 1.0
 MEMORY_QUERY_TIMEOUT_S = 5.0
 PREFAULT_AHEAD = 512 * 1024 * 1024   # keep this much arena beyond the high-water mark faulted
 WORKER_KILL_GRACE_S = 2.0
+MAX_START_FAILURES = 5      # worker starts failing in a row before queued requests fail
+START_BACKOFF_S = 0.2       # first retry after a failed start; doubles, at most 5 s
 
 
 class Conn:
@@ -99,6 +101,7 @@ class NodeDaemon:
         self.object_owner: dict[bytes, bytes] = {}    # oid -> owner wid
         self.objects_of_owner: dict[bytes, set] = {}  # owner wid -> oids here
         self.dead_seq = 0                             # head's dead-process log read so far
+        self.start_failures = 0                       # worker starts failed in a row
         self.request_ids = itertools.count(1)
         self.head_conn = None
         self.head_addr = tuple(args.head_addr.split(":")) if args.head_addr else None
@@ -176,16 +179,33 @@ class NodeDaemon:
                                          stderr=subprocess.STDOUT, env=_worker_env())
             self.workers[wid] = WorkerProc(wid, popen)
 
+    def worker_start_failed(self, w):
+        """A worker died before registering: retry after a back-off; after
+        MAX_START_FAILURES in a row, answer the queued requests with the cause
+        instead of letting their callers wait for a worker that never comes."""
+        self.start_failures += 1
+        log_path = os.path.join(self.session_dir, "logs", f"worker-{w.wid[:6].hex()}.log")
+        log.warning("worker %s exited with %s before registering (%d in a row); see %s",
+                    short(w.wid), w.popen.returncode, self.start_failures, log_path)
+        self.run_instructions(self.leases.worker_start_failed(1))
+        if self.start_failures >= MAX_START_FAILURES:
+            self.start_failures = 0
+            self.run_instructions(self.leases.reject_queued(
+                f"workers fail to start on node {short(self.node_id)} "
+                f"({MAX_START_FAILURES} in a row); see {log_path}"))
+            return
+        backoff = min(START_BACKOFF_S * 2 ** (self.start_failures - 1), 5.0)
+        asyncio.get_running_loop().call_later(
+            backoff, lambda: self.run_instructions(self.leases.dispatch()))
+
     async def reap_loop(self):
         """Notice workers that exit without ever registering (or crash)."""
         while True:
             await asyncio.sleep(0.1)
             for w in list(self.workers.values()):
                 if w.popen.poll() is not None and w.peer is None:
-                    log.warning("worker %s exited with %s before registering", short(w.wid),
-                                w.popen.returncode)
                     del self.workers[w.wid]
-                    self.run_instructions(self.leases.worker_start_failed(1))
+                    self.worker_start_failed(w)
             if os.getppid() == 1 and self.args.embedded:
                 log.info("parent driver exited; stopping")
                 self.stopping.set()
@@ -306,6 +326,7 @@ class NodeDaemon:
                 log.warning("unknown worker %s registered; ignoring", short(wid))
                 return
             w.peer, w.addr = peer, addr
+            self.start_failures = 0
             self.run_instructions(self.leases.worker_started(wid))
 
     def on_request_lease(self, peer: Conn, m):

@@ -279,7 +279,9 @@ class TaskSubmitter:
         try:
             grant, node_conn = await lease_from_cluster(rt, q.resources, False, None, hints)
         except tcp.RemoteError as exc:
-            self._fail_queue(q, UnschedulableError(str(exc)))
+            text = str(exc)
+            err_cls = WorkerCrashedError if "workers fail to start" in text else UnschedulableError
+            self._fail_queue(q, err_cls(text))
             return None
         except (tcp.ConnectionLost, OSError, asyncio.TimeoutError) as exc:
             if not self._closed:    # shutting down: requests end with the connection

@@ -89,7 +89,7 @@ class Reject:
     """Rejected for good on this node; the shell may spill back via ``policy``."""
 
     request_id: RequestId
-    reason: str  # "infeasible_here" | "invalid_request"
+    reason: str  # "infeasible_here" | "invalid_request" | "workers_fail"
     message: str
     missing: dict[str, int | float] = field(default_factory=dict)
 
@@ -352,6 +352,13 @@ class LeaseManager:
     def dispatch(self) -> list[Instruction]:
         """Re-examine the queue (e.g. after backing off from failed worker starts)."""
         return self._dispatch()
+
+    def reject_queued(self, message: str) -> list[Instruction]:
+        """Answer every queued request with an error (workers cannot start here)."""
+        out: list[Instruction] = [Reject(r.request_id, "workers_fail", message)
+                                  for r in self._queue.values()]
+        self._queue.clear()
+        return out
 
     # -- dispatch ---------------------------------------------------------------
 

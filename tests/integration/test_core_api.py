@@ -14,7 +14,7 @@ from gdfut.exceptions import (ActorDiedError, GetTimeoutError, NotInitializedErr
                               ObjectStoreFullError, SerializationError, TaskCancelledError,
                               TaskError, WorkerCrashedError)
 from conftest import STORE, node_status, store_stats
-from helpers import wait_until
+from helpers import assert_no_leaks, wait_until
 
 
 @gdfut.remote
@@ -268,7 +268,6 @@ def test_get_after_shutdown_is_clear():
     gdfut.shutdown()
     with pytest.raises(NotInitializedError, match="not initialized"):
         gdfut.get(ref)
-    from helpers import assert_no_leaks
     assert_no_leaks(info["session_dir"])
 
 
@@ -310,3 +309,27 @@ def test_malformed_task_message_fails_the_task_not_hangs(cluster):
         TaskSpec.wire = original
     assert gdfut.get(add.remote(1, 2), timeout=30) == 3
     assert rt is runtime_context.require()
+
+
+def test_workers_that_cannot_start_fail_tasks_clearly(tmp_path, monkeypatch):
+    # A gdfut package whose worker entry point dies at start; every other
+    # module is the real one (the package path lists the real directory second).
+    import os
+    real = os.path.dirname(gdfut.__file__)
+    fake = tmp_path / "gdfut"
+    fake.mkdir()
+    (fake / "__init__.py").write_text(
+        f"__path__.append({real!r})\n"
+        f"exec(compile(open({os.path.join(real, '__init__.py')!r}).read(), __file__, 'exec'))\n")
+    (fake / "worker_main.py").write_text("raise SystemExit(3)\n")
+    monkeypatch.setenv("PYTHONPATH", str(tmp_path))
+    monkeypatch.setenv("PYTHONSAFEPATH", "1")      # no cwd first on the path of -m
+    info = gdfut.init(num_cpus=1, object_store_memory=64 * 1024 * 1024)
+    try:
+        t0 = time.monotonic()
+        with pytest.raises(gdfut.exceptions.WorkerCrashedError, match="fail to start"):
+            gdfut.get(add.remote(1, 2), timeout=60)
+        assert time.monotonic() - t0 < 30
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"])

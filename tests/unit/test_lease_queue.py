@@ -142,6 +142,18 @@ def test_idle_worker_death_and_failed_start():
     m.validate()
 
 
+def test_queued_requests_rejected_when_workers_cannot_start():
+    m = manager({"CPU": 1})
+    assert m.request_lease("r1", ONE_CPU, "c") == [StartWorker(1)]
+    assert m.request_lease("r2", ONE_CPU, "c") == []
+    assert m.worker_start_failed() == []
+    out = m.reject_queued("workers fail to start")
+    assert [(r.request_id, r.reason) for r in out] == [("r1", "workers_fail"),
+                                                      ("r2", "workers_fail")]
+    assert m.stats()["queued_requests"] == 0 and m.dispatch() == []
+    m.validate()
+
+
 def test_blocked_worker_lends_its_cpu_and_unblock_overcommits():
     m = manager({"CPU": 1}, max_workers=1, workers=["w1"])
     assert m.request_lease("parent", ONE_CPU, "c") == [GrantLease("parent", "w1", 1)]
