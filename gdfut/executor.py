@@ -31,6 +31,7 @@ from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_OK, DONE_RESCHEDULE, ER
 log = logging.getLogger("gdfut.executor")
 
 MAX_QUEUED_TASKS = 100_000
+MAX_LABELS = 10_000          # cached output labels ("fn pid=N"), cleared when full
 
 
 class Task:
@@ -53,6 +54,7 @@ class Executor:
     def __init__(self, rt):
         self.rt = rt
         self.functions: dict[bytes, object] = {}
+        self.labels: dict[tuple, str] = {}
         self.queue: collections.deque[Task] = collections.deque()
         self.cond = threading.Condition()
         self.running: Task | None = None
@@ -162,11 +164,14 @@ class Executor:
         rt.output_conn = task.conn
         rt.current_task_id = task.tid
         rt.current_actor_id = task.actor_id
-        if task.actor_id is not None:
-            what = task.name.rsplit(".", 1)[0]
-        else:
-            what = task.name.rsplit(".", 1)[-1]
-        rt.output_label = f"{what} pid={rt.pid}"
+        key = (task.name, task.actor_id is not None)
+        label = self.labels.get(key)
+        if label is None:
+            what = task.name.rsplit(".", 1)[0 if key[1] else -1]
+            if len(self.labels) >= MAX_LABELS:
+                self.labels.clear()
+            label = self.labels[key] = f"{what} pid={rt.pid}"
+        rt.output_label = label
 
     def assign_gpus(self, gpu_ids):
         """Show the task only the devices its lease holds, as Ray does: CUDA
