@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import secrets
+import shutil
 import signal
 import subprocess
 import sys
@@ -19,6 +20,9 @@ import time
 
 DEFAULT_ROOT = os.path.join(tempfile.gettempdir(), "gdfut-sessions")  # not importable as a package
 STARTUP_TIMEOUT_S = 30.0
+KEEP_SESSIONS = 100          # session directories (logs) kept; older dead ones go
+MAX_PRUNED_PER_START = 500   # bound on the clean-up work one start does
+STARTING_GRACE_S = 60.0      # a session with no head.json yet this young may be starting
 
 
 def new_session_dir(root: str = DEFAULT_ROOT) -> str:
@@ -36,7 +40,45 @@ def new_session_dir(root: str = DEFAULT_ROOT) -> str:
         os.symlink(path, latest)
     except OSError:
         pass
+    prune_sessions(root)
     return path
+
+
+def prune_sessions(root: str = DEFAULT_ROOT, keep: int = KEEP_SESSIONS) -> list[str]:
+    """Delete the oldest session directories beyond the newest ``keep``, but
+    never one whose head still runs (or that may still be starting), so the
+    logs of recent and live clusters stay while /tmp does not fill up.
+    Returns the directories deleted."""
+    try:
+        names = sorted(e.name for e in os.scandir(root)
+                       if e.name.startswith("session_2") and e.is_dir(follow_symlinks=False))
+    except OSError:
+        return []
+    removed = []
+    for name in names[:max(0, len(names) - keep)][:MAX_PRUNED_PER_START]:
+        path = os.path.join(root, name)
+        if not _session_may_be_live(path):
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+    return removed
+
+
+def _session_may_be_live(path: str) -> bool:
+    try:
+        with open(os.path.join(path, "head.json")) as f:
+            pid = int(json.load(f)["pid"])
+    except (OSError, ValueError, KeyError, TypeError):
+        try:            # no head (yet): a young directory may belong to a start in progress
+            return time.time() - os.path.getmtime(path) < STARTING_GRACE_S
+        except OSError:
+            return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:      # someone else's live process
+        return True
+    return True
 
 
 class Daemon:
