@@ -211,10 +211,14 @@ class ActorSubmitter:
             return
         if client.queue or client.in_flight:
             return
+        self._kill_worker(client, "all handles to the actor went out of scope")
+
+    def _kill_worker(self, client, reason):
+        """Ask the actor's node to kill its worker (the actor must be ALIVE)."""
         client.killed = True
-        node = client.node_id if client.node_id is not None else self.rt.node_id
-        self.rt.send_to_node(node, [P.KILL_WORKER, 0, client.worker_id,
-                                    "all handles to the actor went out of scope"])
+        if client.node_id is None:
+            client.node_id = self.rt.node_id
+        self.rt.send_to_node(client.node_id, [P.KILL_WORKER, 0, client.worker_id, reason])
 
     # ------------------------------------------------------ death, kill
     def on_connection_lost(self, conn):
@@ -227,7 +231,6 @@ class ActorSubmitter:
             reason = "it was killed by gdfut.kill()"
         else:
             reason = "its worker process died unexpectedly"
-
         self._mark_dead(client, reason)
 
     def _mark_dead(self, client, reason, err_cls=ActorDiedError):
@@ -262,10 +265,7 @@ class ActorSubmitter:
             self.clients[actor_id] = client
         client.killed = True
         if client.state == ALIVE:
-            if client.node_id is None:
-                client.node_id = self.rt.node_id
-            self.rt.send_to_node(client.node_id,
-                                 [P.KILL_WORKER, 0, client.worker_id, "killed by gdfut.kill()"])
+            self._kill_worker(client, "killed by gdfut.kill()")
         elif client.state == PENDING:
             client.location_waiters.append(lambda: self._kill_in_loop(
                 actor_id, owner_wid, owner_addr, class_name) if client.state == ALIVE else None)

@@ -237,8 +237,10 @@ class RuntimeContext:
         return self._rt.mode
 
     def get_job_id(self) -> str | None:
-        job = getattr(self._rt, "job_id", None)
-        return job.hex() if isinstance(job, bytes) else (None if job is None else str(job))
+        """The driver's job number from the head (None in workers, or while
+        the driver is still registering)."""
+        job = self._rt.job_id
+        return None if job is None else str(job)
 
     def get_task_id(self) -> str | None:
         """The running task's id (None in the driver)."""
@@ -390,4 +392,5 @@ class RemoteFunction:
 
 
 __all__ = ["init", "shutdown", "is_initialized", "remote", "get", "put", "wait", "cancel",
-           "kill", "get_actor", "memory_summary", "nodes", "get_gpu_ids", "ObjectRef", "NotInitializedError"]
+           "kill", "get_actor", "memory_summary", "nodes", "get_gpu_ids", "ObjectRef",
+           "NotInitializedError"]

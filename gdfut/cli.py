@@ -333,25 +333,6 @@ def _read_pids(session_dir: str) -> list[tuple[str, int]]:
     return out
 
 
-def _alive(pid: int) -> bool:
-    """True if ``pid`` runs (a zombie nobody reaped yet counts as gone)."""
-    try:
-        with open(f"/proc/{pid}/stat", "rb") as f:
-            stat = f.read()
-        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
-    except FileNotFoundError:
-        return False
-    except OSError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 def _cmdline(pid: int) -> list[str] | None:
     try:
         with open(f"/proc/{pid}/cmdline", "rb") as f:
@@ -401,11 +382,11 @@ def _terminate(procs: list[tuple[str, int]], grace: float) -> list[tuple[str, in
         except ProcessLookupError:
             pass
     deadline = time.monotonic() + grace
-    while time.monotonic() < deadline and any(_alive(pid) for _, pid in sent):
+    while time.monotonic() < deadline and any(cluster.pid_alive(pid) for _, pid in sent):
         time.sleep(0.05)
     out = []
     for kind, pid in sent:
-        if _alive(pid):
+        if cluster.pid_alive(pid):
             try:
                 os.kill(pid, signal.SIGKILL)
             except ProcessLookupError:
@@ -414,7 +395,7 @@ def _terminate(procs: list[tuple[str, int]], grace: float) -> list[tuple[str, in
         else:
             out.append((kind, pid, "SIGTERM"))
     kill_deadline = time.monotonic() + 2.0
-    while time.monotonic() < kill_deadline and any(_alive(pid) for _, pid, _ in out):
+    while time.monotonic() < kill_deadline and any(cluster.pid_alive(pid) for _, pid, _ in out):
         time.sleep(0.02)
     return out
 
@@ -426,8 +407,8 @@ def cmd_stop(args) -> int:
         # stops it on exit; never sweep another program's cluster.
         raise CliError(f"session {session_dir} was not started by `gdfut start` (it has no "
                        f"pids file); its driver stops it")
-    recorded = [(k, p) for k, p in _read_pids(session_dir) if _alive(p)]
-    stale = [(k, p) for k, p in recorded if not _belongs(p, session_dir) and _alive(p)]
+    recorded = [(k, p) for k, p in _read_pids(session_dir) if cluster.pid_alive(p)]
+    stale = [(k, p) for k, p in recorded if not _belongs(p, session_dir) and cluster.pid_alive(p)]
     recorded = [kp for kp in recorded if kp not in stale]
     for kind, pid in stale:
         print(f"not stopping pid {pid} (recorded as {kind}): it is no longer a process of "
@@ -437,14 +418,14 @@ def cmd_stop(args) -> int:
     heads = [kp for kp in recorded if kp[0] == "head"]
     stopped = _terminate(nodes, STOP_GRACE_S) + _terminate(heads, STOP_GRACE_S)
     # Anything of this session still running (workers of a killed node, unrecorded daemons).
-    leftovers = [kp for kp in _session_processes(session_dir) if _alive(kp[1])]
+    leftovers = [kp for kp in _session_processes(session_dir) if cluster.pid_alive(kp[1])]
     swept = _terminate(leftovers, 1.0) if leftovers else []
     for kind, pid, how in stopped:
         note = "" if how == "SIGTERM" else f" (did not exit within {STOP_GRACE_S:g} s; killed)"
         print(f"stopped {kind} pid {pid}{note}")
     for kind, pid, how in swept:
         print(f"stopped leftover {kind} pid {pid} ({how})")
-    still = [(k, p) for k, p, _ in stopped + swept if _alive(p)]
+    still = [(k, p) for k, p, _ in stopped + swept if cluster.pid_alive(p)]
     shm = sorted(glob.glob(os.path.join(SHM_DIR, f"gdfut-{os.path.basename(session_dir)}-*")))
     for path in shm:
         try:

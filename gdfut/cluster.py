@@ -64,14 +64,35 @@ def prune_sessions(root: str = DEFAULT_ROOT, keep: int = KEEP_SESSIONS) -> list[
 
 
 def _session_may_be_live(path: str) -> bool:
-    try:
-        with open(os.path.join(path, "head.json")) as f:
-            pid = int(json.load(f)["pid"])
-    except (OSError, ValueError, KeyError, TypeError):
+    info = read_head_info(path)
+    if info is None or not isinstance(info.get("pid"), int):
         try:            # no head (yet): a young directory may belong to a start in progress
             return time.time() - os.path.getmtime(path) < STARTING_GRACE_S
         except OSError:
             return False
+    return pid_alive(info["pid"])
+
+
+def read_head_info(session_dir: str) -> dict | None:
+    """What the head wrote when it came up (host, port, pid), or None."""
+    try:
+        with open(os.path.join(session_dir, "head.json")) as f:
+            info = json.load(f)
+    except (OSError, ValueError):
+        return None
+    return info if isinstance(info, dict) else None
+
+
+def pid_alive(pid: int) -> bool:
+    """True if ``pid`` runs (a zombie nobody reaped yet counts as gone)."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+        return stat[stat.rindex(b")") + 2:][:1] not in (b"Z", b"X")
+    except FileNotFoundError:
+        return False
+    except OSError:
+        pass
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

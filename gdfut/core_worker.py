@@ -155,6 +155,7 @@ class CoreWorker:
         self.pid = os.getpid()
         self.output_conn = None             # where printed lines go: the running task's owner
         self.current_task_id: bytes | None = None
+        self.job_id: int | None = None      # drivers: the head's job number, once registered
         self.current_actor_id: bytes | None = None
         self.output_label = ""              # "(fn pid=N)" prefix of those lines
         self.log_to_driver = True

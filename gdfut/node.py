@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 
+from . import cluster
 from . import protocol as P
 from .devstore.arena import SharedArena
 from .devstore.host_store import HostStoreState
@@ -191,7 +192,7 @@ class NodeDaemon:
         if self.start_failures >= MAX_START_FAILURES:
             self.start_failures = 0
             self.run_instructions(self.leases.reject_queued(
-                f"workers fail to start on node {short(self.node_id)} "
+                f"{P.WORKERS_FAIL_TO_START} on node {short(self.node_id)} "
                 f"({MAX_START_FAILURES} in a row); see {log_path}"))
             return
         backoff = min(START_BACKOFF_S * 2 ** (self.start_failures - 1), 5.0)
@@ -221,12 +222,19 @@ class NodeDaemon:
                     self.head_conn = await tcp.connect(*self.head_addr, Conn(self), self.token)
                     await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
                     local = [wid for wid, p in self.peers.items() if p.kind != "remote-client"]
-                    self.head_conn.send([P.HEAD_PROCESSES_STARTED, self.node_id, local])
-                self.head_conn.send([P.HEAD_HEARTBEAT, self.node_id, self.stats()])
+                    self.tell_head([P.HEAD_PROCESSES_STARTED, self.node_id, local])
+                self.tell_head([P.HEAD_HEARTBEAT, self.node_id, self.stats()])
                 await self.refresh_cluster()
             except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
                 log.warning("head not reachable: %s", exc)
             await asyncio.sleep(HEARTBEAT_S)
+
+    def tell_head(self, message: list) -> None:
+        """A one-way message to the head; dropped while it is unreachable
+        (``head_loop`` reconnects, then registers the node and its live
+        processes again)."""
+        if self.head_conn is not None and not self.head_conn.closed:
+            self.head_conn.send(message)
 
     async def refresh_cluster(self):
         nodes = await asyncio.wait_for(self.head_conn.request(P.HEAD_LIST_NODES), 10)
@@ -317,9 +325,8 @@ class NodeDaemon:
                 "head_addr": list(self.head_addr) if self.head_addr else None,
                 "resources": self.total.to_dict()}
         peer.conn.reply(req_id, info)
-        if kind != "remote-client" and self.head_conn is not None and not self.head_conn.closed:
-            # so that the head can declare it dead if this whole node dies
-            self.head_conn.send([P.HEAD_PROCESSES_STARTED, self.node_id, [wid]])
+        if kind != "remote-client":   # so the head can declare it dead if this node dies
+            self.tell_head([P.HEAD_PROCESSES_STARTED, self.node_id, [wid]])
         if m[0] == P.REGISTER_WORKER:
             w = self.workers.get(wid)
             if w is None:
@@ -525,9 +532,8 @@ class NodeDaemon:
         self.peers.pop(peer.wid, None)
         self.store.release_holder(peer.wid)
         self.free_objects_of(peer.wid)
-        if peer.kind != "remote-client" and self.head_conn is not None \
-                and not self.head_conn.closed:
-            self.head_conn.send([P.HEAD_PROCESSES_DIED, [peer.wid]])   # tell the other nodes
+        if peer.kind != "remote-client":
+            self.tell_head([P.HEAD_PROCESSES_DIED, [peer.wid]])   # tell the other nodes
         if peer.wid in self.workers:
             w = self.workers.pop(peer.wid)
             self.run_instructions(self.leases.worker_died(peer.wid))
@@ -573,11 +579,10 @@ def declared_resources(num_gpus, resources_json: str | None) -> tuple[float, dic
 
 
 def read_head_addr(session_dir):
+    info = cluster.read_head_info(session_dir)
     try:
-        with open(os.path.join(session_dir, "head.json")) as f:
-            info = json.load(f)
-        return (info["host"], info["port"])
-    except (OSError, ValueError):
+        return (info["host"], info["port"]) if info is not None else None
+    except KeyError:
         return None
 
 

@@ -189,7 +189,7 @@ class ObjectTransfer:
                                         f"{reply[1]} bytes, sent {reply[2]} of chunk at {pos}; "
                                         f"expected {size} and {want}")
                 if want:
-                    await self.arena_receive(ep, offset + pos, want)
+                    await ep.recv_into(self.node.arena.view(offset + pos, want))
             except BaseException:
                 await ep.close()
                 self._give_back(source_addr, None)
@@ -197,9 +197,6 @@ class ObjectTransfer:
             self._give_back(source_addr, ep)
         finally:
             await self.budget.release(granted)
-
-    async def arena_receive(self, ep, start, length):
-        await ep.recv_into(self.node.arena.view(start, length))
 
     async def _endpoint(self, addr):
         pool = self.pools.get(addr)

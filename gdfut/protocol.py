@@ -74,6 +74,10 @@ HEAD_PROCESSES_DIED = 69  # [wid, ...]: a node saw these drivers/workers go
 HEAD_DEAD_PROCESSES = 70  # req: since_seq -> [seq, [wid, ...]] died after since_seq
 HEAD_PROCESSES_STARTED = 71   # node_id, [wid, ...]: drivers/workers that registered there
 
+# Start of the lease-request error a node sends when its workers cannot start
+# (the owner then fails the tasks with WorkerCrashedError, not Unschedulable).
+WORKERS_FAIL_TO_START = "workers fail to start"
+
 
 def pack_frame(messages: list) -> bytes:
     payload = msgpack.packb(messages, use_bin_type=True)

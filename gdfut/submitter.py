@@ -245,7 +245,6 @@ class TaskSubmitter:
         if spec.cancelled:
             self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
             return
-        log.debug("push %s to lease %s", spec.name, lease.lease_id)
         lease.in_flight[spec.tid] = spec
         self.lease_of_task[spec.tid] = lease
         sent = lease.conn.peer.setdefault("fns", set())
@@ -280,8 +279,8 @@ class TaskSubmitter:
             grant, node_conn = await lease_from_cluster(rt, q.resources, False, None, hints)
         except tcp.RemoteError as exc:
             text = str(exc)
-            err_cls = WorkerCrashedError if "workers fail to start" in text else UnschedulableError
-            self._fail_queue(q, err_cls(text))
+            workers_fail = P.WORKERS_FAIL_TO_START in text
+            self._fail_queue(q, (WorkerCrashedError if workers_fail else UnschedulableError)(text))
             return None
         except (tcp.ConnectionLost, OSError, asyncio.TimeoutError) as exc:
             if not self._closed:    # shutting down: requests end with the connection
@@ -330,11 +329,10 @@ class TaskSubmitter:
             return
         spec = lease.in_flight.pop(tid)
         q = self.queues[lease.key]
-        if status != DONE_RESCHEDULE:
-            q.note_exec_time(m[4] if len(m) > 4 else None)
         if status == DONE_RESCHEDULE:
             self.enqueue(spec, front=True)   # the worker blocked; run it elsewhere
         else:
+            q.note_exec_time(m[4] if len(m) > 4 else None)
             self.finish(spec, returns)
         self.dispatch(q)
         self._maybe_return_later(q, lease)
