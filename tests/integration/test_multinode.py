@@ -208,9 +208,11 @@ def objects_on(c, node) -> int:
 
 
 @gdfut.remote(max_retries=0)
-def hold_and_die(maker):
+def hold_and_die(maker, go_path):
     ref = maker.make.remote(MB)                    # owned by this worker
     gdfut.wait([ref])
+    while not os.path.exists(go_path):             # the test has seen the object
+        time.sleep(0.01)
     os._exit(1)                                    # dies holding it
 
 
@@ -221,15 +223,18 @@ def hold(maker):
     time.sleep(60)
 
 
-def test_dead_owner_objects_freed_on_a_node_it_never_connected_to(two_nodes):
+def test_dead_owner_objects_freed_on_a_node_it_never_connected_to(two_nodes, tmp_path):
     c, a, b = two_nodes
     pin_a = gdfut.NodeAffinitySchedulingStrategy(a.node_id)
     pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
     maker = Maker.options(scheduling_strategy=pin_b).remote()
     assert objects_on(c, b) == 0
+    go = tmp_path / "go"
+    dying = hold_and_die.options(scheduling_strategy=pin_a).remote(maker, str(go))
+    wait_until(lambda: objects_on(c, b) == 1, timeout=20, what="the object on node b")
+    go.touch()                                     # now the owner dies
     with pytest.raises(gdfut.exceptions.WorkerCrashedError):
-        gdfut.get(hold_and_die.options(scheduling_strategy=pin_a).remote(maker), timeout=60)
-    assert objects_on(c, b) == 1                   # (the owner may not have been seen dead yet)
+        gdfut.get(dying, timeout=60)
     # node b hears of the death from the head and frees what that owner had there
     wait_until(lambda: objects_on(c, b) == 0, timeout=10,
                what="node b to free the dead owner's object")
