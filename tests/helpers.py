@@ -8,11 +8,12 @@ import time
 import psutil
 
 
-def shm_files(session_dir: str | None = None) -> list[str]:
-    pattern = "/dev/shm/gdfut-*"
-    if session_dir:
-        pattern = f"/dev/shm/gdfut-{os.path.basename(session_dir)}-*"
-    return glob.glob(pattern)
+def shm_files(session_dir: str) -> list[str]:
+    """Shared-memory files of one session. Only ever this session's: another
+    gdfut on the same machine (a user, a parallel test run) is not a leak."""
+    if not session_dir:
+        raise ValueError("shm_files needs the session directory of the cluster under test")
+    return glob.glob(f"/dev/shm/gdfut-{os.path.basename(os.path.normpath(session_dir))}-*")
 
 
 def child_processes() -> list[psutil.Process]:
@@ -32,6 +33,7 @@ def wait_until(pred, timeout=10.0, interval=0.02, what="condition"):
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
-def assert_no_leaks(session_dir: str | None):
+def assert_no_leaks(session_dir: str):
+    """No process this test started is left, and no shared memory of its session."""
     wait_until(lambda: not child_processes(), timeout=10, what="child processes to exit")
     assert not shm_files(session_dir), shm_files(session_dir)

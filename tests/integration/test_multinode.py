@@ -26,7 +26,7 @@ def two_nodes():
     finally:
         c.shutdown()
         assert not shm_files(c.session_dir)
-        assert_no_leaks(None)
+        assert_no_leaks(c.session_dir)
 
 
 @gdfut.remote
@@ -192,7 +192,7 @@ def test_object_pulled_over_each_data_transport(transport):
     finally:
         c.shutdown()
         assert not shm_files(c.session_dir)
-        assert_no_leaks(None)
+        assert_no_leaks(c.session_dir)
 
 
 @gdfut.remote
@@ -266,4 +266,4 @@ def test_leases_from_two_nodes_are_all_returned():
                    what="both leases to be returned once idle")
     finally:
         c.shutdown()
-        assert_no_leaks(None)
+        assert_no_leaks(c.session_dir)
