@@ -1,4 +1,4 @@
-"""gdfut benchmark harness: the WORKLOADS.md workloads on gdfut, Ray and Dask.
+"""gdfut benchmark harness: the bench/README.md workloads on gdfut, Ray and Dask.
 
 Kept import-free on purpose: worker processes import ``bench.tasks`` to run
 the task functions, and W6 imports ``bench.systems`` in a fresh interpreter,

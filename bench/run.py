@@ -1,4 +1,4 @@
-"""Benchmark orchestrator: shared/bench/WORKLOADS.md on gdfut, Ray and Dask.
+"""Benchmark orchestrator: the workloads of bench/README.md on gdfut, Ray and Dask.
 
     python bench/run.py [--systems gdfut,ray,dask] [--compare ray,dask]
                         [--workloads W1,W1b,W2,W3,W4,W6] [--repeat 3] [--quick]

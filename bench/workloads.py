@@ -1,4 +1,4 @@
-"""The workloads of shared/bench/WORKLOADS.md, written once against an adapter.
+"""The workloads defined in bench/README.md, written once against an adapter.
 
 A workload is a ``params(quick)`` function and a ``run`` function that does
 one timed repetition and returns a flat dict of measurements (numbers are
@@ -27,9 +27,9 @@ from bench import procs, tasks
 from bench.systems import system_env
 
 MiB = 1 << 20
-GB = 1e9  # WORKLOADS.md: GB = 10^9 bytes
+GB = 1e9  # bench/README.md: GB = 10^9 bytes
 
-# Cluster shape shared by every system (WORKLOADS.md: 2 worker CPUs).
+# Cluster shape shared by every system (bench/README.md: 2 worker CPUs).
 NUM_CPUS = 2
 # Room for a few 256 MiB objects at once; not scaled by --quick because it is
 # a cluster setting, not a workload size.
@@ -62,7 +62,7 @@ def warmup_tasks(quick: bool) -> int:
 
 
 def warm_up(system, n: int) -> None:
-    """Start workers and fill caches before W1 (WORKLOADS.md: 500 no-ops)."""
+    """Start workers and fill caches before W1 (bench/README.md: 500 no-ops)."""
     noop = system.remote(tasks.noop)
     results = system.get([noop() for _ in range(n)])
     check(len(results) == n and all(r is None for r in results), "warm-up results")
@@ -108,7 +108,7 @@ def w1_tiny_tasks(system, params: dict) -> dict:
 
 
 # --- W1b tiny tasks from two owners ---------------------------------------------
-# Not in WORKLOADS.md: the ownership issue asks that throughput grow with owners.
+# Not one of the defined workloads: it shows that throughput grows with owners.
 # The driver and one worker submit half each; total time until both halves finish.
 
 def w1b_params(quick: bool) -> dict:

@@ -1,6 +1,6 @@
 """Range partitioning of fixed-width keys (the shuffle's map-side kernel).
 
-``pid = (uint16_be(key[0:2]) * R) >> 16`` as WORKLOADS.md defines it.
+``pid = (uint16_be(key[0:2]) * R) >> 16`` as workload W5 in bench/README.md defines it.
 """
 from __future__ import annotations
 

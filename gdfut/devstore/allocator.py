@@ -1,7 +1,7 @@
 """Best-fit allocator for offsets inside one pre-faulted arena.
 
 Pure bookkeeping: no I/O, no threads. The host tier maps one big shared
-memory arena per node (see DESIGN.md, "Objects and tiers") and places every
+memory arena per node (see docs/architecture.md, "Objects") and places every
 object inside it; this class decides *where*.
 
 Free space is kept twice, both sorted:

@@ -8,7 +8,7 @@ Layout of one endpoint:
   authentication) and carries the frames.
 * Data: after the handshake each side sends ``["ucx", worker_address,
   tag_base]`` and opens a ucxx endpoint to the peer's *worker address* with
-  endpoint error handling off. Measured here (DESIGN.md): endpoints made by
+  endpoint error handling off. Measured on a 2-core host: endpoints made by
   ucxx's listener (error handling on) make UCX pick tcp, 0.7-0.9 GB/s;
   worker-address endpoints without error handling use shared memory + CMA
   (one copy, by the receiver). With the progress mode below this backend
