@@ -1,0 +1,179 @@
+"""gdfut.util: ActorPool, Queue and placement groups (issue 7 point 11)."""
+import time
+
+import pytest
+
+import gdfut
+from gdfut.exceptions import ActorDiedError
+from gdfut.util import ActorPool
+from gdfut.util.queue import Empty, Full, Queue
+
+
+@gdfut.remote
+class Doubler:
+    def double(self, v):
+        return 2 * v
+
+    def slow_double(self, v, delay):
+        time.sleep(delay)
+        return 2 * v
+
+    def die(self):
+        import os
+        os._exit(1)
+
+
+# ---------------------------------------------------------------- ActorPool
+def test_pool_map_keeps_order_and_map_unordered_gives_every_result(cluster):
+    pool = ActorPool([Doubler.remote(), Doubler.remote()])
+    delays = [0.4, 0.0, 0.2, 0.0]
+    ordered = pool.map(lambda a, v: a.slow_double.remote(v[0], v[1]), list(zip(range(4), delays)))
+    assert list(ordered) == [0, 2, 4, 6]
+    unordered = list(pool.map_unordered(lambda a, v: a.double.remote(v), range(6)))
+    assert sorted(unordered) == [0, 2, 4, 6, 8, 10]
+
+
+def test_pool_unordered_returns_the_first_finished(cluster):
+    pool = ActorPool([Doubler.remote(), Doubler.remote()])
+    pool.submit(lambda a, v: a.slow_double.remote(v, 2.0), 1)
+    pool.submit(lambda a, v: a.slow_double.remote(v, 0.0), 2)
+    assert pool.get_next_unordered(timeout=30) == 4
+    assert pool.get_next_unordered(timeout=30) == 2
+    assert not pool.has_next()
+
+
+def test_pool_queues_submits_beyond_its_actors(cluster):
+    a = Doubler.remote()
+    pool = ActorPool([a])
+    for v in range(3):
+        pool.submit(lambda actor, x: actor.double.remote(x), v)
+    assert not pool.has_free()          # one running, two waiting for the actor
+    assert pool.pop_idle() is None
+    assert [pool.get_next() for _ in range(3)] == [0, 2, 4]
+    assert pool.has_free() and not pool.has_next()
+    with pytest.raises(StopIteration, match="No more results"):
+        pool.get_next()
+    assert pool.pop_idle() == a
+    assert not pool.has_free()
+
+
+def test_pool_push_and_errors(cluster):
+    a, b = Doubler.remote(), Doubler.remote()
+    pool = ActorPool([a])
+    pool.push(b)
+    with pytest.raises(ValueError, match="already belongs"):
+        pool.push(a)
+    pool.submit(lambda actor, v: actor.slow_double.remote(v, 3.0), 1)
+    with pytest.raises(TimeoutError, match="Timed out waiting for result"):
+        pool.get_next(timeout=0.1)
+    assert pool.has_next()              # not ignored: still the next result
+    pool.submit(lambda actor, v: actor.double.remote(v), 5)
+    assert pool.get_next_unordered(timeout=30) == 10
+    with pytest.raises(ValueError, match="after get_next_unordered"):
+        pool.get_next()
+    assert pool.get_next_unordered(timeout=30) == 2
+
+
+def test_pool_ignored_timeout_frees_the_actor(cluster):
+    pool = ActorPool([Doubler.remote()])
+    pool.submit(lambda actor, v: actor.slow_double.remote(v, 1.0), 1)
+    with pytest.raises(TimeoutError, match="has been ignored"):
+        pool.get_next(timeout=0, ignore_if_timedout=True)
+    assert not pool.has_next() and pool.has_free()
+
+
+def test_pool_drops_a_dead_actor(cluster):
+    dead, alive = Doubler.remote(), Doubler.remote()
+    pool = ActorPool([alive, dead])     # submit takes the last idle actor first
+    pool.submit(lambda actor, v: actor.die.remote(), None)
+    with pytest.raises(ActorDiedError):
+        pool.get_next(timeout=30)
+    assert list(pool.map(lambda actor, v: actor.double.remote(v), [1, 2, 3])) == [2, 4, 6]
+    assert pool.pop_idle() == alive and pool.pop_idle() is None
+
+
+# -------------------------------------------------------------------- Queue
+def test_queue_bounds_and_nonblocking_errors(cluster):
+    q = Queue(maxsize=2)
+    assert q.empty() and not q.full() and q.qsize() == 0
+    q.put(1)
+    q.put_nowait(2)
+    assert q.full() and len(q) == 2
+    with pytest.raises(Full):
+        q.put_nowait(3)
+    started = time.monotonic()
+    with pytest.raises(Full):
+        q.put(3, timeout=0.3)
+    assert time.monotonic() - started >= 0.25
+    with pytest.raises(Full, match="Cannot add 1 items"):
+        q.put_nowait_batch([3])
+    assert q.get() == 1 and q.get_nowait() == 2
+    with pytest.raises(Empty):
+        q.get_nowait()
+    with pytest.raises(Empty):
+        q.get(timeout=0.2)
+    with pytest.raises(ValueError, match="non-negative"):
+        q.get(timeout=-1)
+    q.shutdown()
+
+
+def test_queue_batches(cluster):
+    q = Queue()
+    q.put_nowait_batch(range(5))
+    with pytest.raises(Empty, match="Cannot get 6 items"):
+        q.get_nowait_batch(6)
+    assert q.qsize() == 5               # all or nothing
+    assert q.get_nowait_batch(3) == [0, 1, 2]
+    with pytest.raises(TypeError, match="must be an int"):
+        q.get_nowait_batch("2")
+    with pytest.raises(TypeError, match="must be an Iterable"):
+        q.put_nowait_batch(7)
+    assert q.get_nowait_batch(2) == [3, 4]
+    q.shutdown()
+    with pytest.raises(RuntimeError, match="shut down"):
+        q.put(1)
+
+
+@gdfut.remote
+def consume(q, n):
+    return [q.get(timeout=30) for _ in range(n)]
+
+
+@gdfut.remote
+def produce(q, items):
+    for item in items:
+        q.put(item)
+    return True
+
+
+def test_queue_shared_by_tasks_and_actors(cluster):
+    q = Queue(maxsize=1)                # producer blocks until the consumer takes
+    got = consume.remote(q, 4)
+    assert gdfut.get(produce.remote(q, ["a", "b", "c", "d"]), timeout=60)
+    assert gdfut.get(got, timeout=60) == ["a", "b", "c", "d"]
+
+    @gdfut.remote
+    class Consumer:
+        def __init__(self, queue):
+            self.queue = queue
+
+        def take(self):
+            return self.queue.get(timeout=30)
+
+    c = Consumer.remote(q)
+    ref = c.take.remote()               # blocks in the queue actor until a put
+    time.sleep(0.2)
+    q.put({"x": 1})
+    assert gdfut.get(ref, timeout=60) == {"x": 1}
+    q.shutdown()
+
+
+def test_queue_async_api(cluster):
+    import asyncio
+    q = Queue()
+
+    async def roundtrip():
+        await q.put_async(3)
+        return await q.get_async(timeout=10)
+    assert asyncio.run(roundtrip()) == 3
+    q.shutdown()
