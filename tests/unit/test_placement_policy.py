@@ -138,3 +138,88 @@ def test_renamed_resources_follow_rays_names():
     assert not bundle_demand(R({"CPU": 3}), g, 1).fits_in(supply)
     assert demand_fits(R({"CPU": 2}), [R({"CPU": 1}), R({"CPU": 2})], -1)
     assert not demand_fits(R({"CPU": 2}), [R({"CPU": 1}), R({"CPU": 2})], 0)
+
+
+# -- bundles in the node's lease manager ------------------------------------------
+
+from gdfut.sched.lease_queue import GrantLease, KillWorker, LeaseManager, Reject  # noqa: E402
+
+G = "ab12"
+
+
+def lease_manager(total, workers=("w1", "w2", "w3")):
+    m = LeaseManager("n1", R(total), max_queue=100)
+    for w in workers:
+        m.worker_started(w)
+    return m
+
+
+def reserve(m, index, resources):
+    resources = R(resources)
+    assert m.prepare_bundle((G, index), resources, bundle_supply(resources, G, index))
+    m.commit_bundle((G, index))
+    m.validate()
+
+
+def test_a_bundle_sets_plain_resources_aside_for_its_group_only():
+    m = lease_manager({"CPU": 2})
+    reserve(m, 0, {"CPU": 1})
+    assert m.available == R({"CPU": 1, "CPU_group_0_ab12": 1, "CPU_group_ab12": 1})
+    # A plain task gets the other CPU; a second plain one must wait.
+    assert m.request_lease("plain1", R({"CPU": 1}), "c") == [GrantLease("plain1", "w3", 1)]
+    assert m.request_lease("plain2", R({"CPU": 1}), "c") == []
+    grant = m.request_lease("pg", bundle_demand(R({"CPU": 1}), G, 0), "c", bundle=(G, 0))
+    assert grant == [GrantLease("pg", "w2", 2)]
+    m.validate()
+    # The group's bundle is full now: a second task in it waits.
+    assert m.request_lease("pg2", bundle_demand(R({"CPU": 1}), G, -1), "c", bundle=(G, -1)) == []
+    m.validate()
+
+
+def test_prepare_fails_when_resources_are_not_free_and_rollback_frees_them():
+    m = lease_manager({"CPU": 2})
+    assert not m.prepare_bundle((G, 0), R({"CPU": 3}), bundle_supply(R({"CPU": 3}), G, 0))
+    assert m.prepare_bundle((G, 0), R({"CPU": 2}), bundle_supply(R({"CPU": 2}), G, 0))
+    assert m.available == R()                 # set aside, not usable by anyone yet
+    m.validate()
+    assert m.return_bundles(G, indexes=[0]) == []
+    assert m.available == R({"CPU": 2})
+    m.validate()
+
+
+def test_requests_for_a_missing_bundle_are_rejected_with_the_reason():
+    m = lease_manager({"CPU": 2})
+    out = m.request_lease("r", bundle_demand(R({"CPU": 1}), G, 0), "c", bundle=(G, 0))
+    assert len(out) == 1 and isinstance(out[0], Reject)
+    assert "placement group ab12 has no bundle 0" in out[0].message
+
+
+def test_removing_a_group_kills_its_workers_and_rejects_its_queue():
+    m = lease_manager({"CPU": 2})
+    reserve(m, 0, {"CPU": 1})
+    demand = bundle_demand(R({"CPU": 1}), G, 0)
+    assert m.request_lease("a", demand, "c", bundle=(G, 0)) == [GrantLease("a", "w3", 1)]
+    assert m.request_lease("b", demand, "c", bundle=(G, 0)) == []
+    out = m.return_bundles(G)
+    assert Reject("b", "infeasible_here", "placement group ab12 was removed") in out
+    assert KillWorker("w3", "placement group ab12 was removed") in out
+    assert m.available == R({"CPU": 2}) and m.total == R({"CPU": 2})
+    m.validate()
+
+
+def test_gpu_tasks_in_a_bundle_get_the_bundles_devices():
+    m = lease_manager({"CPU": 4, "GPU": 2})
+    assert m.request_lease("plain", R({"CPU": 1, "GPU": 1}), "c") == \
+        [GrantLease("plain", "w3", 1, (0,))]
+    reserve(m, 0, {"CPU": 1, "GPU": 1})       # takes the other device, 1
+    half = bundle_demand(R({"GPU": 0.5}), G, 0)
+    assert m.request_lease("h1", half, "c", bundle=(G, 0)) == [GrantLease("h1", "w2", 2, (1,))]
+    assert m.request_lease("h2", half, "c", bundle=(G, 0)) == [GrantLease("h2", "w1", 3, (1,))]
+    m.validate()
+    assert m.request_lease("h3", half, "c", bundle=(G, 0)) == []   # device 1 is full
+    m.return_lease(2)
+    m.validate()
+    out = m.return_bundles(G)
+    assert KillWorker("w1", "placement group ab12 was removed") in out
+    m.validate()
+    assert m.available.quantity("GPU") == 1     # device 1 back; device 0 still leased
