@@ -177,3 +177,139 @@ def test_queue_async_api(cluster):
         return await q.get_async(timeout=10)
     assert asyncio.run(roundtrip()) == 3
     q.shutdown()
+
+
+# --------------------------------------------------------- placement groups
+from gdfut.exceptions import UnschedulableError  # noqa: E402
+from gdfut.util import (get_placement_group, placement_group,  # noqa: E402
+                        placement_group_table, remove_placement_group)
+from gdfut.util.scheduling_strategies import PlacementGroupSchedulingStrategy  # noqa: E402
+from helpers import wait_until  # noqa: E402
+
+
+@gdfut.remote
+def node_and_gpus(delay=0.0):
+    time.sleep(delay)
+    return gdfut.get_runtime_context().get_node_id(), gdfut.get_gpu_ids()
+
+
+def in_pg(pg, index=-1):
+    return PlacementGroupSchedulingStrategy(pg, placement_group_bundle_index=index)
+
+
+def test_pg_lifecycle_table_and_lookup(cluster):
+    pg = placement_group([{"CPU": 1}], strategy="STRICT_PACK", name="trainers")
+    assert gdfut.get(pg.ready(), timeout=30) == pg
+    assert pg.wait(timeout_seconds=5)
+    row = placement_group_table(pg)
+    assert row["state"] == "CREATED" and row["strategy"] == "STRICT_PACK"
+    assert row["bundles"] == {0: {"CPU": 1}} and row["name"] == "trainers"
+    assert row["bundles_to_node_id"] == {0: cluster["node_id"]}
+    assert pg.id.hex() in placement_group_table()
+    assert get_placement_group("trainers") == pg
+    with pytest.raises(ValueError, match="already exists"):
+        placement_group([{"CPU": 1}], name="trainers")
+    # The reserved CPU is the group's: the node's plain CPUs drop by one.
+    wait_until(lambda: gdfut.available_resources().get("CPU") == 1, timeout=10,
+               what="the heartbeat to show the reservation")
+    assert gdfut.cluster_resources()[f"CPU_group_{pg.id.hex()}"] == 1
+    remove_placement_group(pg)
+    assert placement_group_table(pg)["state"] == "REMOVED"
+    with pytest.raises(ValueError, match="Failed to look up placement group with name"):
+        get_placement_group("trainers")
+    wait_until(lambda: gdfut.available_resources().get("CPU") == 2, timeout=10,
+               what="the bundle's CPU back")
+
+
+def test_pg_tasks_run_only_inside_their_bundle(cluster):
+    pg = placement_group([{"CPU": 1}])
+    gdfut.get(pg.ready(), timeout=30)
+    started = time.monotonic()
+    refs = [node_and_gpus.options(scheduling_strategy=in_pg(pg, 0)).remote(0.5) for _ in range(3)]
+    gdfut.get(refs, timeout=60)
+    assert time.monotonic() - started >= 1.4      # one CPU in the bundle: one at a time
+    with pytest.raises(ValueError, match="cannot fit into bundle 0"):
+        node_and_gpus.options(num_cpus=2, scheduling_strategy=in_pg(pg, 0)).remote()
+    with pytest.raises(ValueError, match="out of range"):
+        in_pg(pg, 1)
+    remove_placement_group(pg)
+    with pytest.raises(UnschedulableError, match="removed"):
+        gdfut.get(node_and_gpus.options(scheduling_strategy=in_pg(pg)).remote(), timeout=30)
+
+
+def test_pg_waits_for_resources_then_is_created(cluster):
+    @gdfut.remote(num_cpus=1)
+    class Holder:
+        def ping(self):
+            return 1
+    holder = Holder.remote()
+    gdfut.get(holder.ping.remote(), timeout=30)
+    pg = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
+    assert not pg.wait(timeout_seconds=1.5)      # one of the two CPUs is the actor's
+    assert placement_group_table(pg)["state"] == "PENDING"
+    ready = pg.ready()
+    # A task queued in the pending group starts once the group exists.
+    queued = node_and_gpus.options(scheduling_strategy=in_pg(pg, 1)).remote()
+    gdfut.kill(holder)
+    assert gdfut.get(ready, timeout=30) == pg
+    assert gdfut.get(queued, timeout=30)[0] == cluster["node_id"]
+    remove_placement_group(pg)
+
+
+def test_pg_remove_kills_its_actors(cluster):
+    pg = placement_group([{"CPU": 1}])
+    gdfut.get(pg.ready(), timeout=30)
+
+    @gdfut.remote(num_cpus=1)
+    class Worker:
+        def ping(self):
+            return "pong"
+    actor = Worker.options(scheduling_strategy=in_pg(pg, 0)).remote()
+    assert gdfut.get(actor.ping.remote(), timeout=30) == "pong"
+    remove_placement_group(pg)
+    with pytest.raises(ActorDiedError):
+        for _ in range(100):
+            gdfut.get(actor.ping.remote(), timeout=30)
+            time.sleep(0.05)
+
+
+def test_pg_bad_arguments_say_what_is_wrong(cluster):
+    with pytest.raises(ValueError, match="Invalid placement group strategy"):
+        placement_group([{"CPU": 1}], strategy="pack")
+    with pytest.raises(ValueError, match="non-empty list"):
+        placement_group([])
+    with pytest.raises(ValueError, match="empty dictionary"):
+        placement_group([{"CPU": 0}])
+    with pytest.raises(TypeError, match="PlacementGroup"):
+        PlacementGroupSchedulingStrategy("not a group")
+
+
+@pytest.fixture
+def gpu_cluster():
+    info = gdfut.init(num_cpus=2, num_gpus=2)    # emulated GPUs in CPU mode
+    try:
+        yield info
+    finally:
+        gdfut.shutdown()
+        from helpers import assert_no_leaks
+        assert_no_leaks(info["session_dir"])
+
+
+def test_pg_gpu_bundle_gives_its_device_to_actors_and_tasks(gpu_cluster):
+    pg = placement_group([{"CPU": 1, "GPU": 1}])
+    gdfut.get(pg.ready(), timeout=30)
+
+    @gdfut.remote(num_gpus=1, num_cpus=1)
+    class Trainer:
+        def gpus(self):
+            return gdfut.get_gpu_ids()
+    trainer = Trainer.options(scheduling_strategy=in_pg(pg, 0)).remote()
+    (bundle_gpu,) = gdfut.get(trainer.gpus.remote(), timeout=30)
+    # The node's other GPU is free for plain work; the bundle's is not.
+    _, plain = gdfut.get(node_and_gpus.options(num_gpus=1).remote(), timeout=30)
+    assert plain != [bundle_gpu] and len(plain) == 1
+    gdfut.kill(trainer)
+    halves = [node_and_gpus.options(num_cpus=0, num_gpus=0.5,
+                                    scheduling_strategy=in_pg(pg, 0)).remote() for _ in range(2)]
+    assert [g for _, g in gdfut.get(halves, timeout=30)] == [[bundle_gpu], [bundle_gpu]]
+    remove_placement_group(pg)
