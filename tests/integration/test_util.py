@@ -313,3 +313,78 @@ def test_pg_gpu_bundle_gives_its_device_to_actors_and_tasks(gpu_cluster):
                                     scheduling_strategy=in_pg(pg, 0)).remote() for _ in range(2)]
     assert [g for _, g in gdfut.get(halves, timeout=30)] == [[bundle_gpu], [bundle_gpu]]
     remove_placement_group(pg)
+
+
+# ------------------------------------------------ placement groups, multi-node
+from gdfut.testing import Cluster  # noqa: E402
+from helpers import assert_no_leaks, shm_files  # noqa: E402
+
+
+@pytest.fixture
+def three_nodes():
+    c = Cluster()
+    try:
+        nodes = [c.add_node(num_cpus=2, wait=False) for _ in range(2)]
+        nodes.append(c.add_node(num_cpus=2))
+        c.connect()
+        yield c, nodes
+    finally:
+        c.shutdown()
+        assert not shm_files(c.session_dir)
+        assert_no_leaks(c.session_dir)
+
+
+def bundle_nodes(pg):
+    return placement_group_table(pg)["bundles_to_node_id"]
+
+
+def test_pg_strategies_across_nodes(three_nodes):
+    c, nodes = three_nodes
+    spread = placement_group([{"CPU": 1}] * 3, strategy="STRICT_SPREAD")
+    gdfut.get(spread.ready(), timeout=60)
+    placed = bundle_nodes(spread)
+    assert sorted(placed.values()) == sorted(n.node_id for n in nodes)
+    # A task in bundle i runs on bundle i's node.
+    ran = gdfut.get([node_and_gpus.options(scheduling_strategy=in_pg(spread, i)).remote()
+                     for i in range(3)], timeout=60)
+    assert [node for node, _ in ran] == [placed[i] for i in range(3)]
+    remove_placement_group(spread)
+
+    packed = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="STRICT_PACK")
+    gdfut.get(packed.ready(), timeout=60)
+    assert len(set(bundle_nodes(packed).values())) == 1
+    soft = placement_group([{"CPU": 1}, {"CPU": 1}], strategy="SPREAD")
+    gdfut.get(soft.ready(), timeout=60)
+    assert len(set(bundle_nodes(soft).values())) == 2
+
+
+def test_pg_pending_until_a_node_joins_and_rescheduled_when_one_dies(three_nodes):
+    c, nodes = three_nodes
+    pg = placement_group([{"CPU": 1}] * 4, strategy="STRICT_SPREAD")
+    assert not pg.wait(timeout_seconds=2)         # only three nodes
+    fourth = c.add_node(num_cpus=2)
+    assert pg.wait(timeout_seconds=30)
+    assert fourth.node_id in bundle_nodes(pg).values()
+    # A node with a bundle dies: the bundle moves to a node that joins.
+    victim = nodes[0]
+    c.remove_node(victim)
+    wait_until(lambda: placement_group_table(pg)["state"] == "RESCHEDULING", timeout=30,
+               what="the head to notice the dead node")
+    c.add_node(num_cpus=2)
+    assert pg.wait(timeout_seconds=30)
+    assert victim.node_id not in bundle_nodes(pg).values()
+    assert len(set(bundle_nodes(pg).values())) == 4
+
+
+def test_pg_ends_with_the_driver_that_created_it(three_nodes):
+    c, _ = three_nodes
+    mine = placement_group([{"CPU": 1}], name="mine")
+    kept = placement_group([{"CPU": 1}], name="kept", lifetime="detached")
+    assert mine.wait(30) and kept.wait(30)
+    gdfut.shutdown()
+    c.connected = False
+    c.connect()
+    wait_until(lambda: placement_group_table(mine)["state"] == "REMOVED", timeout=10,
+               what="the group to end with its driver")
+    assert get_placement_group("kept") == kept
+    remove_placement_group(kept)
