@@ -155,6 +155,7 @@ class NodeDaemon:
         await self.shutdown()
 
     async def shutdown(self):
+        self.bundles.close()
         self.server.close()
         await self.transfer.close()
         procs = [w.popen for w in self.workers.values()]

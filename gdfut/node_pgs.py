@@ -121,7 +121,14 @@ class NodeBundles:
         self.locations[pg_id] = (time.monotonic(), located["bundle_nodes"])
         return located["bundle_nodes"]
 
+    def close(self):
+        """Node shutdown: stop the requests still waiting for their group."""
+        for task in list(self.background):
+            task.cancel()
+
     def lease_here(self, peer, req_id, resources, is_actor, pg_id, index):
+        if peer.conn is None or peer.conn.closed:
+            return      # the client left while its group was pending: nothing to grant
         group = pg_id.hex()
         held, placement = _plain_demand(resources, is_actor)
         node = self.node
