@@ -87,6 +87,8 @@ class ActorClass:
                 rt.io.run(register(), timeout=30)
             except RemoteError as exc:
                 raise ValueError(str(exc)) from None
+        if hasattr(o.get("scheduling_strategy"), "check_fits"):   # a placement group
+            o["scheduling_strategy"].check_fits(resources, f"actor {name}")
         cls_id, cls_bytes = self._class_bytes()
         from .scheduling_strategies import strategy_wire
         rt.actors.create(actor_id, cls_id, cls_bytes, name, args, kwargs,

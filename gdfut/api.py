@@ -368,6 +368,9 @@ class RemoteFunction:
                               "max_retries": o.get("max_retries", DEFAULT_MAX_RETRIES),
                               "resources": resources_of(o),
                               "strategy": strategy_wire(o.get("scheduling_strategy"))}
+            if hasattr(o.get("scheduling_strategy"), "check_fits"):   # a placement group
+                o["scheduling_strategy"].check_fits(self._resolved["resources"],
+                                                    f"task {self._name}")
         return self._resolved
 
     def options(self, **options):

@@ -16,6 +16,7 @@ import sqlite3
 import time
 
 from . import protocol as P
+from .head_pgs import PlacementGroups
 from .ids import short
 from .transport import tcp
 
@@ -107,6 +108,8 @@ class Head:
             P.HEAD_PROCESSES_STARTED: self.on_processes_started,
         }
         self.dead = DeadProcessLog()
+        self.pgs = PlacementGroups(self)
+        self.dispatch.update(self.pgs.handlers())
         self.processes_of_node: dict[bytes, set] = {}   # live drivers/workers by node
 
     async def run(self):
@@ -120,8 +123,10 @@ class Head:
         os.replace(tmp, os.path.join(self.session_dir, "head.json"))   # atomic for readers
         print(json.dumps(info), flush=True)
         watcher = asyncio.ensure_future(self.watch())
+        pg_loop = asyncio.ensure_future(self.pgs.run())
         await self.stopping.wait()
         watcher.cancel()
+        pg_loop.cancel()
         server.close()
         self.db.close()
 
@@ -139,6 +144,7 @@ class Head:
     def mark_node(self, node_id, state):
         if state == "DEAD":       # its drivers and workers died with it
             self.dead.add(sorted(self.processes_of_node.pop(node_id, ())))
+            self.pgs.node_dead(node_id)
         with self.db:
             self.db.execute("UPDATE nodes SET state=? WHERE node_id=?", (state, node_id))
 
@@ -150,6 +156,7 @@ class Head:
             self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?)",
                             (info["node_id"], json.dumps(_jsonable(info)), "ALIVE", time.time()))
         self.last_seen[info["node_id"]] = time.monotonic()
+        self.pgs.node_registered(peer, info["node_id"])
         log.info("node %s registered at %s", short(info["node_id"]), info["addr"])
         peer.conn.reply(req_id, True)
 
@@ -157,6 +164,7 @@ class Head:
         _, node_id, stats = m
         self.stats[node_id] = stats
         self.last_seen[node_id] = time.monotonic()
+        self.pgs.heartbeat(node_id)
 
     def nodes(self):
         rows = self.db.execute("SELECT node_id, info, state FROM nodes").fetchall()
@@ -192,6 +200,7 @@ class Head:
                                "session_dir": self.session_dir})
 
     def on_closed(self, peer):
+        self.pgs.conn_closed(peer)
         node_id = getattr(peer, "node_id", None)
         if node_id is not None:
             self.mark_node(node_id, "DEAD")

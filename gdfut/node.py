@@ -25,6 +25,7 @@ from .devstore.host_store import HostStoreState
 from .ids import new_id, short
 from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager, QueueFull,
                                 Reject, RequestCancelled, StartWorker)
+from .node_pgs import NodeBundles
 from .object_transfer import ObjectTransfer, TransferError
 from .sched import policy
 from .sched.resources import GPU_MEMORY, ResourceSet, actor_resources
@@ -130,6 +131,8 @@ class NodeDaemon:
             P.NODE_MEMORY: self.on_memory, P.NODE_PULL: self.on_pull,
             P.NODE_CLUSTER_VIEW: self.on_cluster_view,
         }
+        self.bundles = NodeBundles(self)
+        self.dispatch.update(self.bundles.handlers())
 
     # ------------------------------------------------------------ lifecycle
     async def run(self):
@@ -152,6 +155,7 @@ class NodeDaemon:
         await self.shutdown()
 
     async def shutdown(self):
+        self.bundles.close()
         self.server.close()
         await self.transfer.close()
         procs = [w.popen for w in self.workers.values()]
@@ -338,6 +342,10 @@ class NodeDaemon:
 
     def on_request_lease(self, peer: Conn, m):
         _, req_id, resources, is_actor, actor_id, hints = m
+        kind = hints.get("strategy")
+        if isinstance(kind, list) and kind and kind[0] == "PG":
+            self.bundles.on_request_lease(peer, m)
+            return
         if is_actor:
             opts = resources or {}
             placement, held = actor_resources(opts.get("CPU"), opts.get("GPU"),

@@ -73,6 +73,16 @@ HEAD_SHUTDOWN = 68        # req: stop the cluster (CLI `gdfut stop`)
 HEAD_PROCESSES_DIED = 69  # [wid, ...]: a node saw these drivers/workers go
 HEAD_DEAD_PROCESSES = 70  # req: since_seq -> [seq, [wid, ...]] died after since_seq
 HEAD_PROCESSES_STARTED = 71   # node_id, [wid, ...]: drivers/workers that registered there
+# placement groups (gdfut.util): driver/worker -> head
+HEAD_PG_CREATE = 80       # req: pg_id, name, bundles, strategy, detached -> True
+HEAD_PG_REMOVE = 81       # req: pg_id -> True
+HEAD_PG_WAIT = 82         # req: pg_id, timeout|None -> {"state", "bundle_nodes"} | error if removed
+HEAD_PG_TABLE = 83        # req: pg_id|None -> [row, ...]
+HEAD_PG_LOOKUP = 84       # req: name -> row | error
+# head -> node: two-phase bundle reservation
+NODE_PREPARE_BUNDLES = 85   # req: group hex, [[index, resources], ...] -> bool
+NODE_COMMIT_BUNDLES = 86    # req: group hex, [index, ...] -> True
+NODE_RETURN_BUNDLES = 87    # req: group hex, [index, ...] | None (all) -> True
 
 # Start of the lease-request error a node sends when its workers cannot start
 # (the owner then fails the tasks with WorkerCrashedError, not Unschedulable).

@@ -38,6 +38,15 @@ GPUs
   devices stay free for whole-GPU requests); a whole request takes g fully
   free devices. "GPU_memory" is accounted node-wide, not per device.
 
+Placement group bundles
+  ``prepare_bundle`` sets a bundle's plain resources (and whole GPU devices,
+  or a share of one) aside; ``commit_bundle`` then adds its renamed
+  resources (``placement_groups.bundle_supply``) to the node, which only
+  requests made with ``bundle=(group, index)`` ask for. Such a request takes
+  its GPU devices from the bundle's own devices. ``return_bundles`` gives a
+  group's bundles back (a rollback, or the group removed: its queued
+  requests are rejected and its workers killed, as Ray does).
+
 Actors
   A worker leased for an actor is dedicated: when the lease ends the worker
   is killed, never put back in the idle pool. ``placement`` lets an actor
@@ -52,6 +61,7 @@ from collections.abc import Hashable
 from dataclasses import dataclass, field
 from typing import Any, Union
 
+from gdfut.sched.placement_groups import group_resource
 from gdfut.sched.resources import CPU, EMPTY, GPU, UNITS_PER_ONE, ResourceSet
 
 RequestId = Hashable
@@ -130,6 +140,7 @@ class _Request:
     held: ResourceSet  # what the lease holds once granted
     placement: ResourceSet  # what must be free to grant it (held, or more for actors)
     is_actor: bool
+    bundle: tuple | None = None  # (group hex, bundle index or -1): runs in that group
 
     @property
     def shape(self) -> tuple[ResourceSet, ResourceSet]:
@@ -147,10 +158,24 @@ class _Lease:
     gpu_units_each: int  # units taken from each device in gpu_ids
     is_actor: bool
     blocked: bool = False
+    bundle: tuple | None = None  # the request's (group hex, index)
+    gpu_pool: tuple | None = None  # key of the bundle whose devices it took, if any
 
     def in_use(self) -> ResourceSet:
         """What this lease takes from the node right now (no CPU while blocked)."""
         return self.held.without(CPU) if self.blocked else self.held
+
+
+@dataclass
+class _Bundle:
+    """One placement group bundle reserved on this node."""
+
+    resources: ResourceSet  # the plain resources set aside for it
+    supply: ResourceSet  # renamed resources it adds to the node once committed
+    gpu_ids: tuple[int, ...]
+    gpu_units_each: int
+    gpu_free: dict[int, int]  # device -> units still free for requests in the bundle
+    committed: bool = False
 
 
 class LeaseManager:
@@ -188,6 +213,8 @@ class LeaseManager:
         self._idle: list[WorkerId] = []  # stack: last returned is reused first
         self._starting = 0  # StartWorker counts not yet answered
         self._next_lease_id = first_lease_id
+        self._bundles: dict[tuple, _Bundle] = {}  # (group hex, index) -> bundle
+        self._reserved = EMPTY  # plain resources set aside by bundles
 
     # -- read-only views ------------------------------------------------------
 
@@ -212,8 +239,10 @@ class LeaseManager:
         client_id: ClientId,
         is_actor: bool = False,
         placement: ResourceSet | None = None,
+        bundle: tuple | None = None,
     ) -> list[Instruction]:
-        """Ask for a worker holding ``resources``; ``placement`` must be free to grant."""
+        """Ask for a worker holding ``resources``; ``placement`` must be free to grant.
+        ``bundle=(group hex, index)``: the resources are that group's renamed ones."""
         if request_id in self._queue:
             return []  # a retried request: already waiting
         if request_id in self._lease_of_request:
@@ -222,7 +251,7 @@ class LeaseManager:
         placement = resources if placement is None else placement
         if not resources.fits_in(placement):
             raise ValueError(f"placement {placement} must cover held resources {resources}")
-        request = _Request(request_id, client_id, resources, placement, is_actor)
+        request = _Request(request_id, client_id, resources, placement, is_actor, bundle)
         rejection = self._rejection(request)
         if rejection is not None:
             return [rejection]
@@ -240,6 +269,12 @@ class LeaseManager:
         if gpus > UNITS_PER_ONE and gpus % UNITS_PER_ONE:
             message = f"GPU={request.held.quantity(GPU)}: must be a fraction below 1 or whole"
             return Reject(request.request_id, "invalid_request", message)
+        if request.bundle is not None and not self._group_bundles(*request.bundle):
+            group, index = request.bundle
+            which = "any bundle" if index < 0 else f"bundle {index}"
+            message = (f"placement group {group} has no {which} on node {self.node_id} "
+                       f"(it was removed, or the bundle is elsewhere)")
+            return Reject(request.request_id, "infeasible_here", message)
         if request.placement.fits_in(self.total):
             return None
         missing = request.placement.missing_from(self.total)
@@ -397,7 +432,8 @@ class LeaseManager:
                 skipped.add(request.shape)
                 continue
             available = available.subtract(request.held)
-            _take_gpus(gpu_free, gpu_ids, _gpu_units_each(request.held))
+            if request.bundle is None:   # bundle devices: not simulated (only a count)
+                _take_gpus(gpu_free, gpu_ids, _gpu_units_each(request.held))
             actors += request.is_actor
             tasks += not request.is_actor
         room = max(0, self.max_workers - self._active_task_workers())
@@ -410,6 +446,9 @@ class LeaseManager:
     def _grant(self, request: _Request) -> GrantLease:
         gpu_ids = self._gpus_if_fits(request, self._available, self._gpu_free)
         assert gpu_ids is not None and self._idle, f"grant of {request} that cannot run"
+        pool = None
+        if request.bundle is not None:
+            pool, gpu_ids = self._bundle_gpus(request)
         worker_id = self._idle.pop()
         lease = _Lease(
             lease_id=self._next_lease_id,
@@ -418,12 +457,18 @@ class LeaseManager:
             client_id=request.client_id,
             held=request.held,
             gpu_ids=gpu_ids,
-            gpu_units_each=_gpu_units_each(request.held),
+            gpu_units_each=_gpu_units_each(request.held, self._gpu_name(request)),
             is_actor=request.is_actor,
+            bundle=request.bundle,
+            gpu_pool=pool,
         )
         self._next_lease_id += 1
         self._available = self._available.subtract(lease.held)
-        _take_gpus(self._gpu_free, gpu_ids, lease.gpu_units_each)
+        if pool is None:
+            _take_gpus(self._gpu_free, gpu_ids, lease.gpu_units_each)
+        else:
+            for device in gpu_ids:
+                self._bundles[pool].gpu_free[device] -= lease.gpu_units_each
         self._leases[lease.lease_id] = lease
         self._lease_of_request[lease.request_id] = lease.lease_id
         self._lease_of_worker[worker_id] = lease.lease_id
@@ -432,8 +477,12 @@ class LeaseManager:
     def _release(self, lease: _Lease) -> None:
         """Return a lease's resources and forget it (the worker's fate is the caller's)."""
         self._give_back(lease.in_use())
+        bundle = self._bundles.get(lease.gpu_pool) if lease.gpu_pool is not None else None
         for device in lease.gpu_ids:
-            self._gpu_free[device] += lease.gpu_units_each
+            if bundle is not None:
+                bundle.gpu_free[device] += lease.gpu_units_each
+            else:
+                self._gpu_free[device] += lease.gpu_units_each
         del self._leases[lease.lease_id]
         del self._lease_of_request[lease.request_id]
         del self._lease_of_worker[lease.worker_id]
@@ -456,7 +505,95 @@ class LeaseManager:
         """GPU ids the request would get, or None if it does not fit in ``available``."""
         if not request.placement.fits_in(available):
             return None
+        if request.bundle is not None:
+            found = self._bundle_gpus(request)
+            return None if found is None else found[1]
         return _pick_gpus(gpu_free, request.held.units(GPU))
+
+    # -- placement group bundles ------------------------------------------------
+
+    def prepare_bundle(self, key: tuple, resources: ResourceSet, supply: ResourceSet) -> bool:
+        """Set ``resources`` aside for bundle ``key=(group hex, index)`` if they are
+        free now (False if not). Idempotent."""
+        if key in self._bundles:
+            return True
+        if not resources.fits_in(self._available):
+            return False
+        gpu_ids = _pick_gpus(self._gpu_free, resources.units(GPU))
+        if gpu_ids is None:
+            return False
+        units_each = _gpu_units_each(resources)
+        self._available = self._available.subtract(resources)
+        _take_gpus(self._gpu_free, gpu_ids, units_each)
+        self._reserved = self._reserved.add(resources)
+        self._bundles[key] = _Bundle(resources, supply, gpu_ids, units_each,
+                                     dict.fromkeys(gpu_ids, units_each))
+        return True
+
+    def commit_bundle(self, key: tuple) -> list[Instruction]:
+        """Make a prepared bundle usable: its renamed resources join the node."""
+        bundle = self._bundles.get(key)
+        if bundle is None or bundle.committed:
+            return []
+        bundle.committed = True
+        self.total = self.total.add(bundle.supply)
+        self._available = self._available.add(bundle.supply)
+        return self._dispatch()
+
+    def return_bundles(self, group: str, indexes=None) -> list[Instruction]:
+        """Give back group ``group``'s bundles here. ``indexes=None``: all of them
+        (the group is gone: its queued requests are rejected, its workers
+        killed); else only those, which must be uncommitted (a rollback)."""
+        keys = [k for k in self._bundles if k[0] == group and (indexes is None or k[1] in indexes)]
+        if not keys:
+            return []
+        out: list[Instruction] = []
+        if indexes is None:
+            out += self._end_group_work(group)
+        for key in keys:
+            bundle = self._bundles.pop(key)
+            assert indexes is None or not bundle.committed, f"partial return of committed {key}"
+            if bundle.committed:
+                self.total = self.total.subtract(bundle.supply)
+                self._available = self._available.subtract(bundle.supply)
+            self._available = self._available.add(bundle.resources)
+            self._reserved = self._reserved.subtract(bundle.resources)
+            for device in bundle.gpu_ids:
+                self._gpu_free[device] += bundle.gpu_units_each
+        return out + self._dispatch()
+
+    def _end_group_work(self, group: str) -> list[Instruction]:
+        out: list[Instruction] = []
+        for request in [r for r in self._queue.values() if r.bundle and r.bundle[0] == group]:
+            del self._queue[request.request_id]
+            out.append(Reject(request.request_id, "infeasible_here",
+                              f"placement group {group} was removed"))
+        for lease in [l for l in self._leases.values() if l.bundle and l.bundle[0] == group]:
+            self._release(lease)
+            self._workers.discard(lease.worker_id)
+            out.append(KillWorker(lease.worker_id, f"placement group {group} was removed"))
+        return out
+
+    def _group_bundles(self, group: str, index: int) -> list[tuple]:
+        """Keys of the committed bundles a request for (group, index) may use."""
+        return [k for k, b in self._bundles.items()
+                if b.committed and k[0] == group and (index < 0 or k[1] == index)]
+
+    @staticmethod
+    def _gpu_name(request: _Request) -> str:
+        return GPU if request.bundle is None else group_resource(GPU, request.bundle[0])
+
+    def _bundle_gpus(self, request: _Request) -> tuple[tuple, tuple[int, ...]] | None:
+        """(bundle key, devices) for a request in a group: from the first of its
+        bundles here whose devices have room."""
+        units = request.held.units(self._gpu_name(request))
+        for key in self._group_bundles(*request.bundle):
+            pool = self._bundles[key].gpu_free
+            devices = sorted(pool)
+            picked = _pick_gpus([pool[d] for d in devices], units)
+            if picked is not None:
+                return key, tuple(devices[i] for i in picked)
+        return None
 
     # -- invariants and status ------------------------------------------------
 
@@ -470,9 +607,10 @@ class LeaseManager:
             assert lease.worker_id in self._workers, f"lease on unknown worker {lease}"
             assert lease.request_id not in self._queue
         assert len(self._lease_of_worker) == len(self._leases) == len(self._lease_of_request)
-        assert self._available.add(in_use) == self.total.add(self._overcommit), (
-            f"accounting: available {self._available} + in use {in_use} != "
-            f"total {self.total} + overcommit {self._overcommit}"
+        assert self._available.add(in_use).add(self._reserved) == \
+            self.total.add(self._overcommit), (
+            f"accounting: available {self._available} + in use {in_use} + reserved "
+            f"{self._reserved} != total {self.total} + overcommit {self._overcommit}"
         )
         assert self._available.fits_in(self.total)
         for name in self._overcommit:
@@ -490,9 +628,19 @@ class LeaseManager:
 
     def _validate_gpus(self) -> None:
         used = [0] * len(self._gpu_free)
+        pool_used: dict[tuple, int] = {}
         for lease in self._leases.values():
             for device in lease.gpu_ids:
-                used[device] += lease.gpu_units_each
+                if lease.gpu_pool is None:
+                    used[device] += lease.gpu_units_each
+                else:
+                    pool_used[lease.gpu_pool] = pool_used.get(lease.gpu_pool, 0) + \
+                        lease.gpu_units_each
+        for key, bundle in self._bundles.items():
+            for device in bundle.gpu_ids:
+                used[device] += bundle.gpu_units_each
+            assert sum(bundle.gpu_free.values()) + pool_used.get(key, 0) == \
+                bundle.gpu_units_each * len(bundle.gpu_ids), f"bundle {key} devices"
         for device, free in enumerate(self._gpu_free):
             assert 0 <= free <= UNITS_PER_ONE and free + used[device] == UNITS_PER_ONE
         assert sum(self._gpu_free) == self._available.units(GPU)
@@ -514,15 +662,16 @@ class LeaseManager:
             "max_workers": self.max_workers,
             "queued_requests": len(self._queue),
             "max_queue": self.max_queue,
+            "bundles": len(self._bundles),
         }
 
 
 # -- GPU devices ------------------------------------------------------------------
 
 
-def _gpu_units_each(held: ResourceSet) -> int:
+def _gpu_units_each(held: ResourceSet, name: str = GPU) -> int:
     """Units taken from each assigned device: the fraction, or a whole device."""
-    units = held.units(GPU)
+    units = held.units(name)
     return units if units < UNITS_PER_ONE else UNITS_PER_ONE
 
 

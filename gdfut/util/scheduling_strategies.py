@@ -1,0 +1,5 @@
+"""Ray's ``ray.util.scheduling_strategies``."""
+from ..scheduling_strategies import (NodeAffinitySchedulingStrategy,
+                                     PlacementGroupSchedulingStrategy)
+
+__all__ = ["NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy"]
