@@ -36,3 +36,16 @@ def test_ci_installs_the_ucx_extra():
 def test_ci_has_ucxx_so_ucx_tests_run():
     from gdfut.transport.ucx import import_ucxx
     import_ucxx()      # raises with an install hint when ucxx is absent
+
+
+def test_every_package_is_listed_for_setuptools():
+    # A package missing from the explicit list works in an editable install
+    # and is silently absent from a wheel.
+    with open(os.path.join(ROOT, "pyproject.toml"), "rb") as f:
+        listed = set(tomllib.load(f)["tool"]["setuptools"]["packages"])
+    found = set()
+    for dirpath, _dirs, files in os.walk(os.path.join(ROOT, "gdfut")):
+        if "__init__.py" in files and "__pycache__" not in dirpath:
+            rel = os.path.relpath(dirpath, ROOT)
+            found.add(rel.replace(os.sep, "."))
+    assert found - listed == set(), f"packages missing from pyproject.toml: {found - listed}"
