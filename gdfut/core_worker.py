@@ -24,7 +24,7 @@ import time
 
 from . import protocol as P
 from .exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, OwnerDiedError,
-                         GdfutError)
+                         GdfutError, load_error)
 from .ids import new_id, object_id_for_put, short
 from .object_ref import ObjectRef
 from . import ownership as own
@@ -647,7 +647,7 @@ class CoreWorker:
         if kind == INLINE:
             return ser.loads_inline(entry[1])
         if kind == ERROR:
-            raise pickle.loads(entry[1])
+            raise load_error(entry[1])
         if kind == "pinned":
             region = self.arena.readonly_pinned(entry[1], entry[2], _Unpin(self, oid))
             return ser.loads_from_store(region)
