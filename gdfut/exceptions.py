@@ -47,7 +47,20 @@ class NodeDiedError(GdfutError):
 
 
 class AuthenticationError(GdfutError):
-    pass
+    """A daemon refused this process's cluster token (it is another cluster's)."""
+
+
+class ClusterConnectionError(GdfutError, ConnectionError):
+    """The head cannot be reached (wrong address, not running, died), or the
+    address names something other than a gdfut head."""
+
+
+class InvalidAddressError(GdfutError, ValueError):
+    """An address that is not HOST:PORT."""
+
+
+class SessionNotFoundError(GdfutError, FileNotFoundError):
+    """A session directory that is missing or has no cluster token."""
 
 
 class ProtocolError(GdfutError):

@@ -142,3 +142,205 @@ def test_function_the_worker_cannot_load_fails_the_task_not_the_worker(cluster, 
         gdfut.get(f.remote(), timeout=60)
     assert "driver_only_mod" in str(info.value)
     assert not isinstance(info.value, WorkerCrashedError)
+
+
+# ------------------------------------------------------- point 12: clear errors
+import re
+import signal
+import subprocess
+
+from gdfut import api
+from gdfut.exceptions import (AuthenticationError, ClusterConnectionError, GdfutError,
+                              InvalidAddressError, SessionNotFoundError)
+from gdfut.testing import Cluster
+
+
+@pytest.fixture
+def running_cluster():
+    """A head and one node, no driver: for gdfut.init(address=...) tests."""
+    with Cluster() as c:
+        c.add_node(num_cpus=1, object_store_memory=64 * 1024 * 1024)
+        yield c
+        assert not gdfut.is_initialized()
+
+
+def test_join_errors_say_what_is_wrong(running_cluster, tmp_path):
+    c = running_cluster
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "token").write_bytes(os.urandom(32))
+    with pytest.raises(AuthenticationError, match="authentication failed"):
+        gdfut.init(address=c.address, session_dir=str(other))
+    with pytest.raises(SessionNotFoundError, match="token"):
+        gdfut.init(address=c.address, session_dir=str(tmp_path / "no-such-session"))
+    for garbage in ("garbage", "127.0.0.1", "host:port", ":80"):
+        with pytest.raises(InvalidAddressError, match="HOST:PORT"):
+            gdfut.init(address=garbage, session_dir=c.session_dir)
+    node_addr = f"127.0.0.1:{c.nodes[0].info['port']}"
+    with pytest.raises(ClusterConnectionError, match="node daemon.*not the head"):
+        gdfut.init(address=node_addr, session_dir=c.session_dir)
+    with pytest.raises(ClusterConnectionError, match="cannot reach"):
+        gdfut.init(address="127.0.0.1:1", session_dir=c.session_dir)
+    assert not gdfut.is_initialized()
+
+
+def test_job_id_is_set_when_init_returns(running_cluster):
+    running_cluster.connect()
+    try:
+        job = gdfut.get_runtime_context().get_job_id()
+        assert job is not None and int(job) >= 1
+    finally:
+        running_cluster.shutdown()
+
+
+def test_api_calls_after_the_head_died_say_so(cluster):
+    head = api._state["daemons"][0]
+    head.popen.send_signal(signal.SIGKILL)
+    head.popen.wait(10)
+    for call in (gdfut.nodes, gdfut.cluster_resources, lambda: gdfut.get_actor("someone")):
+        with pytest.raises(ClusterConnectionError, match="head .* cannot be reached"):
+            call()
+
+
+def test_wait_needs_a_list_and_wait_of_nothing_is_nothing(cluster):
+    ref = gdfut.put(1)
+    with pytest.raises(TypeError, match="list of ObjectRefs, got a single ObjectRef"):
+        gdfut.wait(ref)
+    assert gdfut.wait([]) == ([], [])
+    assert gdfut.wait([], timeout=0) == ([], [])
+
+
+def gdfut_cli(*args, wrapper=(), timeout=90):
+    return subprocess.run([*wrapper, sys.executable, "-m", "gdfut.cli", *args],
+                          capture_output=True, text=True, timeout=timeout,
+                          stdin=subprocess.DEVNULL)
+
+
+def test_start_head_uses_the_session_dir_it_is_given(tmp_path):
+    wanted = tmp_path / "my-session"
+    proc = gdfut_cli("start", "--head", "--num-cpus", "1", "--object-store-memory",
+                     str(64 * 1024 * 1024), "--session-dir", str(wanted))
+    try:
+        assert proc.returncode == 0, proc.stderr
+        used = re.search(r"session dir:\s+(\S+)", proc.stdout).group(1)
+        assert used == os.path.realpath(wanted)
+        assert (wanted / "token").is_file()
+        assert "GPU 0 (found by NVML)" not in proc.stdout
+        # a second head in the same directory is refused, not started elsewhere
+        again = gdfut_cli("start", "--head", "--session-dir", str(wanted))
+        assert again.returncode == 1 and "already" in again.stderr, again.stderr
+        assert "Traceback" not in again.stderr
+    finally:
+        # under a wrapper whose command line names the session: stop spares it
+        stop = gdfut_cli("stop", "--session-dir", str(wanted), wrapper=("timeout", "60"))
+        started = re.search(r"session dir:\s+(\S+)", proc.stdout)
+        if started and started.group(1) != os.path.realpath(wanted):   # DIR was ignored
+            gdfut_cli("stop", "--session-dir", started.group(1))
+    assert stop.returncode == 0, (stop.returncode, stop.stdout, stop.stderr)
+    assert_no_leaks(str(wanted))
+
+
+def test_start_does_not_claim_nvml_when_it_is_absent(tmp_path):
+    from gdfut.cli import _gpus, _nvml_available
+    if _nvml_available():
+        pytest.skip("NVML loads on this machine")
+    assert "NVML" in _gpus({"resources": {"CPU": 1}}, None)
+    assert "found by NVML" not in _gpus({"resources": {"CPU": 1}}, None)
+    assert _gpus({"resources": {"GPU": 2}}, None) == "2 (found by NVML)"
+
+
+# ------------------------------------------- Ray semantics at the API surface
+@gdfut.remote
+def two(a, b, *, scale=1):
+    return (a + b) * scale
+
+
+@gdfut.remote
+def star(*args, **kwargs):
+    return len(args), sorted(kwargs)
+
+
+def test_remote_checks_arguments_at_the_call(cluster):
+    with pytest.raises(TypeError, match=r"two\.remote\(\).*missing a required argument: 'b'"):
+        two.remote(1)
+    with pytest.raises(TypeError, match="too many positional arguments"):
+        two.remote(1, 2, 3)
+    with pytest.raises(TypeError, match="unexpected keyword argument 'c'"):
+        two.remote(1, 2, c=3)
+    with pytest.raises(TypeError, match="multiple values for argument 'a'"):
+        two.remote(1, 2, a=3)
+    assert gdfut.get(two.remote(1, b=2, scale=3)) == 9
+    assert gdfut.get(two.options(name="renamed").remote(1, 2)) == 3
+    assert gdfut.get(star.remote(1, 2, x=1)) == (2, ["x"])
+    assert gdfut.get(two.remote(gdfut.put(1), 2)) == 3          # refs bind like any value
+
+
+def test_remote_refuses_empty_parentheses_and_async_functions():
+    with pytest.raises(TypeError, match="no arguments and no parentheses"):
+        @gdfut.remote()
+        def f():
+            pass
+
+    with pytest.raises(ValueError, match="'async def' should not be used for remote tasks"):
+        @gdfut.remote
+        async def g():
+            pass
+
+
+def test_huge_definitions_are_refused_with_the_fix(cluster, monkeypatch):
+    from gdfut import serialization
+    assert serialization.FUNCTION_SIZE_ERROR_THRESHOLD == 10**8        # Ray's default
+    monkeypatch.setattr(serialization, "FUNCTION_SIZE_ERROR_THRESHOLD", 1_000_000)
+    big = np.ones(2_000_000, dtype=np.uint8)
+
+    @gdfut.remote
+    def uses_big():
+        return int(big.sum())
+
+    with pytest.raises(ValueError, match=r"too large.*gdfut\.put\(\)"):
+        uses_big.remote()
+
+    @gdfut.remote
+    class HoldsBig:
+        def total(self):
+            return int(big.sum())
+
+    with pytest.raises(ValueError, match=r"actor class HoldsBig is too large"):
+        HoldsBig.remote()
+
+
+def test_as_future_and_object_id(cluster):
+    import asyncio
+    import concurrent.futures
+    ref = two.remote(1, 2)
+    assert isinstance(ref.future(), concurrent.futures.Future)
+    assert ref.future().result(timeout=60) == 3
+
+    async def main():
+        fut = ref.as_future()
+        assert isinstance(fut, asyncio.Future)
+        return await fut
+    assert asyncio.run(main()) == 3
+    assert gdfut.ObjectID is gdfut.ObjectRef and isinstance(ref, gdfut.ObjectID)
+
+
+@gdfut.remote
+def noop():
+    return "ran"
+
+
+def test_memory_is_a_listed_and_scheduled_resource(cluster):
+    import warnings
+
+    import psutil
+    total = gdfut.cluster_resources()["memory"]
+    assert total == psutil.virtual_memory().total
+    api._warned.discard("memory")
+    with warnings.catch_warnings(record=True) as got:
+        warnings.simplefilter("always")
+        fits = noop.options(memory=1024**2)
+    assert not [w for w in got if "memory" in str(w.message)]      # no "not supported yet"
+    # fits: runs; more than any node has: unschedulable, named
+    assert gdfut.get(fits.remote(), timeout=60) == "ran"
+    with pytest.raises(gdfut.exceptions.UnschedulableError, match="memory"):
+        gdfut.get(noop.options(memory=total * 2).remote(), timeout=60)
