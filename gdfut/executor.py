@@ -25,8 +25,8 @@ from . import protocol as P
 from . import serialization as ser
 from .exceptions import ObjectStoreFullError, TaskCancelledError, TaskError, GdfutError
 from .ids import object_id_for_return, short
-from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_OK, DONE_RESCHEDULE, ERROR, INLINE,
-                        STORE)
+from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_NEED_FUNCTION, DONE_OK, DONE_RESCHEDULE,
+                        ERROR, INLINE, STORE)
 
 log = logging.getLogger("gdfut.executor")
 
@@ -152,6 +152,9 @@ class Executor:
                 return
             fn = getattr(self.actor, task.method)
         else:
+            if task.fn_id not in self.functions:   # owner thinks we have it: ask again
+                self.rt.io.post(self.send_done, task, DONE_NEED_FUNCTION, [])
+                return
             try:
                 fn = self.function(task.fn_id)
             except BaseException as exc:   # e.g. its module is not importable here
