@@ -119,6 +119,8 @@ def _start_embedded(num_cpus, num_gpus, resources, object_store_memory):
 
 def _join(address, session_dir):
     from .core_worker import CoreWorker
+    if address != "auto":
+        _join_address(address, None)          # a bad address is named before a missing token
     session_dir, token = _session_token(session_dir)
     head_addr = _join_address(address, session_dir)
     node = _local_node(session_dir, head_addr, token)
@@ -145,7 +147,7 @@ def _session_token(session_dir: str | None) -> tuple[str, bytes]:
             f"(`gdfut start --head` printed it)") from None
 
 
-def _join_address(address: str, session_dir: str) -> tuple[str, int]:
+def _join_address(address: str, session_dir: str | None) -> tuple[str, int]:
     if address == "auto":
         from .node import read_head_addr
         addr = read_head_addr(session_dir)

@@ -10,7 +10,12 @@ import pytest
 import gdfut
 from gdfut.exceptions import ObjectStoreFullError, TaskError, WorkerCrashedError
 from helpers import assert_no_leaks, wait_until
-from conftest import store_stats
+from gdfut import protocol as P, runtime_context
+
+
+def store_stats():
+    return runtime_context.require().node_request(P.NODE_STATUS)["store"]
+
 
 # Workers cannot import this test module: ship its functions and classes by
 # value, as they would be from a user's script (``__main__``).
@@ -176,6 +181,8 @@ def test_join_errors_say_what_is_wrong(running_cluster, tmp_path):
     for garbage in ("garbage", "127.0.0.1", "host:port", ":80"):
         with pytest.raises(InvalidAddressError, match="HOST:PORT"):
             gdfut.init(address=garbage, session_dir=c.session_dir)
+    with pytest.raises(InvalidAddressError):      # named first, even without a session
+        gdfut.init(address="garbage", session_dir=str(tmp_path / "no-such-session"))
     node_addr = f"127.0.0.1:{c.nodes[0].info['port']}"
     with pytest.raises(ClusterConnectionError, match="node daemon.*not the head"):
         gdfut.init(address=node_addr, session_dir=c.session_dir)
