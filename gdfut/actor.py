@@ -51,7 +51,7 @@ class ActorClass:
 
     def _class_bytes(self):
         if self._pickled is None:
-            data = ser.dumps_callable(self._cls)
+            data = ser.dumps_remote_definition(self._cls, f"actor class {self._cls.__name__}")
             self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
         return self._pickled
 
@@ -72,6 +72,8 @@ class ActorClass:
         if o.get("num_gpus") is not None:
             resources["GPU"] = o["num_gpus"]
         resources.update(o.get("resources") or {})
+        if o.get("memory") is not None:
+            resources["memory"] = o["memory"]     # bytes, scheduled like any resource
         max_conc = o.get("max_concurrency")
         if max_conc is not None and (not isinstance(max_conc, int) or max_conc < 1):
             raise ValueError(f"max_concurrency must be an int >= 1, got {max_conc!r}")

@@ -11,9 +11,11 @@ import threading
 
 from . import cluster, runtime_context
 from . import serialization as ser
-from .exceptions import NotInitializedError
+from .exceptions import (AuthenticationError, ClusterConnectionError, InvalidAddressError,
+                         NotInitializedError, SessionNotFoundError)
 from .ids import new_id
 from .object_ref import ObjectRef
+from .signature import CallChecker, signature_of
 
 _lock = threading.RLock()
 _state: dict = {}
@@ -28,8 +30,7 @@ DEFAULT_MAX_RETRIES = 3
 _NOT_YET = {"max_restarts": "actors are not restarted after they die",
             "max_task_retries": "actor calls are not retried",
             "retry_exceptions": "application exceptions are not retried",
-            "lifetime": "detached actors still end with their owner",
-            "memory": "memory is not a scheduled resource"}
+            "lifetime": "detached actors still end with their owner"}
 _warned: set = set()
 
 
@@ -66,7 +67,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
         else:
             _join(address, session_dir)
-        runtime_context.require().log_to_driver = bool(log_to_driver)
+        rt = runtime_context.require()
+        if rt.job_id is None:
+            where = "{}:{}".format(*rt.head_addr) if rt.head_addr else "(unknown address)"
+            shutdown()
+            raise ClusterConnectionError(f"this driver could not register with the gdfut "
+                                         f"head at {where}; is the head running?")
+        rt.log_to_driver = bool(log_to_driver)
         atexit.register(shutdown)
         return _context()
 
@@ -112,29 +119,68 @@ def _start_embedded(num_cpus, num_gpus, resources, object_store_memory):
 
 def _join(address, session_dir):
     from .core_worker import CoreWorker
-    from .node import read_head_addr
-    session_dir = session_dir or os.path.realpath(os.path.join(cluster.DEFAULT_ROOT,
-                                                               "session_latest"))
-    token = open(os.path.join(session_dir, "token"), "rb").read()
-    if address == "auto":
-        address = "{}:{}".format(*read_head_addr(session_dir))
-    host, port = address.rsplit(":", 1)
-    node = _local_node(session_dir, (host, int(port)), token)
+    if address != "auto":
+        _join_address(address, None)          # a bad address is named before a missing token
+    session_dir, token = _session_token(session_dir)
+    head_addr = _join_address(address, session_dir)
+    node = _local_node(session_dir, head_addr, token)
     rt = CoreWorker(mode="driver", node_host=node[0], node_port=node[1], token=token,
-                    session_dir=session_dir, head_addr=(host, int(port)))
+                    session_dir=session_dir, head_addr=head_addr)
     rt.start()
     _state.update(rt=rt, daemons=[], session_dir=session_dir)
     runtime_context.set_runtime(rt)
+
+
+def _session_token(session_dir: str | None) -> tuple[str, bytes]:
+    """The session directory to join and its cluster token."""
+    latest = os.path.join(cluster.DEFAULT_ROOT, "session_latest")
+    path = os.path.realpath(session_dir or latest)
+    try:
+        with open(os.path.join(path, "token"), "rb") as f:
+            return path, f.read()
+    except OSError as exc:
+        where = (f"session_dir {session_dir!r}" if session_dir else
+                 f"the latest session ({latest})")
+        raise SessionNotFoundError(
+            f"gdfut.init(address=...) needs the cluster token, but {where} has no readable "
+            f"token file ({exc.strerror}); pass session_dir= of the cluster "
+            f"(`gdfut start --head` printed it)") from None
+
+
+def _join_address(address: str, session_dir: str | None) -> tuple[str, int]:
+    if address == "auto":
+        from .node import read_head_addr
+        addr = read_head_addr(session_dir)
+        if addr is None:
+            raise ClusterConnectionError(f"address='auto': session {session_dir} names no "
+                                         f"running head; give address='HOST:PORT'")
+        return addr[0], int(addr[1])
+    if not isinstance(address, str):
+        raise InvalidAddressError(f"address must be a 'HOST:PORT' string, got "
+                                  f"{type(address).__name__}")
+    host, sep, port = address.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise InvalidAddressError(f"address {address!r} is not HOST:PORT (e.g. "
+                                  f"'127.0.0.1:6379', as `gdfut start --head` prints), "
+                                  f"'auto' or 'local'")
+    return host.strip("[]"), int(port)
 
 
 def _local_node(session_dir, head_addr, token):
     """Address of a node daemon on this host (asks the head)."""
     from .cli import head_request
     from . import protocol as P
-    nodes = head_request(head_addr, token, P.HEAD_LIST_NODES)
+    where = "{}:{}".format(*head_addr)
+    try:
+        nodes = head_request(head_addr, token, P.HEAD_LIST_NODES)
+    except AuthenticationError as exc:
+        raise AuthenticationError(
+            f"authentication failed at the gdfut head at {where}: the token in "
+            f"{os.path.join(session_dir, 'token')} is not that cluster's token; pass "
+            f"session_dir= of the cluster at {where}") from None
     alive = [n for n in nodes if n["state"] == "ALIVE"]
     if not alive:
-        raise RuntimeError(f"the cluster at {head_addr[0]}:{head_addr[1]} has no alive node")
+        raise ClusterConnectionError(f"the cluster at {where} has no alive node")
     return tuple(alive[0]["addr"])
 
 
@@ -194,13 +240,8 @@ def get_actor(name: str, namespace: str | None = None):
     from . import protocol as P
     from .transport.tcp import RemoteError
     rt = runtime_context.require()
-
-    async def lookup():
-        head = await rt.head()
-        return await head.request(P.HEAD_LOOKUP_ACTOR, name)
-
     try:
-        actor_id, owner_wid, owner_addr, meta = rt.io.run(lookup(), timeout=30)
+        actor_id, owner_wid, owner_addr, meta = rt.head_request(P.HEAD_LOOKUP_ACTOR, name)
     except RemoteError as exc:
         raise ValueError(str(exc)) from None
     return ActorHandle(actor_id, owner_wid, tuple(owner_addr), meta["class_name"],
@@ -293,12 +334,7 @@ def get_runtime_context() -> RuntimeContext:
 
 def nodes() -> list[dict]:
     from . import protocol as P
-    rt = runtime_context.require()
-
-    async def ask():
-        head = await rt.head()
-        return await head.request(P.HEAD_LIST_NODES)
-    return rt.io.run(ask(), timeout=30)
+    return runtime_context.require().head_request(P.HEAD_LIST_NODES)
 
 
 # ------------------------------------------------------------------ remote
@@ -306,8 +342,10 @@ def remote(*args, **kwargs):
     """``@remote`` or ``@remote(num_cpus=..., ...)`` on a function or class."""
     if len(args) == 1 and not kwargs and callable(args[0]):
         return _make_remote(args[0], {})
-    if args:
-        raise TypeError("remote() takes a function or class, or only keyword options")
+    if args or not kwargs:
+        raise TypeError("the @gdfut.remote decorator must be applied either with no arguments "
+                        "and no parentheses (@gdfut.remote) or with some of the options "
+                        f"{sorted(_TASK_OPTIONS)} (e.g. @gdfut.remote(num_cpus=2))")
     _check_options(kwargs)
     warn_not_yet(kwargs)
     return lambda target: _make_remote(target, kwargs)
@@ -319,6 +357,10 @@ def _make_remote(target, options):
         return ActorClass(target, options)
     if not callable(target):
         raise TypeError(f"@remote needs a function or class, got {type(target).__name__}")
+    if inspect.iscoroutinefunction(target):
+        raise ValueError(f"'async def' should not be used for remote tasks ({target.__name__}): "
+                         f"wrap it in a plain function that calls asyncio.run(...), or make it "
+                         f"a method of an actor (async actors run async def methods)")
     return RemoteFunction(target, options)
 
 
@@ -337,7 +379,8 @@ def _check_options(options: dict):
 def resources_of(options: dict, default_cpus: float = 1.0) -> dict:
     from .sched.resources import ResourceSet
     rs = ResourceSet.from_options(options.get("num_cpus"), options.get("num_gpus"),
-                                  options.get("resources"), default_cpus=default_cpus)
+                                  options.get("resources"), default_cpus=default_cpus,
+                                  memory=options.get("memory"))
     return rs.to_dict()
 
 
@@ -348,6 +391,7 @@ class RemoteFunction:
         self._name = getattr(fn, "__qualname__", getattr(fn, "__name__", "function"))
         self._pickled: tuple | None = None
         self._resolved: dict | None = None
+        self._check_args: CallChecker | None = None
         self.__doc__ = fn.__doc__
 
     def __call__(self, *args, **kwargs):
@@ -356,7 +400,7 @@ class RemoteFunction:
 
     def _function_bytes(self):
         if self._pickled is None:
-            data = ser.dumps_callable(self._fn)
+            data = ser.dumps_remote_definition(self._fn, f"remote function {self._name}")
             self._pickled = (hashlib.blake2b(data, digest_size=16).digest(), data)
         return self._pickled
 
@@ -378,10 +422,16 @@ class RemoteFunction:
         warn_not_yet(options)
         clone = RemoteFunction(self._fn, {**self._options, **options})
         clone._pickled = self._pickled
+        clone._check_args = self._check_args
         return clone
 
     def remote(self, *args, **kwargs):
         rt = runtime_context.require()
+        check = self._check_args
+        if check is None:
+            check = self._check_args = CallChecker(signature_of(self._fn),
+                                                   f"{self._name}.remote()")
+        check(args, kwargs)      # TypeError here, as Ray, not later in a worker
         fn_id, fn_bytes = self._function_bytes()
         opts = self._task_options()
         refs = rt.submitter.submit(fn_id, fn_bytes, self._name, args, kwargs, opts)

@@ -1,7 +1,7 @@
 """``gdfut`` command line: start, stop and inspect a cluster.
 
     gdfut start --head [--port N] [--bind HOST] [--num-cpus N] [--num-gpus N]
-                       [--resources JSON] [--object-store-memory BYTES]
+                       [--resources JSON] [--object-store-memory BYTES] [--session-dir D]
     gdfut start --address HOST:PORT [--session-dir D] [--num-cpus N] ...
     gdfut stop [--session-dir D]
     gdfut status [--address HOST:PORT] [--session-dir D] [--json]
@@ -26,6 +26,7 @@ import time
 
 from . import cluster
 from . import protocol as P
+from .exceptions import AuthenticationError, ClusterConnectionError, GdfutError
 
 STOP_GRACE_S = 5.0
 SHM_DIR = "/dev/shm"
@@ -35,8 +36,18 @@ class CliError(Exception):
     """A failure reported as one line on stderr (exit code 1)."""
 
 
-class Unreachable(ConnectionError):
+class Unreachable(ClusterConnectionError):
     """The head or node daemon at an address could not be reached."""
+
+
+class NotTheHead(Unreachable):
+    """The address answers as a gdfut node daemon, not as the head."""
+
+
+# A head request without a reply after this long also asks whether the
+# address is a node daemon (nodes ignore head messages, so the request alone
+# would only time out).
+PROBE_NODE_AFTER_S = 1.0
 
 
 # ------------------------------------------------------------------ requests
@@ -49,7 +60,8 @@ class _ReplyHandler:
         pass
 
 
-async def _request(addr: tuple, token: bytes, mtype: int, fields: tuple, timeout: float):
+async def _request(addr: tuple, token: bytes, mtype: int, fields: tuple, timeout: float,
+                   probe_node: bool = False):
     from .transport import tcp
     host, port = addr[0], int(addr[1])
     what = f"{host}:{port}"
@@ -58,20 +70,64 @@ async def _request(addr: tuple, token: bytes, mtype: int, fields: tuple, timeout
     except asyncio.TimeoutError:
         raise Unreachable(f"{what}: no answer within {timeout:g} s") from None
     except tcp.ConnectionLost:
-        raise Unreachable(f"{what}: connection closed during authentication") from None
+        raise await _closed_by_peer(what, host, port) from None
     except ConnectionRefusedError:
         raise Unreachable(f"{what}: connection refused (nothing listens there; is the cluster "
                           f"running?)") from None
     except OSError as exc:
         raise Unreachable(f"{what}: {exc.strerror or exc}") from None
     try:
-        return await asyncio.wait_for(conn.request(mtype, *fields), timeout)
+        return await _reply_or_probe(conn, what, mtype, fields, timeout, probe_node)
     except asyncio.TimeoutError:
         raise Unreachable(f"{what}: no reply within {timeout:g} s") from None
     except tcp.ConnectionLost:
-        raise Unreachable(f"{what}: connection closed (wrong cluster token?)") from None
+        raise await _closed_by_peer(what, host, port) from None
     finally:
         conn.close()
+
+
+async def _reply_or_probe(conn, what: str, mtype: int, fields: tuple, timeout: float,
+                          probe_node: bool):
+    """The reply to a request; with ``probe_node`` (a head request) that gets
+    none at once, NotTheHead when the address turns out to be a node daemon's."""
+    reply = asyncio.ensure_future(conn.request(mtype, *fields))
+    if not probe_node or timeout <= PROBE_NODE_AFTER_S:
+        return await asyncio.wait_for(reply, timeout)
+    done, _ = await asyncio.wait({reply}, timeout=PROBE_NODE_AFTER_S)
+    if done:
+        return reply.result()
+    probe = asyncio.ensure_future(conn.request(P.NODE_STATUS))
+    try:
+        done, _ = await asyncio.wait({reply, probe}, timeout=timeout - PROBE_NODE_AFTER_S,
+                                     return_when=asyncio.FIRST_COMPLETED)
+        if reply in done:
+            return reply.result()
+        if probe in done and isinstance(probe.result(), dict) and "node_id" in probe.result():
+            node_id = probe.result()["node_id"]
+            node = node_id.hex() if isinstance(node_id, bytes) else node_id
+            raise NotTheHead(f"{what} is a gdfut node daemon (node {node}), not the head: give "
+                             f"the head's address (`gdfut start --head` printed it; "
+                             f"`gdfut status` shows it)")
+        raise asyncio.TimeoutError
+    finally:
+        for fut in (reply, probe):
+            if not fut.done():
+                fut.cancel()
+            elif not fut.cancelled():
+                fut.exception()          # retrieved: no "never retrieved" warning
+
+
+async def _closed_by_peer(what: str, host: str, port: int) -> Exception:
+    """The daemon closed the connection before answering. If it still accepts
+    connections it is alive and refused us: the token is not its cluster's."""
+    try:
+        _, writer = await asyncio.wait_for(asyncio.open_connection(host, port), 2.0)
+    except (OSError, asyncio.TimeoutError):
+        return Unreachable(f"{what}: connection closed (the daemon stopped?)")
+    writer.close()
+    return AuthenticationError(f"authentication failed at {what}: it closed the connection "
+                               f"after the token handshake, so this cluster token is not its "
+                               f"cluster's")
 
 
 def _run(coro):
@@ -98,16 +154,23 @@ def _run(coro):
 def request(addr: tuple, token: bytes, mtype: int, *fields, timeout: float = 10):
     """One request/reply with any daemon (head or node) on a fresh connection.
 
-    Raises ``Unreachable`` when it cannot connect or gets no reply, and
+    Raises ``Unreachable`` when it cannot connect or gets no reply,
+    ``AuthenticationError`` when the daemon refuses the token, and
     ``transport.tcp.RemoteError`` when the daemon answers with an error.
     """
     return _run(_request(tuple(addr), token, mtype, fields, timeout))
 
 
+def _head_request(addr: tuple, token: bytes, mtype: int, fields: tuple, timeout: float):
+    return _run(_request(tuple(addr), token, mtype, fields, timeout, probe_node=True))
+
+
 def head_request(head_addr: tuple, token: bytes, mtype: int, *fields, timeout: float = 10):
     """Ask the head one question (``HEAD_*`` message types) and return its reply."""
     try:
-        return request(head_addr, token, mtype, *fields, timeout=timeout)
+        return _head_request(head_addr, token, mtype, fields, timeout)
+    except NotTheHead:
+        raise
     except Unreachable as exc:
         raise Unreachable(f"cannot reach the gdfut head at {exc}") from None
 
@@ -220,7 +283,24 @@ def _wait_ready(daemon, session_dir: str) -> dict:
 def _gpus(node_info: dict, declared) -> str:
     if declared is not None:
         return _num(declared)
-    return _num((node_info.get("resources") or {}).get("GPU", 0)) + " (found by NVML)"
+    count = (node_info.get("resources") or {}).get("GPU", 0)
+    if count:
+        return _num(count) + " (found by NVML)"
+    return "0 (" + ("NVML found no GPU" if _nvml_available() else "NVML not available") + ")"
+
+
+def _nvml_available() -> bool:
+    """Whether NVML loads here (the node counted GPUs with it on this host)."""
+    try:
+        import pynvml
+        pynvml.nvmlInit()
+    except Exception:   # no package, or no driver library
+        return False
+    try:
+        pynvml.nvmlShutdown()
+    except Exception:
+        pass
+    return True
 
 
 def _spawn_node(args, session_dir, head_addr) -> tuple:
@@ -257,7 +337,10 @@ def _start_head(args) -> int:
         previous = os.readlink(latest)
     except OSError:
         previous = None
-    session_dir = cluster.new_session_dir()
+    try:
+        session_dir = cluster.new_session_dir(path=args.session_dir)
+    except OSError as exc:
+        raise CliError(f"--session-dir: {exc}") from None
     head = cluster.spawn_head(session_dir, port=args.port, bind=args.bind, detach=True)
     try:
         hinfo = _wait_ready(head, session_dir)
@@ -353,8 +436,12 @@ def _belongs(pid: int, session_dir: str) -> bool:
     return session_dir in cmd or os.path.basename(session_dir) in " ".join(cmd)
 
 
+_DAEMON_MODULES = ("gdfut.head", "gdfut.node", "gdfut.worker_main")
+
+
 def _session_processes(session_dir: str) -> list[tuple[str, int]]:
-    """Every process started with ``--session-dir <session_dir>`` (workers too)."""
+    """Every gdfut daemon or worker started with ``--session-dir <session_dir>``
+    (not other commands naming the session, such as this one under a wrapper)."""
     found = []
     if not os.path.isdir("/proc"):
         return found
@@ -366,7 +453,9 @@ def _session_processes(session_dir: str) -> list[tuple[str, int]]:
         for i, a in enumerate(cmd[:-1]):
             if a == "--session-dir" and os.path.realpath(cmd[i + 1]) == session_dir:
                 mod = next((cmd[j + 1] for j in range(len(cmd) - 1) if cmd[j] == "-m"), "")
-                kind = mod.rsplit(".", 1)[-1].replace("worker_main", "worker") or "process"
+                if mod not in _DAEMON_MODULES:
+                    break       # e.g. `timeout 60 gdfut stop --session-dir D` itself
+                kind = mod.rsplit(".", 1)[-1].replace("worker_main", "worker")
                 found.append((kind, int(entry)))
                 break
     return found
@@ -685,7 +774,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--resources", default=None, help='custom resources, JSON: \'{"accel": 2}\'')
     st.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES")
     st.add_argument("--session-dir", default=None,
-                    help="with --address: session directory of the head (default: latest)")
+                    help="with --head: a new (or empty) directory for the session (default: "
+                         "a new one under the sessions root); with --address: the session "
+                         "directory of the head (default: latest)")
     st.set_defaults(func=cmd_start)
 
     sp = sub.add_parser("stop", help="stop every process of a session")
@@ -712,7 +803,7 @@ def main(argv=None) -> int:
         return args.func(args)
     except CliError as exc:
         print(f"gdfut {args.command}: error: {exc}", file=sys.stderr)
-    except (Unreachable, RemoteError) as exc:
+    except (GdfutError, RemoteError) as exc:   # Unreachable, AuthenticationError...
         print(f"gdfut {args.command}: error: {exc}", file=sys.stderr)
     except BrokenPipeError:        # `gdfut status | head`: the reader went away
         devnull = os.open(os.devnull, os.O_WRONLY)

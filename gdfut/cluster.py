@@ -25,10 +25,21 @@ MAX_PRUNED_PER_START = 500   # bound on the clean-up work one start does
 STARTING_GRACE_S = 60.0      # a session with no head.json yet this young may be starting
 
 
-def new_session_dir(root: str = DEFAULT_ROOT) -> str:
+def new_session_dir(root: str = DEFAULT_ROOT, path: str | None = None) -> str:
+    """A new session directory with a fresh token: ``path`` if given (it must
+    not exist yet, or be empty), else a new one under ``root``. Either way
+    ``session_latest`` under ``root`` points at it."""
     os.makedirs(root, exist_ok=True)
-    name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(2)}"
-    path = os.path.join(root, name)
+    if path is None:
+        name = f"session_{time.strftime('%Y%m%d-%H%M%S')}_{os.getpid()}_{secrets.token_hex(2)}"
+        path = os.path.join(root, name)
+    else:
+        path = os.path.realpath(path)
+        if os.path.isdir(path) and os.listdir(path):
+            what = "a gdfut session already" if os.path.exists(os.path.join(path, "token")) \
+                else "not empty"
+            raise FileExistsError(f"session directory {path} is {what}; give a new or "
+                                  f"empty directory")
     os.makedirs(os.path.join(path, "logs"))
     fd = os.open(os.path.join(path, "token"), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "wb") as f:

@@ -24,7 +24,7 @@ import time
 
 from . import protocol as P
 from .exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, OwnerDiedError,
-                         GdfutError)
+                         GdfutError, ClusterConnectionError, load_error)
 from .ids import new_id, object_id_for_put, short
 from .object_ref import ObjectRef
 from . import ownership as own
@@ -186,11 +186,12 @@ class CoreWorker:
             self.head_addr = tuple(info["head_addr"])
         from .devstore.arena import SharedArena
         self.arena = SharedArena.attach(info["arena_name"])
-        if kind == "driver":
+        if kind == "driver":   # before init returns: get_job_id() is set from the start
             self._job_task = self.io.loop.create_task(self._register_job(pid))
+            await asyncio.shield(self._job_task)
 
     async def _register_job(self, pid):
-        """Record this driver in the head's job table (control plane, off the hot path)."""
+        """Record this driver in the head's job table (control plane, once per driver)."""
         for _ in range(100):
             try:
                 head = await self.head()
@@ -206,10 +207,43 @@ class CoreWorker:
                 from .node import read_head_addr
                 self.head_addr = read_head_addr(self.session_dir)
             if self.head_addr is None:
-                raise GdfutError("no head address known")
-            self.head_conn = await tcp.connect(*self.head_addr, PeerHandler(self), self.token)
+                raise ClusterConnectionError(f"no head address known (session "
+                                             f"{self.session_dir} names no running head)")
+            try:
+                self.head_conn = await tcp.connect(*self.head_addr, PeerHandler(self),
+                                                   self.token)
+            except (OSError, asyncio.TimeoutError) as exc:
+                raise self._head_gone(exc) from None
             self.head_conn.peer = {"role": "head"}
         return self.head_conn
+
+    def _head_gone(self, exc: BaseException) -> ClusterConnectionError:
+        if isinstance(exc, asyncio.TimeoutError):
+            reason = "no answer"
+        elif isinstance(exc, ConnectionRefusedError):
+            reason = "connection refused"
+        else:
+            reason = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
+        return ClusterConnectionError(
+            "the gdfut head at {}:{} cannot be reached ({}): it died or was stopped? "
+            "(`gdfut status` shows the cluster)".format(*self.head_addr, reason))
+
+    def head_request(self, mtype, *fields, timeout: float = 30):
+        """A request to the head from a user thread (blocks until the reply);
+        ClusterConnectionError when the head is gone."""
+        async def ask():
+            head = await self.head()
+            try:
+                return await head.request(mtype, *fields)
+            except tcp.ConnectionLost as exc:
+                raise self._head_gone(exc) from None
+
+        fut = asyncio.run_coroutine_threadsafe(ask(), self.io.loop)
+        try:
+            return fut.result(timeout)
+        except concurrent.futures.TimeoutError:
+            fut.cancel()
+            raise self._head_gone(asyncio.TimeoutError()) from None
 
     def _register_handlers(self):
         d = self.dispatch
@@ -647,7 +681,7 @@ class CoreWorker:
         if kind == INLINE:
             return ser.loads_inline(entry[1])
         if kind == ERROR:
-            raise pickle.loads(entry[1])
+            raise load_error(entry[1])
         if kind == "pinned":
             region = self.arena.readonly_pinned(entry[1], entry[2], _Unpin(self, oid))
             return ser.loads_from_store(region)
@@ -680,9 +714,18 @@ class CoreWorker:
     # ----------------------------------------------------------------- wait
     def wait(self, refs, num_returns: int = 1, timeout: float | None = None,
              fetch_local: bool = True):
-        refs = list(refs)
+        if isinstance(refs, ObjectRef):
+            raise TypeError("wait() expected a list of ObjectRefs, got a single ObjectRef; "
+                            "use wait([ref])")
+        try:
+            refs = list(refs)
+        except TypeError:
+            raise TypeError(f"wait() expected a list of ObjectRefs, got "
+                            f"{type(refs).__name__}") from None
         if not all(isinstance(r, ObjectRef) for r in refs):
             raise TypeError("wait() takes a list of ObjectRefs")
+        if not refs:
+            return [], []           # as Ray: nothing to wait for
         if len(set(r.id for r in refs)) != len(refs):
             raise ValueError("wait() got duplicate ObjectRefs")
         if not 0 <= num_returns <= len(refs):

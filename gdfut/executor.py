@@ -25,8 +25,8 @@ from . import protocol as P
 from . import serialization as ser
 from .exceptions import ObjectStoreFullError, TaskCancelledError, TaskError, GdfutError
 from .ids import object_id_for_return, short
-from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_OK, DONE_RESCHEDULE, ERROR, INLINE,
-                        STORE)
+from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_NEED_FUNCTION, DONE_OK, DONE_RESCHEDULE,
+                        ERROR, INLINE, STORE)
 
 log = logging.getLogger("gdfut.executor")
 
@@ -152,7 +152,14 @@ class Executor:
                 return
             fn = getattr(self.actor, task.method)
         else:
-            fn = self.function(task.fn_id)
+            if task.fn_id not in self.functions:   # owner thinks we have it: ask again
+                self.rt.io.post(self.send_done, task, DONE_NEED_FUNCTION, [])
+                return
+            try:
+                fn = self.function(task.fn_id)
+            except BaseException as exc:   # e.g. its module is not importable here
+                self.reply_error(task, self.wrap_error(task, exc), DONE_ERROR)
+                return
         self.call_and_reply(task, fn)
 
     def note_running_task(self, task: Task):
@@ -293,29 +300,45 @@ class Executor:
                                  f"{' of length %d' % len(result) if hasattr(result, '__len__') else ''}")
             values = list(result)
         out = []
-        for oid, value in zip(task.return_ids(), values):
-            s = ser.serialize(value, f"the return value of {task.name}")
-            entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
-            nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
-            out.append([oid, entry, nested, s.nested])
+        try:
+            for oid, value in zip(task.return_ids(), values):
+                s = ser.serialize(value, f"the return value of {task.name}")
+                entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
+                nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
+                out.append([oid, entry, nested, s.nested])
+        except BaseException:
+            # the task fails as a whole: returns already stored would have no owner entry
+            stored = [oid for oid, entry, _n, _r in out if entry[0] == STORE]
+            if stored:
+                self.rt.io.post(self.rt.node_conn.send, [P.STORE_FREE, stored])
+            raise
         return out
 
     def wrap_error(self, task: Task, exc: BaseException) -> BaseException:
+        """The error the task's owner gets for ``exc``. Never raises: whatever
+        the exception's class, reporting it must not take the worker down."""
         if isinstance(exc, TaskError) or (isinstance(exc, GdfutError) and
                                           not isinstance(exc, ObjectStoreFullError)):
             return exc   # already explains itself (e.g. a failed dependency)
-        tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-        return TaskError(task.name, tb, exc, type(exc).__name__).as_instanceof_cause()
+        try:
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+        except Exception:   # a broken __str__ or traceback: still report the class
+            tb = f"<traceback of {type(exc).__name__} could not be formatted>"
+        err = TaskError(task.name, tb, exc, type(exc).__name__)
+        try:
+            return err.as_instanceof_cause()
+        except Exception:
+            log.exception("as_instanceof_cause failed for %s", type(exc).__name__)
+            return err
 
     def pickle_error(self, err: BaseException) -> bytes:
         try:
             return cloudpickle.dumps(err)
-        except Exception:
-            cause = getattr(err, "cause", None)
+        except Exception:   # a non-TaskError that does not pickle: keep its class name and text
+            cause = getattr(err, "cause", None) or err
             fallback = TaskError(getattr(err, "function", "?"),
                                  getattr(err, "remote_traceback", ""), None,
-                                 type(cause).__name__ if cause else type(err).__name__)
-            fallback.cause = RuntimeError(repr(cause or err))
+                                 type(cause).__name__, repr(cause))
             return cloudpickle.dumps(fallback)
 
     def error_returns(self, task: Task, err: BaseException) -> list:

@@ -28,7 +28,7 @@ from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager,
 from .node_pgs import NodeBundles
 from .object_transfer import ObjectTransfer, TransferError
 from .sched import policy
-from .sched.resources import GPU_MEMORY, ResourceSet, actor_resources
+from .sched.resources import GPU_MEMORY, MEMORY, ResourceSet, actor_resources
 from .transport import tcp
 from .transport.base import default_backend_name
 
@@ -577,8 +577,13 @@ def detect_gpus() -> tuple[int, int]:
 
 def declared_resources(num_gpus, resources_json: str | None) -> tuple[float, dict]:
     """GPUs and custom resources of this node: the flags, else what NVML finds.
-    Found GPUs also declare their memory as the ``GPU_memory`` resource."""
+    Found GPUs also declare their memory as the ``GPU_memory`` resource; the
+    ``memory`` resource (bytes, what ``memory=`` asks for) is the machine's
+    total memory unless declared (as Ray)."""
     resources = json.loads(resources_json or "{}")
+    if isinstance(resources, dict) and MEMORY not in resources:
+        import psutil
+        resources[MEMORY] = psutil.virtual_memory().total
     if num_gpus is None:
         num_gpus, memory = detect_gpus()
         if num_gpus and memory and GPU_MEMORY not in resources:

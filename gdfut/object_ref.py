@@ -54,8 +54,16 @@ class ObjectRef:
         """A concurrent.futures.Future resolved with the value (or error)."""
         return runtime_context.require().value_future(self)
 
+    def as_future(self) -> asyncio.Future:
+        """An asyncio.Future of the value (Ray's ``as_future``), on the current
+        event loop; ``future()`` gives a concurrent.futures.Future."""
+        return asyncio.wrap_future(self.future())
+
     def __await__(self):
         return asyncio.wrap_future(self.future()).__await__()
+
+
+ObjectID = ObjectRef   # Ray's older name, still accepted
 
 
 def _rebuild_ref(oid, owner_wid, owner_addr):

@@ -159,6 +159,24 @@ def dumps_callable(obj) -> bytes:
     return cloudpickle.dumps((obj, _source_file(obj)))
 
 
+# A remote function or actor class whose pickle is bigger than this captured
+# something large (an array in scope): refused, as Ray refuses it (same name
+# and default, bytes), since every worker would unpickle it again.
+FUNCTION_SIZE_ERROR_THRESHOLD = 10**8
+
+
+def dumps_remote_definition(obj, what: str) -> bytes:
+    """``dumps_callable`` for ``@remote``, refusing oversized definitions."""
+    data = dumps_callable(obj)
+    if len(data) > FUNCTION_SIZE_ERROR_THRESHOLD:
+        raise ValueError(
+            f"{what} is too large to send to workers ({len(data) / 2**20:.1f} MiB pickled > "
+            f"FUNCTION_SIZE_ERROR_THRESHOLD={FUNCTION_SIZE_ERROR_THRESHOLD / 2**20:.1f} MiB): "
+            f"its definition captures a large object from its scope (an array?). Put the "
+            f"object in the object store with gdfut.put() and pass the ref as an argument")
+    return data
+
+
 def loads_callable(data: bytes):
     obj, source = cloudpickle.loads(data)
     if source:

@@ -35,6 +35,7 @@ LEASE_LINGER_S = 0.02           # keep an idle lease this long before returning 
 
 # status field of TASK_DONE
 DONE_OK, DONE_ERROR, DONE_CANCELLED, DONE_RESCHEDULE = 0, 1, 2, 3
+DONE_NEED_FUNCTION = 4   # the worker does not have the task's function: send it again
 
 
 @dataclass
@@ -331,6 +332,9 @@ class TaskSubmitter:
         q = self.queues[lease.key]
         if status == DONE_RESCHEDULE:
             self.enqueue(spec, front=True)   # the worker blocked; run it elsewhere
+        elif status == DONE_NEED_FUNCTION:   # its first push never arrived whole
+            lease.conn.peer.get("fns", set()).discard(spec.fn_id)
+            self.enqueue(spec, front=True)
         else:
             q.note_exec_time(m[4] if len(m) > 4 else None)
             self.finish(spec, returns)

@@ -45,9 +45,9 @@ class OutputForwarder(io.TextIOBase):
         if "\n" not in s:
             self._partial.append(s)
             return len(s)
-        head, *lines = ("".join(self._partial) + s).split("\n")
-        self._partial = [lines.pop()] if lines[-1] else []
-        self._queue([head, *lines], self.rt.output_label)
+        *lines, tail = ("".join(self._partial) + s).split("\n")
+        self._partial = [tail] if tail else []   # text after the last newline waits for more
+        self._queue(lines, self.rt.output_label)
         return len(s)
 
     def flush(self) -> None:

@@ -37,3 +37,16 @@ def assert_no_leaks(session_dir: str):
     """No process this test started is left, and no shared memory of its session."""
     wait_until(lambda: not child_processes(), timeout=10, what="child processes to exit")
     assert not shm_files(session_dir), shm_files(session_dir)
+
+
+STORE = 512 * 1024 * 1024      # object store of the test clusters
+
+
+def node_status():
+    """NODE_STATUS of the driver's node (cluster must be initialised)."""
+    from gdfut import protocol as P, runtime_context
+    return runtime_context.require().node_request(P.NODE_STATUS)
+
+
+def store_stats():
+    return node_status()["store"]

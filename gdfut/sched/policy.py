@@ -125,7 +125,7 @@ class Place:
     detail: str = ""
 
     def explain(self) -> str:
-        return f"place on {self.node_id} ({self.reason}): {self.detail}"
+        return f"place on {node_name(self.node_id)} ({self.reason}): {self.detail}"
 
 
 @dataclass(frozen=True)
@@ -208,17 +208,17 @@ def _node_affinity(
     if target is None or not target.alive:
         state = "unknown" if target is None else "dead"
         return Unschedulable(
-            {}, f"hard node affinity to {affinity.node_id}, which is {state}"
+            {}, f"hard node affinity to node {node_name(affinity.node_id)}, which is {state}"
         )
     if not target.is_feasible_for(needs):
         missing = needs.missing_from(target.total)
         return Unschedulable(
             missing,
-            f"hard node affinity to {target.node_id}, which lacks {missing} "
+            f"hard node affinity to node {node_name(target.node_id)}, which lacks {missing} "
             f"(needs {needs.to_dict()}, node total {target.total.to_dict()})",
         )
     if target.node_id == request.local_node_id:
-        return Wait(f"hard node affinity: {target.node_id} is busy")
+        return Wait(f"hard node affinity: node {node_name(target.node_id)} is busy")
     # Only the target may run it: queue there, never at a node that cannot.
     return Place(target.node_id, "affinity", "requested node is busy; queue there")
 
@@ -249,7 +249,7 @@ def _default(
         # Moving it to another busy node would only add a hop: stay queued here.
         return Wait(
             f"no node has {needs.to_dict()} free; queueing at local node "
-            f"{request.local_node_id}"
+            f"{node_name(request.local_node_id)}"
         )
     return _spillback_target(request, feasible)
 
@@ -315,8 +315,9 @@ def _spillback_target(request: PlacementRequest, candidates: list[NodeView]) -> 
     return Place(
         chosen.node_id,
         "spillback",
-        f"local node {request.local_node_id} cannot run {request.resources.to_dict()}; "
-        f"queue at {chosen.node_id} (queue {chosen.queue_length})",
+        f"local node {node_name(request.local_node_id)} cannot run "
+        f"{request.resources.to_dict()}; queue at {node_name(chosen.node_id)} "
+        f"(queue {chosen.queue_length})",
     )
 
 
@@ -333,6 +334,11 @@ def utilisation_after(needs: ResourceSet, node: NodeView) -> float:
         used = total - node.available.units(name) + needs.units(name)
         worst = max(worst, used / total)
     return worst
+
+
+def node_name(node_id) -> str:
+    """A node as users see it elsewhere (``gdfut status``, ``get_node_id()``): hex."""
+    return node_id.hex() if isinstance(node_id, (bytes, bytearray)) else str(node_id)
 
 
 def _unschedulable(needs: ResourceSet, nodes: Sequence[NodeView]) -> Unschedulable:
@@ -358,7 +364,7 @@ def _unschedulable(needs: ResourceSet, nodes: Sequence[NodeView]) -> Unschedulab
     return Unschedulable(
         missing,
         f"needs {needs.to_dict()} but no single node has all of it; closest node "
-        f"{closest.node_id} lacks {missing}; cluster totals: {totals}",
+        f"{node_name(closest.node_id)} lacks {missing}; cluster totals: {totals}",
     )
 
 

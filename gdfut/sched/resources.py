@@ -89,10 +89,12 @@ class ResourceSet(Mapping[str, float]):
         num_gpus: float | None = None,
         resources: Mapping[str, Any] | None = None,
         default_cpus: float = 1.0,
+        memory: float | None = None,
     ) -> ResourceSet:
         """The resources a task/actor asks for, from its ``.options(...)``.
 
-        ``num_cpus`` defaults to ``default_cpus``. GPUs may be fractional
+        ``num_cpus`` defaults to ``default_cpus``; ``memory`` (bytes) is the
+        ``memory`` resource, scheduled like any other. GPUs may be fractional
         (0 < x < 1, several tasks share one device) or whole numbers; 1.5 GPUs
         is rejected because no single task can be placed across 1.5 devices.
         """
@@ -106,6 +108,11 @@ class ResourceSet(Mapping[str, float]):
         quantities[CPU] = default_cpus if num_cpus is None else num_cpus
         if num_gpus is not None:
             quantities[GPU] = num_gpus
+        if memory is not None:
+            if MEMORY in quantities:
+                raise ValueError("resource 'memory': give memory= or resources={'memory': ...}, "
+                                 "not both")
+            quantities[MEMORY] = memory
         result = cls(quantities)
         gpus = result.get(GPU, 0)
         if gpus > 1 and not float(gpus).is_integer():

@@ -8,9 +8,7 @@ clean up after themselves); leaks are checked when the module is done.
 import pytest
 
 import gdfut
-from helpers import assert_no_leaks
-
-STORE = 512 * 1024 * 1024
+from helpers import STORE, assert_no_leaks
 
 
 @pytest.fixture(scope="module")

@@ -1,10 +1,7 @@
 import pytest
 
 import gdfut
-from gdfut import protocol as P, runtime_context
-from helpers import assert_no_leaks, child_processes
-
-STORE = 512 * 1024 * 1024
+from helpers import STORE, assert_no_leaks, child_processes
 
 
 @pytest.fixture
@@ -17,10 +14,3 @@ def cluster():
         gdfut.shutdown()
         assert_no_leaks(info["session_dir"])
 
-
-def node_status():
-    return runtime_context.require().node_request(P.NODE_STATUS)
-
-
-def store_stats():
-    return node_status()["store"]

@@ -13,7 +13,7 @@ import gdfut
 from gdfut.exceptions import (ActorDiedError, GetTimeoutError, NotInitializedError,
                               ObjectStoreFullError, SerializationError, TaskCancelledError,
                               TaskError, WorkerCrashedError)
-from conftest import STORE, node_status, store_stats
+from helpers import STORE, node_status, store_stats
 from helpers import assert_no_leaks, wait_until
 
 

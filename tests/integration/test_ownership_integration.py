@@ -7,7 +7,7 @@ import pytest
 
 import gdfut
 from gdfut.exceptions import ObjectLostError, OwnerDiedError
-from conftest import store_stats
+from helpers import store_stats
 from helpers import wait_until
 
 MB = 1024 * 1024

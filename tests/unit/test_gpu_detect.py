@@ -3,7 +3,11 @@ import json
 import sys
 import types
 
+import psutil
+
 from gdfut import node
+
+MEMORY = psutil.virtual_memory().total    # the default 'memory' resource of a node
 
 
 def _fake_pynvml(count, mem_each, fail_init=False):
@@ -39,15 +43,16 @@ def test_no_driver_means_cpu_mode(monkeypatch):
     mod, _ = _fake_pynvml(0, [], fail_init=True)
     monkeypatch.setitem(sys.modules, "pynvml", mod)
     assert node.detect_gpus() == (0, 0)
-    assert node.declared_resources(None, None) == (0, {})
+    assert node.declared_resources(None, None) == (0, {"memory": MEMORY})
 
 
 def test_declared_resources(monkeypatch):
     mod, _ = _fake_pynvml(1, [80 << 30])
     monkeypatch.setitem(sys.modules, "pynvml", mod)
-    assert node.declared_resources(None, None) == (1, {"GPU_memory": 80 << 30})
+    assert node.declared_resources(None, None) == (1, {"GPU_memory": 80 << 30, "memory": MEMORY})
     # an explicit figure wins over the detected one
-    assert node.declared_resources(None, json.dumps({"GPU_memory": 1 << 30})) == \
-        (1, {"GPU_memory": 1 << 30})
-    # --num-gpus given (emulated GPUs): no detection, no memory invented
-    assert node.declared_resources(2, json.dumps({"accel": 1})) == (2, {"accel": 1})
+    assert node.declared_resources(None, json.dumps({"GPU_memory": 1 << 30, "memory": 5})) == \
+        (1, {"GPU_memory": 1 << 30, "memory": 5})
+    # --num-gpus given (emulated GPUs): no detection, no GPU memory invented
+    assert node.declared_resources(2, json.dumps({"accel": 1})) == \
+        (2, {"accel": 1, "memory": MEMORY})

@@ -315,3 +315,24 @@ def test_soft_affinity_falls_back_to_default():
     assert choose_node(soft_b, nodes).node_id == "a"
     soft_dead = req({"CPU": 1}, local="a", strategy=NodeAffinity("zzz", soft=True))
     assert choose_node(soft_dead, nodes).node_id == "a"
+
+
+def test_messages_name_nodes_by_hex_id():
+    a, b = bytes.fromhex("aa01" * 8), bytes.fromhex("bb02" * 8)
+    nodes = [node(a, {"CPU": 4}), node(b, {"GPU": 1})]
+    split = choose_node(PlacementRequest(R({"CPU": 1, "GPU": 1}), a, {}, DEFAULT), nodes)
+    assert isinstance(split, Unschedulable)
+    assert a.hex() in split.message or b.hex() in split.message
+    assert "b'" not in split.message
+    hard = PlacementRequest(R({"GPU": 1}), a, {}, NodeAffinity(a, soft=False))
+    lacks = choose_node(hard, nodes)
+    assert isinstance(lacks, Unschedulable) and a.hex() in lacks.message
+    assert "b'" not in lacks.message
+
+
+def test_memory_option_is_a_resource():
+    assert R.from_options(memory=2**30).to_dict() == {"CPU": 1, "memory": 2**30}
+    with pytest.raises(ValueError, match="not both"):
+        R.from_options(memory=1, resources={"memory": 2})
+    with pytest.raises(ValueError, match="memory"):
+        R.from_options(memory="lots")
