@@ -56,6 +56,8 @@ class ActorClient:
         self.gpu_ids: tuple = ()    # creator only: devices its lease holds
         self.named = False          # creator only: registered under a name at the head
         self.exited = False         # it ended itself with exit_actor()
+        self.locate_task = None     # the ACTOR_LOCATION question to the owner, if asked
+        self.kill_waiting = False   # kill() waits for that answer to kill the worker
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -169,7 +171,7 @@ class ActorSubmitter:
         rt.submitter.resolve_dependencies(spec, lambda s: self._flush(client))
         if client.state == PENDING and not client.is_creator and not client.locating:
             client.locating = True
-            rt.io.loop.create_task(self._locate(client))
+            client.locate_task = rt.io.loop.create_task(self._locate(client))
 
     async def _locate(self, client):
         rt = self.rt
@@ -288,8 +290,8 @@ class ActorSubmitter:
                                            client.node_id, message)
             else:
                 self.rt.send_to_node(client.node_id, message)
-        elif client.killed and not client.is_creator:
-            self._kill_worker(client, "killed by gdfut.kill()")
+        elif client.killed and not client.is_creator and not client.kill_waiting:
+            self._kill_worker(client, "killed by gdfut.kill()")   # located after kill returned
 
     def _fail_call(self, client, spec):
         cls = getattr(client, "err_cls", ActorDiedError)
@@ -312,12 +314,22 @@ class ActorSubmitter:
         client.killed = True
         self._mark_dead(client, "it was killed by gdfut.kill()")
         await self._free_name(actor_id)
+        if client.worker_id is None and not client.is_creator:
+            await self._locate_for_kill(client)
         if client.worker_id is not None:
             await self._kill_worker_now(client, "killed by gdfut.kill()")
-        elif not client.is_creator and not client.locating:
-            # Where it runs is not known yet: ask its owner; _connected kills it.
+
+    async def _locate_for_kill(self, client):
+        """Ask the owner where the actor runs, waiting a while (it answers once
+        the actor is placed); if it takes longer, ``_connected`` kills it later."""
+        if not client.locating:
             client.locating = True
-            self.rt.io.loop.create_task(self._locate(client))
+            client.locate_task = self.rt.io.loop.create_task(self._locate(client))
+        task = client.locate_task
+        if task is not None:
+            client.kill_waiting = True
+            await asyncio.wait([task], timeout=KILL_TIMEOUT_S)
+            client.kill_waiting = False
 
     async def _free_name(self, actor_id):
         """Remove the actor from the head's name table (by id: a new actor
