@@ -1,6 +1,7 @@
 """Actor classes and handles (Ray's ``@remote`` class semantics)."""
 from __future__ import annotations
 
+import functools
 import hashlib
 import inspect
 
@@ -15,6 +16,82 @@ _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "max_concurrency"
                   "memory", "get_if_exists"}
 
 
+class ActorClassInheritanceException(TypeError):
+    """``class B(A)`` where ``A`` is a remote class (Ray's name)."""
+
+
+class ActorExitRequest(SystemExit):
+    """Raised by ``exit_actor()``: the worker ends the actor once this call
+    unwinds. A SystemExit, so ``except Exception`` in user code lets it pass."""
+
+
+def exit_actor():
+    """End the calling actor (Ray's ``ray.actor.exit_actor``). The call that
+    invokes it and every queued call fail with ``ActorDiedError``, later calls
+    too; atexit handlers run and the worker process exits with status 0."""
+    rt = runtime_context.current()
+    if rt is None or rt.mode != "worker" or rt.current_actor_id is None:
+        mode = "the driver" if rt is None or rt.mode != "worker" else "a task"
+        raise TypeError(f"exit_actor() was called in {mode}, not in an actor; call it inside "
+                        f"an actor method to end that actor (use gdfut.kill(handle) to end "
+                        f"an actor from outside)")
+    raise ActorExitRequest(0)
+
+
+# --------------------------------------------------------- argument checks
+# Ray checks the arguments of ``.remote()`` against the signature at the call,
+# so a wrong call fails where it is made, not later inside the actor. The
+# signature travels with handles (to other processes, through the head for
+# named actors) as plain lists: [[name, kind, has_default], ...].
+
+def _wire_params(fn, drop_self: bool):
+    """The parameters of ``fn`` in wire form, or None if it has no signature."""
+    try:
+        params = list(inspect.signature(fn).parameters.values())
+    except (TypeError, ValueError):   # a builtin without a signature: not checked
+        return None
+    if drop_self and params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
+                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD):
+        params = params[1:]
+    return [[p.name, int(p.kind), p.default is not inspect.Parameter.empty] for p in params]
+
+
+def _class_signatures(cls) -> dict:
+    """name -> wire params, for the constructor ("__init__") and each method."""
+    sigs = {"__init__": _wire_params(cls, drop_self=False)}
+    for name, member in inspect.getmembers(cls, callable):
+        if name.startswith("__") or inspect.isclass(member):
+            continue
+        plain = inspect.isfunction(inspect.getattr_static(cls, name, None))
+        sigs[name] = _wire_params(member, drop_self=plain)   # static/class methods keep all
+    return sigs
+
+
+class _CallCheck:
+    """Checks ``(args, kwargs)`` against one wire signature, raising Ray's TypeError."""
+    __slots__ = ("what", "signature", "exact_positional")
+
+    def __init__(self, what: str, params):
+        self.what = what
+        self.signature = None if params is None else inspect.Signature(
+            [inspect.Parameter(name, inspect._ParameterKind(kind),
+                               default=None if has_default else inspect.Parameter.empty)
+             for name, kind, has_default in params])
+        # Fast path: only plain required parameters, called positionally.
+        plain = params is not None and all(
+            kind == int(inspect.Parameter.POSITIONAL_OR_KEYWORD) and not has_default
+            for _, kind, has_default in params)
+        self.exact_positional = len(params) if plain else -1
+
+    def __call__(self, args, kwargs):
+        if self.signature is None or (not kwargs and len(args) == self.exact_positional):
+            return
+        try:
+            self.signature.bind(*args, **kwargs)
+        except TypeError as exc:
+            raise TypeError(f"{self.what}: {exc}") from None
+
+
 def method(*, num_returns: int = 1):
     """Decorate an actor method with call options (Ray's ``@ray.method``)."""
     if not isinstance(num_returns, int) or num_returns < 0:
@@ -27,13 +104,38 @@ def method(*, num_returns: int = 1):
 
 
 class ActorClass:
-    def __init__(self, cls, options):
+    def __init__(self, cls, options, *subclass_body):
+        if subclass_body:   # `class B(A)`: Python calls type(A)("B", bases, namespace)
+            raise ActorClassInheritanceException(_inheritance_message(cls, options))
         self._cls = cls
         self._options = dict(options)
         self._pickled = None
         # method name -> num_returns (1 unless set with @gdfut.method)
         self._methods = {n: getattr(v, "__gdfut_num_returns__", 1)
-                         for n, v in inspect.getmembers(cls, callable) if not n.startswith("__")}
+                         for n, v in inspect.getmembers(cls, callable)
+                         if not n.startswith("__") and not inspect.isclass(v)}
+        self._signatures = _class_signatures(cls)
+        self._init_check = _CallCheck(f"{cls.__name__}.remote()", self._signatures["__init__"])
+
+    def __getattr__(self, name):
+        """Class attributes, static and class methods of the class, as on Ray's
+        actor classes (``A.X``, ``A.static_fn()`` runs here, locally).
+
+        Not the class's own functions and nested classes themselves: cloudpickle
+        pickles a function or class by reference when ``module.A.name`` finds
+        it, and ``module.A`` is this remote class, so finding them through it
+        would make the class pickle refer to a module workers may not have.
+        Functions come back wrapped (a different object); nested classes not."""
+        cls = self.__dict__.get("_cls")
+        if cls is None or name.startswith("__"):
+            raise AttributeError(name)
+        value = getattr(cls, name)
+        if inspect.isfunction(value):
+            return _local_function(value)
+        if inspect.isclass(value) and value.__qualname__.startswith(cls.__qualname__ + "."):
+            raise AttributeError(f"nested class {name!r} of actor class {cls.__name__} is not "
+                                 f"reachable through the remote class")
+        return value
 
     def __call__(self, *a, **k):
         raise TypeError(f"actor class {self._cls.__name__} cannot be instantiated directly; "
@@ -48,6 +150,9 @@ class ActorClass:
         clone = ActorClass(self._cls, {**self._options, **options})
         clone._pickled = self._pickled
         return clone
+
+    def __reduce__(self):
+        return (ActorClass, (self._cls, self._options))
 
     def _class_bytes(self):
         if self._pickled is None:
@@ -66,6 +171,7 @@ class ActorClass:
                 return get_actor(o["name"])
             except ValueError:
                 pass
+        self._init_check(args, kwargs)
         resources = {}
         if o.get("num_cpus") is not None:
             resources["CPU"] = o["num_cpus"]
@@ -84,7 +190,8 @@ class ActorClass:
                 head = await rt.head()
                 return await head.request(P.HEAD_REGISTER_ACTOR, o["name"], actor_id, rt.wid,
                                           list(rt.addr), {"class_name": name,
-                                                          "methods": self._methods})
+                                                          "methods": self._methods,
+                                                          "signatures": self._signatures})
             try:
                 rt.io.run(register(), timeout=30)
             except RemoteError as exc:
@@ -99,7 +206,25 @@ class ActorClass:
                           "actor_options": {"max_concurrency": max_conc}},
                          pinned=bool(o.get("name")))
         # After create(): the owner's table knows the actor before its first handle.
-        return ActorHandle(actor_id, rt.wid, rt.addr, name, self._methods, rt)
+        return ActorHandle(actor_id, rt.wid, rt.addr, name, self._methods, rt,
+                           self._signatures)
+
+
+def _local_function(fn):
+    """``fn`` behind a wrapper of its own (see ``ActorClass.__getattr__``)."""
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        return fn(*args, **kwargs)
+    return call
+
+
+def _inheritance_message(subclass_name, bases) -> str:
+    base = next((b for b in bases if isinstance(b, ActorClass)), None)
+    base_name = base._cls.__name__ if base is not None else "?"
+    return (f"Attempted to define subclass '{subclass_name}' of actor class '{base_name}'. "
+            f"Inheriting from actor classes is not currently supported. You can instead "
+            f"inherit from a non-actor base class and make the derived class an actor class "
+            f"(with @gdfut.remote).")
 
 
 class ActorHandle:
@@ -110,12 +235,15 @@ class ActorHandle:
     Named actors are kept until ``kill`` or until their owner exits, since
     ``get_actor`` may hand out new handles at any time."""
 
-    def __init__(self, actor_id, owner_wid, owner_addr, class_name, methods, rt=None):
+    def __init__(self, actor_id, owner_wid, owner_addr, class_name, methods, rt=None,
+                 signatures=None):
         self._actor_id = actor_id
         self._owner_wid = owner_wid
         self._owner_addr = tuple(owner_addr)
         self._class_name = class_name
         self._methods = dict(methods) if isinstance(methods, dict) else dict.fromkeys(methods, 1)
+        self._signatures = dict(signatures or {})   # method -> wire params (unknown: unchecked)
+        self._checks: dict = {}
         self._rt = rt
         if rt is not None:
             rt.add_local_ref(self)
@@ -148,10 +276,17 @@ class ActorHandle:
             raise AttributeError(f"actor {self._class_name} has no method {name!r}")
         return ActorMethod(self, name, self._methods[name])
 
+    def _check_call(self, method, args, kwargs):
+        check = self._checks.get(method)
+        if check is None:
+            check = self._checks[method] = _CallCheck(
+                f"{self._class_name}.{method}.remote()", self._signatures.get(method))
+        check(args, kwargs)
+
     def __reduce__(self):
         record_nested(self)
         return (_rebuild_handle, (self._actor_id, self._owner_wid, self._owner_addr,
-                                  self._class_name, self._methods))
+                                  self._class_name, self._methods, self._signatures))
 
     def __repr__(self):
         return f"Actor({self._class_name}, {short(self._actor_id)})"
@@ -163,11 +298,11 @@ class ActorHandle:
         return hash(self._actor_id)
 
 
-def _rebuild_handle(actor_id, owner_wid, owner_addr, class_name, methods):
+def _rebuild_handle(actor_id, owner_wid, owner_addr, class_name, methods, signatures=None):
     rt = runtime_context.current()
     if rt is not None and owner_wid != rt.wid:
         rt.borrowed_refs_seen += 1   # get() registers them with the owner
-    return ActorHandle(actor_id, owner_wid, owner_addr, class_name, methods, rt)
+    return ActorHandle(actor_id, owner_wid, owner_addr, class_name, methods, rt, signatures)
 
 
 class ActorMethod:
@@ -187,6 +322,7 @@ class ActorMethod:
 
     def remote(self, *args, **kwargs):
         rt = runtime_context.require()
+        self._handle._check_call(self._name, args, kwargs)
         refs = rt.actors.submit(self._handle, self._name, args, kwargs, self._num_returns)
         if self._num_returns == 1:
             return refs[0]

@@ -14,7 +14,7 @@ import logging
 import pickle
 
 from . import protocol as P
-from .exceptions import ActorDiedError, UnschedulableError
+from .exceptions import ActorDiedError, GdfutError, UnschedulableError
 from .ids import new_task_id, short
 from .object_ref import ObjectRef
 from .submitter import TaskSpec, ERROR, lease_from_cluster
@@ -24,6 +24,11 @@ log = logging.getLogger("gdfut.actors")
 
 PENDING, ALIVE, DEAD = "PENDING", "ALIVE", "DEAD"
 MAX_QUEUED_CALLS = 1_000_000
+KILL_TIMEOUT_S = 10.0       # each step of kill(): free the name, tell the node
+EXIT_GRACE_S = 10.0         # an actor that called exit_actor() gets this long to exit
+# TASK_DONE status from an actor that ended itself with exit_actor() (beside
+# submitter's DONE_* codes): the call failed and the actor is gone.
+DONE_ACTOR_EXIT = 8
 
 
 class ActorClient:
@@ -49,6 +54,10 @@ class ActorClient:
         self.lease_id = None
         self.out_of_scope = False   # creator only: every handle is gone
         self.gpu_ids: tuple = ()    # creator only: devices its lease holds
+        self.named = False          # creator only: registered under a name at the head
+        self.exited = False         # it ended itself with exit_actor()
+        self.locate_task = None     # the ACTOR_LOCATION question to the owner, if asked
+        self.kill_waiting = False   # kill() waits for that answer to kill the worker
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -94,6 +103,7 @@ class ActorSubmitter:
     def _create_in_loop(self, spec, class_name, call_site, pinned):
         rt = self.rt
         client = ActorClient(spec.actor_id, rt.wid, rt.addr, class_name, is_creator=True)
+        client.named = pinned
         self.clients[spec.actor_id] = client
         # Handles are counted under the actor id like refs to an object we own.
         rt.table.add_owned(spec.actor_id, call_site=call_site, local=1 if pinned else 0)
@@ -110,22 +120,32 @@ class ActorSubmitter:
         try:
             grant, node_conn = await lease_from_cluster(
                 rt, spec.resources, True, client.actor_id, {"strategy": spec.strategy})
-            conn = await rt.connect_peer(tuple(grant["addr"]))
         except tcp.RemoteError as exc:
             self._mark_dead(client, f"it cannot be scheduled: {exc}", UnschedulableError)
             return
         except (OSError, tcp.ConnectionLost, asyncio.TimeoutError) as exc:
             self._mark_dead(client, f"its worker could not be reached: {exc}")
             return
+        # Known before connecting, so that a failure or a kill from here on
+        # returns the lease (and with it the worker).
         client.worker_id = grant["worker_id"]
         client.addr = tuple(grant["addr"])
         client.lease_id = grant["lease_id"]
         client.gpu_ids = tuple(grant.get("gpu_ids") or ())
         client.node_id = grant["node_id"]
+        if client.state == DEAD:    # killed while its lease was queued
+            self._end_dead_worker(client)
+            return
+        try:
+            conn = await rt.connect_peer(client.addr)
+        except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
+            self._mark_dead(client, f"its worker could not be reached: {exc}")
+            return
         self._connected(client, conn)
 
     def _connected(self, client, conn):
-        if client.state == DEAD:
+        if client.state == DEAD:   # killed while being placed or located
+            self._end_dead_worker(client)
             return
         client.conn = conn
         client.state = ALIVE
@@ -151,7 +171,7 @@ class ActorSubmitter:
         rt.submitter.resolve_dependencies(spec, lambda s: self._flush(client))
         if client.state == PENDING and not client.is_creator and not client.locating:
             client.locating = True
-            rt.io.loop.create_task(self._locate(client))
+            client.locate_task = rt.io.loop.create_task(self._locate(client))
 
     async def _locate(self, client):
         rt = self.rt
@@ -191,9 +211,14 @@ class ActorSubmitter:
         client = self.by_conn.get(conn)
         spec = client.in_flight.pop(m[1], None) if client else None
         if spec is None:
-            log.warning("reply for unknown task %s", short(m[1]))
+            if client is None or client.state != DEAD:   # else: failed here already
+                log.warning("reply for unknown task %s", short(m[1]))
             return
         self.rt.submitter.finish(spec, m[3])
+        if m[2] == DONE_ACTOR_EXIT:
+            client.exited = True
+            self._mark_dead(client, "it ended itself with exit_actor()")
+            return
         self._maybe_retire(client)
 
     # ------------------------------------------------- handles out of scope
@@ -234,6 +259,9 @@ class ActorSubmitter:
         self._mark_dead(client, reason)
 
     def _mark_dead(self, client, reason, err_cls=ActorDiedError):
+        """Fail every call made and every later one; release the worker."""
+        if client.state == DEAD:
+            return
         client.state = DEAD
         client.death_reason = reason
         client.err_cls = err_cls
@@ -245,8 +273,25 @@ class ActorSubmitter:
         for cb in client.location_waiters:
             cb()
         client.location_waiters.clear()
-        if client.is_creator and client.worker_id is not None and client.node_id is not None:
-            self.rt.send_to_node(client.node_id, [P.RETURN_LEASE, client.lease_id, True])
+        if client.is_creator and client.named and not client.killed:
+            self.rt.io.loop.create_task(self._free_name(client.actor_id))   # Ray frees it too
+        if client.is_creator and client.worker_id is not None:
+            self._end_dead_worker(client)
+
+    def _end_dead_worker(self, client):
+        """The actor is dead here; make sure its worker process goes too. The
+        creator returns the lease (the node kills the dedicated worker; after
+        exit_actor() only if it has not exited within EXIT_GRACE_S); another
+        process that killed the actor asks the node to kill the worker."""
+        if client.is_creator and client.lease_id is not None:
+            message = [P.RETURN_LEASE, client.lease_id, True]
+            if client.exited:
+                self.rt.io.loop.call_later(EXIT_GRACE_S, self.rt.send_to_node,
+                                           client.node_id, message)
+            else:
+                self.rt.send_to_node(client.node_id, message)
+        elif client.killed and not client.is_creator and not client.kill_waiting:
+            self._kill_worker(client, "killed by gdfut.kill()")   # located after kill returned
 
     def _fail_call(self, client, spec):
         cls = getattr(client, "err_cls", ActorDiedError)
@@ -256,22 +301,59 @@ class ActorSubmitter:
                                         for oid in spec.return_ids()])
 
     def kill(self, actor_id, owner_wid, owner_addr, class_name):
-        self.rt.io.post(self._kill_in_loop, actor_id, owner_wid, owner_addr, class_name)
+        """User thread: kill synchronously (see ``gdfut.kill``)."""
+        self.rt.io.run(self._kill(actor_id, owner_wid, owner_addr, class_name),
+                       timeout=3 * KILL_TIMEOUT_S)
 
-    def _kill_in_loop(self, actor_id, owner_wid, owner_addr, class_name):
+    async def _kill(self, actor_id, owner_wid, owner_addr, class_name):
         client = self.clients.get(actor_id)
         if client is None:
             client = ActorClient(actor_id, owner_wid, owner_addr, class_name, is_creator=False)
             self.clients[actor_id] = client
+        # Dead here at once: calls made from now on fail without reaching it.
         client.killed = True
-        if client.state == ALIVE:
-            self._kill_worker(client, "killed by gdfut.kill()")
-        elif client.state == PENDING:
-            client.location_waiters.append(lambda: self._kill_in_loop(
-                actor_id, owner_wid, owner_addr, class_name) if client.state == ALIVE else None)
-            if not client.is_creator and not client.locating:
-                client.locating = True
-                self.rt.io.loop.create_task(self._locate(client))
+        self._mark_dead(client, "it was killed by gdfut.kill()")
+        await self._free_name(actor_id)
+        if client.worker_id is None and not client.is_creator:
+            await self._locate_for_kill(client)
+        if client.worker_id is not None:
+            await self._kill_worker_now(client, "killed by gdfut.kill()")
+
+    async def _locate_for_kill(self, client):
+        """Ask the owner where the actor runs, waiting a while (it answers once
+        the actor is placed); if it takes longer, ``_connected`` kills it later."""
+        if not client.locating:
+            client.locating = True
+            client.locate_task = self.rt.io.loop.create_task(self._locate(client))
+        task = client.locate_task
+        if task is not None:
+            client.kill_waiting = True
+            await asyncio.wait([task], timeout=KILL_TIMEOUT_S)
+            client.kill_waiting = False
+
+    async def _free_name(self, actor_id):
+        """Remove the actor from the head's name table (by id: a new actor
+        that took the name since is left alone)."""
+        try:
+            head = await self.rt.head()
+            await asyncio.wait_for(head.request(P.HEAD_REMOVE_ACTOR, actor_id), KILL_TIMEOUT_S)
+        except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError,
+                GdfutError) as exc:
+            log.warning("could not free the name of actor %s at the head: %s",
+                        short(actor_id), exc)
+
+    async def _kill_worker_now(self, client, reason):
+        """Ask the actor's node to kill its worker and wait for the answer."""
+        rt = self.rt
+        node_id = client.node_id or rt.node_id
+        try:
+            conn = rt.node_conn if node_id == rt.node_id else await rt.node_connection(node_id)
+            await asyncio.wait_for(conn.request(P.KILL_WORKER, client.worker_id, reason),
+                                   KILL_TIMEOUT_S)
+        except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError,
+                GdfutError) as exc:
+            log.warning("could not reach node %s to kill %s: %s", short(node_id),
+                        client.describe(), exc)
 
     # ------------------------------------------------ owner answers "where"
     def on_actor_location(self, conn, m):

@@ -228,6 +228,9 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True):
 
 
 def kill(actor, *, no_restart: bool = True):
+    """Kill an actor at once (Ray's ``ray.kill``). When this returns, the
+    actor's name (if any) is free again and calls through any handle in this
+    process fail with ActorDiedError; its worker has been told to die."""
     from .actor import ActorHandle
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
@@ -245,7 +248,7 @@ def get_actor(name: str, namespace: str | None = None):
     except RemoteError as exc:
         raise ValueError(str(exc)) from None
     return ActorHandle(actor_id, owner_wid, tuple(owner_addr), meta["class_name"],
-                       meta["methods"], rt)
+                       meta["methods"], rt, meta.get("signatures"))
 
 
 def memory_summary() -> list[dict]:

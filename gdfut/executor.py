@@ -8,6 +8,7 @@ calls run on the same thread in arrival order, or on a thread pool
 from __future__ import annotations
 
 import asyncio
+import atexit
 import collections
 import concurrent.futures
 import ctypes
@@ -25,6 +26,8 @@ from . import protocol as P
 from . import serialization as ser
 from .exceptions import ObjectStoreFullError, TaskCancelledError, TaskError, GdfutError
 from .ids import object_id_for_return, short
+from .actor import ActorExitRequest
+from .actor_submitter import DONE_ACTOR_EXIT
 from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_NEED_FUNCTION, DONE_OK, DONE_RESCHEDULE,
                         ERROR, INLINE, STORE)
 
@@ -65,6 +68,8 @@ class Executor:
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_sema: asyncio.Semaphore | None = None
         self._stop = False
+        self.exit_reason: str | None = None     # set once the actor called exit_actor()
+        self.exit_replied = threading.Event()
         rt.dispatch[P.PUSH_TASK] = self.on_push_task
         rt.dispatch[P.CANCEL_TASK] = self.on_cancel
         rt.dispatch[P.EXIT_WORKER] = lambda conn, m: self.stop()
@@ -75,6 +80,9 @@ class Executor:
             task = Task(conn, m[1])
         except (TypeError, ValueError) as exc:
             self.refuse_malformed(conn, m[1], exc)
+            return
+        if self.exit_reason is not None:   # the actor ended itself: refuse at once
+            self._reply(task, DONE_ACTOR_EXIT, self.error_returns(task, self.exit_error(task)))
             return
         if task.fn_bytes is not None and task.fn_id not in self.functions:
             self.functions[task.fn_id] = task.fn_bytes   # unpickled lazily, on the main thread
@@ -120,7 +128,7 @@ class Executor:
                 while not self.queue and not self._stop:
                     self.cond.wait()
                 if self._stop:
-                    return
+                    break
                 task = self.queue.popleft()
                 self.running = task
             try:
@@ -129,6 +137,8 @@ class Executor:
                 pass
             finally:
                 self.running = None
+        if self.exit_reason is not None:
+            self.finish_exit()
 
     def stop(self):
         with self.cond:
@@ -207,6 +217,9 @@ class Executor:
             returns = self.error_returns(task, exc)
             status = DONE_CANCELLED
         except BaseException as exc:  # the task's own error, reported to its owner
+            if isinstance(exc, ActorExitRequest):
+                self.exit_actor(task)
+                return
             if isinstance(exc, SystemExit):
                 os._exit(exc.code if isinstance(exc.code, int) else 1)
             returns = self.error_returns(task, self.wrap_error(task, exc))
@@ -227,6 +240,9 @@ class Executor:
             self.actor = cls(*args, **kwargs)
             returns = self.package_returns(task, None)
             status = DONE_OK
+        except ActorExitRequest:
+            self.exit_actor(task)
+            return
         except BaseException as exc:
             err = self.wrap_error(task, exc)
             self.actor_init_error = [ERROR, self.pickle_error(err)]
@@ -269,10 +285,50 @@ class Executor:
                     result = await result
                 returns = self.package_returns(task, result)
                 status = DONE_OK
+            except ActorExitRequest:
+                self.exit_actor(task)
+                return
             except BaseException as exc:
                 returns = self.error_returns(task, self.wrap_error(task, exc))
                 status = DONE_ERROR
             self.rt.io.post(self.send_done, task, status, returns)
+
+    # -------------------------------------------------------- exit_actor
+    def exit_actor(self, task: Task):
+        """``task`` called exit_actor() (any thread). Fail it and every queued
+        call with ActorDiedError, flagged DONE_ACTOR_EXIT so that callers mark
+        the actor dead; stop the main loop, which then runs the atexit
+        handlers (``finish_exit``) and lets the worker exit with status 0."""
+        with self.cond:
+            if self.exit_reason is None:
+                self.exit_reason = (f"actor {task.name.split('.')[0]}({short(task.actor_id)}) "
+                                    f"is dead: it ended itself with exit_actor() in {task.name}")
+            failed = [task] + list(self.queue)
+            self.queue.clear()
+            self._stop = True
+            self.cond.notify_all()
+        replies = [(t, self.error_returns(t, self.exit_error(t, t is task))) for t in failed]
+
+        def reply_all():   # io thread
+            for t, returns in replies:
+                self._reply(t, DONE_ACTOR_EXIT, returns)
+            self.exit_replied.set()
+        self.rt.io.post(reply_all)
+
+    def exit_error(self, task: Task, ended_it: bool = False) -> BaseException:
+        from .exceptions import ActorDiedError
+        if ended_it:
+            return ActorDiedError(self.exit_reason)
+        return ActorDiedError(f"{self.exit_reason}; the call {task.name} cannot run")
+
+    def finish_exit(self):
+        """Main thread, after exit_actor(): the callers have their answers
+        queued; run the actor's atexit handlers as a normal exit would."""
+        self.exit_replied.wait(5.0)
+        try:
+            atexit._run_exitfuncs()
+        except Exception:   # it prints its own handlers' tracebacks; exit anyway
+            log.exception("atexit handlers failed")
 
     # --------------------------------------------------------- arguments
     def resolve_args(self, task: Task):

@@ -38,7 +38,7 @@ class HeadConn:
     def __init__(self, head):
         self.head = head
         self.conn = None
-        self.owned_actor_names: set[str] = set()
+        self.owned_actor_names: dict[str, bytes] = {}   # name -> actor id it registered
 
     def on_messages(self, conn, messages):
         self.conn = conn
@@ -207,9 +207,10 @@ class Head:
             self.last_seen.pop(node_id, None)
             self.stats.pop(node_id, None)
         if peer.owned_actor_names:
-            with self.db:
-                for name in peer.owned_actor_names:
-                    self.db.execute("DELETE FROM actors WHERE name=?", (name,))
+            with self.db:   # only its own actors: a name may have been taken again since
+                for name, actor_id in peer.owned_actor_names.items():
+                    self.db.execute("DELETE FROM actors WHERE name=? AND actor_id=?",
+                                    (name, actor_id))
 
     # -------------------------------------------------------------- actors
     def on_register_actor(self, peer, m):
@@ -221,7 +222,7 @@ class Head:
         with self.db:
             self.db.execute("INSERT INTO actors VALUES (?,?,?,?,?)",
                             (name, actor_id, owner_wid, json.dumps(owner_addr), json.dumps(meta)))
-        peer.owned_actor_names.add(name)
+        peer.owned_actor_names[name] = actor_id
         peer.conn.reply(req_id, True)
 
     def on_lookup_actor(self, peer, m):
@@ -234,9 +235,12 @@ class Head:
         peer.conn.reply(req_id, [row[0], row[1], json.loads(row[2]), json.loads(row[3])])
 
     def on_remove_actor(self, peer, m):
-        _, actor_id = m
+        """The actor died or was killed: its name is free (answered, so that
+        ``kill`` returns only once the name can be taken again)."""
+        _, req_id, actor_id = m
         with self.db:
             self.db.execute("DELETE FROM actors WHERE actor_id=?", (actor_id,))
+        peer.conn.reply(req_id, True)
 
     # ---------------------------------------------------------------- jobs
     def on_register_job(self, peer, m):

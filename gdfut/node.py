@@ -92,7 +92,8 @@ class NodeDaemon:
         self.total = ResourceSet.from_options(args.num_cpus, args.num_gpus,
                                               json.loads(args.resources or "{}"))
         self.leases = LeaseManager(self.node_id, self.total, max_queue=100_000,
-                                   max_workers=max(1, int(args.num_cpus)))
+                                   max_workers=max(1, int(args.num_cpus)),
+                                   max_starting=max_concurrent_starts())
         self.capacity = args.object_store_memory
         self.store = HostStoreState(self.capacity)
         self.arena_name = f"gdfut-{os.path.basename(self.session_dir)}-{self.node_id[:4].hex()}"
@@ -144,7 +145,7 @@ class NodeDaemon:
         self.data_addr = await self.transfer.start(self.args.bind)
         self.data_addr = (self.node_ip, self.data_addr[1]) if self.transfer.backend_name != "inproc" \
             else self.data_addr
-        self.run_instructions([StartWorker(int(self.args.num_cpus))])   # one per CPU, warm
+        self.run_instructions(self.leases.prestart(int(self.args.num_cpus)))   # one per CPU, warm
         print(json.dumps({"port": self.port, "node_id": self.node_id.hex(), "pid": os.getpid(),
                           "arena": self.arena_name, "resources": self.total.to_dict(),
                           "transport": self.transfer.backend_name}), flush=True)
@@ -589,6 +590,18 @@ def declared_resources(num_gpus, resources_json: str | None) -> tuple[float, dic
         if num_gpus and memory and GPU_MEMORY not in resources:
             resources[GPU_MEMORY] = memory
     return num_gpus, resources
+
+
+def max_concurrent_starts() -> int:
+    """How many worker processes may start at once: one per core of this host
+    (what their imports compete for), as Ray's maximum_startup_concurrency.
+    More at once only makes each start slower, until they miss the start-up
+    deadline together."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    return max(1, cores)
 
 
 def read_head_addr(session_dir):

@@ -31,6 +31,16 @@ Workers
   Actor requests are not capped (resources and the queue bound them).
   Idle workers are reused last-in first-out (warmest first).
 
+Start throttle
+  At most ``max_starting`` worker processes start at once (the shell sets it
+  from the host's CPU count). A burst of requests (200 actors at once) would
+  otherwise start 200 interpreters together on a few cores, and each would
+  miss its own start-up deadline. Requests beyond what the starting workers
+  serve simply stay queued; every registration (``worker_started``) runs
+  dispatch again, which grants the new worker and starts the next one, so
+  starts roll through the queue ``max_starting`` at a time. ``prestart``
+  asks for warm workers through the same throttle.
+
 GPUs
   A node's GPUs are whole devices 0..n-1, tracked per device, and every
   grant names its ``gpu_ids``. A fractional request (0 < g < 1) takes a share
@@ -188,6 +198,7 @@ class LeaseManager:
         max_queue: int = 10_000,
         max_workers: int | None = None,
         first_lease_id: int = 1,
+        max_starting: int | None = None,
     ) -> None:
         if max_queue < 0:
             raise ValueError(f"max_queue must be >= 0, got {max_queue}")
@@ -198,10 +209,13 @@ class LeaseManager:
             max_workers = max(1, math.ceil(total.quantity(CPU)))
         if max_workers < 1:
             raise ValueError(f"max_workers must be >= 1, got {max_workers}")
+        if max_starting is not None and max_starting < 1:
+            raise ValueError(f"max_starting must be >= 1 or None, got {max_starting}")
         self.node_id = node_id
         self.total = total
         self.max_queue = max_queue
         self.max_workers = max_workers
+        self.max_starting = max_starting  # None: no bound on concurrent starts
         self._available = total
         self._overcommit = EMPTY
         self._gpu_free = [UNITS_PER_ONE] * (gpu_units // UNITS_PER_ONE)
@@ -212,6 +226,7 @@ class LeaseManager:
         self._workers: set[WorkerId] = set()
         self._idle: list[WorkerId] = []  # stack: last returned is reused first
         self._starting = 0  # StartWorker counts not yet answered
+        self._warm_wanted = 0  # prestarted workers not started yet (throttle)
         self._next_lease_id = first_lease_id
         self._bundles: dict[tuple, _Bundle] = {}  # (group hex, index) -> bundle
         self._reserved = EMPTY  # plain resources set aside by bundles
@@ -384,6 +399,14 @@ class LeaseManager:
             out.append(KillWorker(worker_id, "idle pool trimmed"))
         return out
 
+    def prestart(self, count: int) -> list[Instruction]:
+        """Start ``count`` warm workers (within the start throttle), so the
+        first requests find one idle."""
+        if count < 0:
+            raise ValueError(f"prestart count must be >= 0, got {count}")
+        self._warm_wanted += count
+        return self._dispatch()
+
     def dispatch(self) -> list[Instruction]:
         """Re-examine the queue (e.g. after backing off from failed worker starts)."""
         return self._dispatch()
@@ -411,14 +434,19 @@ class LeaseManager:
                 continue
             del self._queue[request.request_id]
             out.append(self._grant(request))
-        start = self._workers_to_start()
-        if start:
+        demand = self._workers_to_start()
+        start = demand + self._warm_wanted
+        if self.max_starting is not None:
+            start = min(start, self.max_starting - self._starting)
+        if start > 0:
+            self._warm_wanted -= max(0, start - demand)  # queued requests go first
             self._starting += start
             out.append(StartWorker(start))
         return out
 
     def _workers_to_start(self) -> int:
-        """Workers needed by queued requests that fit now, beyond starts in flight."""
+        """Workers needed by queued requests that fit now, beyond starts in
+        flight (before the start throttle)."""
         if self._idle:
             return 0  # dispatch left idle workers: nothing queued fits right now
         available, gpu_free = self._available, list(self._gpu_free)
@@ -623,7 +651,9 @@ class LeaseManager:
         if self._idle:  # dispatch is complete: nothing queued could run right now
             for request in self._queue.values():
                 assert not self._fits_now(request), f"{request} could run but waits"
-        assert self._starting >= 0
+        assert self._starting >= 0 and self._warm_wanted >= 0
+        if self.max_starting is not None:
+            assert self._starting <= self.max_starting, "start throttle exceeded"
         self._validate_gpus()
 
     def _validate_gpus(self) -> None:
@@ -659,6 +689,7 @@ class LeaseManager:
             "workers": len(self._workers),
             "idle_workers": len(self._idle),
             "starting_workers": self._starting,
+            "max_starting": self.max_starting,
             "max_workers": self.max_workers,
             "queued_requests": len(self._queue),
             "max_queue": self.max_queue,
