@@ -9,7 +9,7 @@ import pytest
 import gdfut
 from gdfut.actor import ActorClassInheritanceException
 from gdfut.exceptions import ActorDiedError
-from conftest import node_status
+from helpers import node_status
 from helpers import wait_until
 
 
