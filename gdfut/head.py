@@ -25,7 +25,8 @@ from .transport import tcp
 
 log = logging.getLogger("gdfut.head")
 
-NODE_DEAD_AFTER_S = 10.0
+# A node not heard from for this long is dead (GDFUT_NODE_DEAD_AFTER_S: tests).
+NODE_DEAD_AFTER_S = float(os.environ.get("GDFUT_NODE_DEAD_AFTER_S", "10"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (node_id BLOB PRIMARY KEY, info TEXT, state TEXT,

@@ -449,7 +449,7 @@ class NodeDaemon:
         decision = self.place(placement, hints)
         if isinstance(decision, policy.Unschedulable):
             # our view may be a heartbeat old: decide again on a fresh one
-            self.tasks.spawn("placement on a fresh view", self.place_on_fresh_view(
+            self.tasks.spawn("placement on a fresh view", self.answer_on_fresh_view(
                 peer, req_id, shape, hints, time.monotonic()))
             return
         self.carry_out_placement(peer, req_id, shape, decision)
@@ -471,6 +471,14 @@ class NodeDaemon:
         peer.requests.add(request_id)
         self.run_instructions(self.leases.request_lease(request_id, held, peer.wid,
                                                         is_actor=is_actor, placement=placement))
+
+    async def answer_on_fresh_view(self, peer: Conn, req_id, shape, hints, asked: float):
+        try:
+            await self.place_on_fresh_view(peer, req_id, shape, hints, asked)
+        except Exception as exc:      # the request is answered whatever happens
+            log.exception("placing a lease request failed")
+            if not peer.closed:
+                peer.conn.reply_error(req_id, f"{type(exc).__name__}: {exc}")
 
     async def place_on_fresh_view(self, peer: Conn, req_id, shape, hints, asked: float):
         """A request found unschedulable is failed only on a view of the
