@@ -194,13 +194,14 @@ class DictOf(Check):
 
 @dataclass(frozen=True)
 class Record(Check):
-    """A map with known keys; keys not listed are allowed but unchecked
-    (bounded by ``max_len``) unless ``closed``."""
+    """A map with known keys; keys not listed are allowed (bounded by
+    ``max_len``, their values checked by ``rest``) unless ``closed``."""
 
     required: tuple = ()        # ((key, check), ...)
     optional: tuple = ()
     max_len: int = 64
     closed: bool = False
+    rest: Check = Anything()
 
     def problem(self, value):
         if type(value) is not dict:
@@ -218,12 +219,49 @@ class Record(Check):
                 p = check.problem(value[key])
                 if p is not None:
                     return f"{key!r} {p}"
-        if self.closed:
-            known = {k for k, _ in self.required} | {k for k, _ in self.optional}
-            unknown = [k for k in value if k not in known]
-            if unknown:
-                return f"has unknown key {_show(unknown[0])}"
+        known = {k for k, _ in self.required} | {k for k, _ in self.optional}
+        for k in value:
+            if k in known:
+                continue
+            if self.closed:
+                return f"has unknown key {_show(k)}"
+            p = self.rest.problem(value[k])
+            if p is not None:
+                return f"{_show(k)} {p}"
         return None
+
+
+@dataclass(frozen=True)
+class Json(Check):
+    """Plain data the head stores as JSON: maps with string keys, lists,
+    strings, finite numbers, booleans and None, nested at most ``depth``."""
+
+    depth: int = 8
+
+    def problem(self, value):
+        return _json_problem(value, self.depth)
+
+
+def _json_problem(value, depth) -> str | None:
+    if value is None or type(value) in (bool, str, int):
+        return None
+    if type(value) is float:
+        return None if math.isfinite(value) else f"must be finite, got {value}"
+    if depth <= 0:
+        return "is nested too deeply"
+    if type(value) is list:
+        items = value
+    elif type(value) is dict:
+        if not all(type(k) is str for k in value):
+            return "must have string keys"
+        items = value.values()
+    else:
+        return f"must be plain data (JSON), got {type(value).__name__}"
+    for v in items:
+        p = _json_problem(v, depth - 1)
+        if p is not None:
+            return p
+    return None
 
 
 def _show(value) -> str:
@@ -255,7 +293,7 @@ NODE_INFO = Record(required=(
     ("object_store_memory", Int()),
     ("data_addr", Nullable(ADDR)),
     ("transport", Str(64)),
-))
+), rest=Either((Bytes(0, MAX_TEXT), Json())))    # the head stores it as JSON
 NODE_STATS = Record(optional=(
     ("resources_total", RESOURCES),
     ("resources_available", RESOURCES),
@@ -269,6 +307,16 @@ class Schema:
     fields: tuple                 # ((field name, Check), ...) after the type
     optional: tuple = ()          # trailing fields that may be absent
     extra: bool = False           # more trailing fields allowed (unchecked)
+
+    def __post_init__(self):
+        # (index in the message, field name, check) of fields that need a
+        # check at all: owner-plane messages are on the task path
+        checks = tuple((i, name, check.problem) for i, (name, check)
+                       in enumerate(self.fields + self.optional, 1)
+                       if not isinstance(check, Anything))
+        object.__setattr__(self, "checks", checks)
+        object.__setattr__(self, "min_fields", len(self.fields))
+        object.__setattr__(self, "max_fields", len(self.fields) + len(self.optional))
 
     @property
     def has_req_id(self) -> bool:
@@ -311,12 +359,13 @@ SCHEMAS: dict[int, Schema] = {
     P.HEAD_LIST_NODES: _schema("HEAD_LIST_NODES", ("req_id", REQ_ID)),
     P.HEAD_REGISTER_ACTOR: _schema("HEAD_REGISTER_ACTOR", ("req_id", REQ_ID), ("name", Str()),
                                    ("actor_id", ID), ("owner_wid", ID), ("owner_addr", ADDR),
-                                   ("meta", Anything())),
+                                   ("meta", Json())),
     P.HEAD_LOOKUP_ACTOR: _schema("HEAD_LOOKUP_ACTOR", ("req_id", REQ_ID), ("name", Str())),
     P.HEAD_REMOVE_ACTOR: _schema("HEAD_REMOVE_ACTOR", ("actor_id", ID)),
     P.HEAD_STATUS: _schema("HEAD_STATUS", ("req_id", REQ_ID)),
     P.HEAD_REGISTER_JOB: _schema("HEAD_REGISTER_JOB", ("req_id", REQ_ID),
-                                 ("info", Record(max_len=64))),
+                                 ("info", DictOf(Str(), Either((Bytes(0, MAX_TEXT), Json())),
+                                                 max_len=64))),
     P.HEAD_SHUTDOWN: _schema("HEAD_SHUTDOWN", ("req_id", REQ_ID)),
     P.HEAD_PROCESSES_DIED: _schema("HEAD_PROCESSES_DIED", ("worker_ids", ListOf(ID))),
     P.HEAD_DEAD_PROCESSES: _schema("HEAD_DEAD_PROCESSES", ("req_id", REQ_ID), ("since_seq", Int())),
@@ -344,14 +393,16 @@ def problem(message: list) -> str | None:
     if schema is None:
         return None
     n = len(message) - 1
-    lo, hi = len(schema.fields), len(schema.fields) + len(schema.optional)
+    lo, hi = schema.min_fields, schema.max_fields
     if n < lo or (n > hi and not schema.extra):
         want = str(lo) if lo == hi else f"{lo}-{hi}"
         if schema.extra:
             want = f"at least {lo}"
         return f"bad {schema.name} message: {n} fields, expected {want}"
-    for (field, check), value in zip(schema.fields + schema.optional, message[1:]):
-        p = check.problem(value)
+    for i, field, check in schema.checks:
+        if i > n:
+            break                       # an optional field that is absent
+        p = check(message[i])
         if p is not None:
             return f"bad {schema.name} message: {field} {p}"
     return None
