@@ -147,7 +147,6 @@ class NodeDaemon:
         self.stopping = asyncio.Event()
         self.exit_code = 0
         self.tasks: Supervisor | None = None
-        self.started_at = time.monotonic()
         self.joined_at: float | None = None            # first registration with the head
         self.view_time = float("-inf")                 # when the current cluster view was asked
         self._refreshing: asyncio.Future | None = None  # the refresh in flight, shared
@@ -259,7 +258,11 @@ class NodeDaemon:
             try:
                 if self.head_conn is None or self.head_conn.closed:
                     self.head_conn = await tcp.connect(*self.head_addr, Conn(self), self.token)
-                    await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
+                    try:
+                        await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
+                    except BaseException:
+                        self.head_conn.close()    # unregistered: register again next time
+                        raise
                     if self.joined_at is None:
                         self.joined_at = time.monotonic()
                     local = [wid for wid, p in self.peers.items() if p.kind != "remote-client"]
