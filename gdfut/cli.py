@@ -387,12 +387,33 @@ def _restore_latest(latest: str, failed: str, previous: str | None) -> None:
         pass
 
 
+NODE_REGISTER_TIMEOUT_S = 30.0
+
+
+def _wait_registered(head_addr, token, node, ninfo) -> None:
+    """Until the head lists the new node as alive: once `gdfut start
+    --address` returns, every driver's tasks can be placed there."""
+    node_id = bytes.fromhex(ninfo["node_id"])
+    deadline = time.monotonic() + NODE_REGISTER_TIMEOUT_S
+    while time.monotonic() < deadline:
+        nodes = head_request(head_addr, token, P.HEAD_LIST_NODES)
+        if any(n.get("node_id") == node_id and n.get("state") == "ALIVE" for n in nodes):
+            return
+        if node.popen.poll() is not None:
+            raise CliError(f"node {ninfo['node_id'][:16]} exited with {node.popen.returncode} "
+                           f"before registering with the head")
+        time.sleep(0.05)
+    raise CliError(f"node {ninfo['node_id'][:16]} started but did not register with the head "
+                   f"at {head_addr[0]}:{head_addr[1]} within {NODE_REGISTER_TIMEOUT_S:.0f} s")
+
+
 def _start_worker_node(args) -> int:
     head_addr = _parse_address(args.address)
     session_dir = _session_dir(args.session_dir)
     token = _token(session_dir)
     head_request(head_addr, token, P.HEAD_STATUS)      # fail early, before spawning anything
-    _, ninfo, cpus, store = _spawn_node(args, session_dir, head_addr)
+    node, ninfo, cpus, store = _spawn_node(args, session_dir, head_addr)
+    _wait_registered(head_addr, token, node, ninfo)
     print(f"gdfut node {ninfo['node_id'][:16]} started (pid {ninfo['pid']}), "
           f"joining the head at {head_addr[0]}:{head_addr[1]}")
     print(f"  resources:   CPU {_num(cpus)}, GPU {_gpus(ninfo, args.num_gpus)}, store {_bytes(store)}")

@@ -30,6 +30,7 @@ from .object_ref import ObjectRef
 from . import ownership as own
 from . import serialization as ser
 from . import worker_output
+from . import validate
 from .transport import tcp
 
 log = logging.getLogger("gdfut.core")
@@ -103,7 +104,7 @@ class PeerHandler:
     def on_messages(self, conn, messages):
         rt = self.rt
         for m in messages:
-            if conn.resolve_reply(m):
+            if not validate.admit(conn, m, log) or conn.resolve_reply(m):
                 continue
             handler = rt.dispatch.get(m[0])
             if handler is None:

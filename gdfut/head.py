@@ -13,16 +13,21 @@ import logging
 import os
 import signal
 import sqlite3
+import sys
 import time
 
 from . import protocol as P
+from . import validate
 from .head_pgs import PlacementGroups
 from .ids import short
+from .sched.resources import ResourceSet
+from .supervise import Supervisor
 from .transport import tcp
 
 log = logging.getLogger("gdfut.head")
 
-NODE_DEAD_AFTER_S = 10.0
+# A node not heard from for this long is dead (GDFUT_NODE_DEAD_AFTER_S: tests).
+NODE_DEAD_AFTER_S = float(os.environ.get("GDFUT_NODE_DEAD_AFTER_S", "10"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (node_id BLOB PRIMARY KEY, info TEXT, state TEXT,
@@ -38,12 +43,13 @@ class HeadConn:
     def __init__(self, head):
         self.head = head
         self.conn = None
+        self.node_id: bytes | None = None     # the node that registered on this connection
         self.owned_actor_names: dict[str, bytes] = {}   # name -> actor id it registered
 
     def on_messages(self, conn, messages):
         self.conn = conn
         for m in messages:
-            if conn.resolve_reply(m):
+            if not validate.admit(conn, m, log) or conn.resolve_reply(m):
                 continue
             handler = self.head.dispatch.get(m[0])
             if handler is None:
@@ -53,8 +59,9 @@ class HeadConn:
                 handler(self, m)
             except Exception as exc:
                 log.exception("message %s failed", m[0])
-                if m[0] != P.HEAD_HEARTBEAT:
-                    conn.reply_error(m[1], f"{type(exc).__name__}: {exc}")
+                req_id = validate.request_id(m)
+                if req_id is not None:
+                    conn.reply_error(req_id, f"{type(exc).__name__}: {exc}")
 
     def on_closed(self, conn, exc):
         self.head.on_closed(self)
@@ -97,6 +104,8 @@ class Head:
         self.stats: dict[bytes, dict] = {}
         self.last_seen: dict[bytes, float] = {}
         self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self.tasks: Supervisor | None = None
         self.dispatch = {
             P.HEAD_REGISTER_NODE: self.on_register_node, P.HEAD_HEARTBEAT: self.on_heartbeat,
             P.HEAD_LIST_NODES: self.on_list_nodes, P.HEAD_REGISTER_ACTOR: self.on_register_actor,
@@ -122,13 +131,19 @@ class Head:
             json.dump(info, f)
         os.replace(tmp, os.path.join(self.session_dir, "head.json"))   # atomic for readers
         print(json.dumps(info), flush=True)
-        watcher = asyncio.ensure_future(self.watch())
-        pg_loop = asyncio.ensure_future(self.pgs.run())
+        self.tasks = Supervisor(log, self.fatal)
+        self.tasks.keep_running("watch", self.watch)
+        self.tasks.keep_running("placement_groups", self.pgs.run)
         await self.stopping.wait()
-        watcher.cancel()
-        pg_loop.cancel()
+        await self.tasks.cancel_all()
         server.close()
         self.db.close()
+
+    def fatal(self, why: str) -> None:
+        """A background task keeps failing: stop loudly rather than limp on."""
+        log.critical("head stopping: %s", why)
+        self.exit_code = 1
+        self.stopping.set()
 
     async def watch(self):
         while True:
@@ -151,6 +166,14 @@ class Head:
     # --------------------------------------------------------------- nodes
     def on_register_node(self, peer, m):
         _, req_id, info = m
+        problem = registration_problem(info)
+        if peer.node_id is not None and peer.node_id != info["node_id"]:
+            problem = (f"this connection registered node {short(peer.node_id)} already; "
+                       f"it cannot register {short(info['node_id'])} too")
+        if problem is not None:
+            log.warning("refusing registration from %s: %s", peer.conn.peer, problem)
+            peer.conn.reply_error(req_id, f"node registration refused: {problem}")
+            return
         peer.node_id = info["node_id"]
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?)",
@@ -162,6 +185,14 @@ class Head:
 
     def on_heartbeat(self, peer, m):
         _, node_id, stats = m
+        if node_id != peer.node_id:
+            log.warning("dropping heartbeat for node %s from a connection registered as %s",
+                        short(node_id), short(peer.node_id))
+            return
+        problem = stats_problem(stats)
+        if problem is not None:
+            log.warning("dropping heartbeat of node %s: %s", short(node_id), problem)
+            return
         self.stats[node_id] = stats
         self.last_seen[node_id] = time.monotonic()
         self.pgs.heartbeat(node_id)
@@ -178,6 +209,10 @@ class Head:
         return out
 
     def on_processes_started(self, peer, m):
+        if m[1] != peer.node_id:
+            log.warning("dropping processes of node %s from a connection registered as %s",
+                        short(m[1]), short(peer.node_id))
+            return
         self.processes_of_node.setdefault(m[1], set()).update(m[2])
 
     def on_processes_died(self, peer, m):
@@ -201,7 +236,7 @@ class Head:
 
     def on_closed(self, peer):
         self.pgs.conn_closed(peer)
-        node_id = getattr(peer, "node_id", None)
+        node_id = peer.node_id
         if node_id is not None:
             self.mark_node(node_id, "DEAD")
             self.last_seen.pop(node_id, None)
@@ -255,6 +290,30 @@ class Head:
         self.stopping.set()
 
 
+def registration_problem(info: dict) -> str | None:
+    """Why a (schema-checked) node registration cannot be used, or None:
+    its resources must make a valid ``ResourceSet`` with whole GPUs, so that
+    placement on every node can read them."""
+    try:
+        total = ResourceSet.from_dict(info["resources"])
+    except ValueError as exc:
+        return str(exc)
+    gpus = total.quantity("GPU")
+    if gpus != int(gpus):
+        return f"a node has whole GPUs, got GPU={gpus}"
+    return None
+
+
+def stats_problem(stats: dict) -> str | None:
+    for key in ("resources_total", "resources_available"):
+        if key in stats:
+            try:
+                ResourceSet.from_dict(stats[key])
+            except ValueError as exc:
+                return f"{key}: {exc}"
+    return None
+
+
 def _jsonable(d):
     return {k: (v.hex() if isinstance(v, bytes) else v) for k, v in d.items()}
 
@@ -274,6 +333,7 @@ def main(argv=None):
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, head.stopping.set)
     loop.run_until_complete(head.run())
+    sys.exit(head.exit_code)
 
 
 if __name__ == "__main__":

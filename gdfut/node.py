@@ -20,6 +20,7 @@ import time
 
 from . import cluster
 from . import protocol as P
+from . import validate
 from .devstore.arena import SharedArena
 from .devstore.host_store import HostStoreState
 from .ids import new_id, short
@@ -29,6 +30,7 @@ from .node_pgs import NodeBundles
 from .object_transfer import ObjectTransfer, TransferError
 from .sched import policy
 from .sched.resources import GPU_MEMORY, MEMORY, ResourceSet, actor_resources
+from .supervise import Supervisor
 from .transport import tcp
 from .transport.base import default_backend_name
 
@@ -40,39 +42,63 @@ PREFAULT_AHEAD = 512 * 1024 * 1024   # keep this much arena beyond the high-wate
 WORKER_KILL_GRACE_S = 2.0
 MAX_START_FAILURES = 5      # worker starts failing in a row before queued requests fail
 START_BACKOFF_S = 0.2       # first retry after a failed start; doubles, at most 5 s
+# A request no node in the cluster view can run is failed only on a view
+# fresher than the request (the head is asked again first). While this node
+# has been part of the cluster for less than this, such a request waits
+# instead (logged), re-decided on every refresh: nodes started together join
+# within a few heartbeats of each other.
+INFEASIBLE_GRACE_S = 3 * HEARTBEAT_S
+# Messages a connection may send before it registers its process: all others
+# (leases, store space) are held by a process and released when it goes.
+_BEFORE_REGISTER = {P.REGISTER_WORKER, P.REGISTER_CLIENT, P.NODE_STATUS, P.NODE_MEMORY,
+                    P.NODE_CLUSTER_VIEW}
 
 
 class Conn:
-    """Per-connection state: who is on the other end."""
+    """Per-connection state: who is on the other end, and what it holds.
+
+    Leases, queued lease requests, store writes and pins are all held under
+    the process id the connection registered (one per connection, never
+    changed), so closing the connection releases every one of them."""
 
     def __init__(self, node: "NodeDaemon"):
         self.node = node
         self.conn = None
         self.wid: bytes | None = None
         self.kind = None
+        self.closed = False
+        self.requests: set[int] = set()     # this connection's entries in pending_leases
 
     def on_messages(self, conn, messages):
         self.conn = conn
         for m in messages:
-            if conn.resolve_reply(m):
+            if not validate.admit(conn, m, log) or conn.resolve_reply(m):
                 continue
             handler = self.node.dispatch.get(m[0])
             if handler is None:
                 log.warning("unknown message type %s", m[0])
                 continue
+            if self.wid is None and m[0] not in _BEFORE_REGISTER:
+                self.refuse(m, "this connection has not registered its process "
+                               "(REGISTER_WORKER or REGISTER_CLIENT first)")
+                continue
             try:
                 handler(self, m)
             except Exception as exc:
                 log.exception("message %s failed", m[0])
-                if len(m) > 1 and isinstance(m[1], int) and m[0] not in _NO_REPLY:
-                    conn.reply_error(m[1], f"{type(exc).__name__}: {exc}")
+                self.refuse(m, f"{type(exc).__name__}: {exc}")
+
+    def refuse(self, m, text: str) -> None:
+        """Answer a request with an error; a one-way message is only logged."""
+        req_id = validate.request_id(m)
+        if req_id is not None:
+            self.conn.reply_error(req_id, text)
+        else:
+            log.warning("dropping message %s from %s: %s", m[0], short(self.wid), text)
 
     def on_closed(self, conn, exc):
+        self.closed = True
         self.node.on_peer_closed(self)
-
-
-_NO_REPLY = {P.RETURN_LEASE, P.WORKER_BLOCKED, P.WORKER_UNBLOCKED, P.STORE_ABORT, P.STORE_UNPIN,
-             P.STORE_FREE}
 
 
 class WorkerProc:
@@ -121,6 +147,11 @@ class NodeDaemon:
         self.transfer_holder = ("transfer", "pull")
         self.data_addr = None
         self.stopping = asyncio.Event()
+        self.exit_code = 0
+        self.tasks: Supervisor | None = None
+        self.joined_at: float | None = None            # first registration with the head
+        self.view_time = float("-inf")                 # when the current cluster view was asked
+        self._refreshing: asyncio.Future | None = None  # the refresh in flight, shared
         self.dispatch = {
             P.REGISTER_WORKER: self.on_register, P.REGISTER_CLIENT: self.on_register,
             P.REQUEST_LEASE: self.on_request_lease, P.RETURN_LEASE: self.on_return_lease,
@@ -149,11 +180,18 @@ class NodeDaemon:
         print(json.dumps({"port": self.port, "node_id": self.node_id.hex(), "pid": os.getpid(),
                           "arena": self.arena_name, "resources": self.total.to_dict(),
                           "transport": self.transfer.backend_name}), flush=True)
-        tasks = [asyncio.ensure_future(self.head_loop()), asyncio.ensure_future(self.reap_loop())]
+        self.tasks = Supervisor(log, self.fatal)
+        self.tasks.keep_running("head_loop", self.head_loop)
+        self.tasks.keep_running("reap_loop", self.reap_loop)
         await self.stopping.wait()
-        for t in tasks:
-            t.cancel()
+        await self.tasks.cancel_all()
         await self.shutdown()
+
+    def fatal(self, why: str) -> None:
+        """A background task keeps failing: stop loudly rather than limp on."""
+        log.critical("node stopping: %s", why)
+        self.exit_code = 1
+        self.stopping.set()
 
     async def shutdown(self):
         self.bundles.close()
@@ -225,7 +263,13 @@ class NodeDaemon:
             try:
                 if self.head_conn is None or self.head_conn.closed:
                     self.head_conn = await tcp.connect(*self.head_addr, Conn(self), self.token)
-                    await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
+                    try:
+                        await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
+                    except BaseException:
+                        self.head_conn.close()    # unregistered: register again next time
+                        raise
+                    if self.joined_at is None:
+                        self.joined_at = time.monotonic()
                     local = [wid for wid, p in self.peers.items() if p.kind != "remote-client"]
                     self.tell_head([P.HEAD_PROCESSES_STARTED, self.node_id, local])
                 self.tell_head([P.HEAD_HEARTBEAT, self.node_id, self.stats()])
@@ -242,8 +286,32 @@ class NodeDaemon:
             self.head_conn.send(message)
 
     async def refresh_cluster(self):
+        """Fetch the head's view; concurrent callers share one request."""
+        if self._refreshing is None:
+            self._refreshing = asyncio.ensure_future(self._refresh_cluster())
+            self._refreshing.add_done_callback(self._refresh_done)
+        await asyncio.shield(self._refreshing)
+
+    def _refresh_done(self, fut):
+        self._refreshing = None
+        if not fut.cancelled():
+            fut.exception()        # retrieved: the awaiting callers re-raise it
+
+    async def fresh_view(self, since: float) -> None:
+        """Make the cluster view one asked for at or after ``since``."""
+        while self.view_time < since:
+            if self.head_conn is None or self.head_conn.closed:
+                raise tcp.ConnectionLost("the head is not reachable")
+            await self.refresh_cluster()
+
+    async def _refresh_cluster(self):
+        asked = time.monotonic()
+        if self.head_conn is None or self.head_conn.closed:
+            raise tcp.ConnectionLost("the head is not reachable")
         nodes = await asyncio.wait_for(self.head_conn.request(P.HEAD_LIST_NODES), 10)
-        self.cluster = {n["node_id"]: n for n in nodes}
+        self.cluster = {n["node_id"]: n for n in nodes
+                        if isinstance(n, dict) and isinstance(n.get("node_id"), bytes)}
+        self.view_time = asked
         seq, dead = await asyncio.wait_for(
             self.head_conn.request(P.HEAD_DEAD_PROCESSES, self.dead_seq), 10)
         self.dead_seq = seq
@@ -258,17 +326,16 @@ class NodeDaemon:
             self.delete_object(oid)
 
     def node_views(self) -> list:
-        """Placement-policy snapshot: this node exact, the others as last heard."""
+        """Placement-policy snapshot: this node exact, the others as last heard.
+        A dead node is listed (affinity to it says "dead") with nothing to
+        offer; a row whose resources do not parse is left out and logged."""
         views = []
         for node_id, n in self.cluster.items():
             if node_id == self.node_id:
                 continue
-            st = n.get("stats") or {}
-            total = ResourceSet.from_dict(st.get("resources_total") or n.get("resources") or {})
-            avail = ResourceSet.from_dict(st.get("resources_available") or {})
-            views.append(policy.NodeView(node_id, total, avail,
-                                         (st.get("leases") or {}).get("queued_requests", 0),
-                                         n.get("state") == "ALIVE"))
+            view = _node_view(node_id, n)
+            if view is not None:
+                views.append(view)
         views.append(policy.NodeView(self.node_id, self.total, self.leases.available,
                                      self.leases.queue_length, True))
         views.sort(key=lambda v: v.node_id)
@@ -297,18 +364,24 @@ class NodeDaemon:
             elif kind is StartWorker:
                 self.start_workers(ins.count)
             elif kind is Reject or kind is QueueFull:
-                conn, req_id = self.pending_leases.pop(ins.request_id)
+                conn, req_id = self.pop_pending(ins.request_id)
                 text = ins.message if kind is Reject else f"lease queue full ({ins.max_queue})"
                 conn.conn.reply_error(req_id, text)
             elif kind is KillWorker:
                 self.kill_worker(ins.worker_id, ins.reason)
             elif kind is LeaseLost or kind is RequestCancelled:
-                self.pending_leases.pop(getattr(ins, "request_id", None), None)
+                if getattr(ins, "request_id", None) in self.pending_leases:
+                    self.pop_pending(ins.request_id)
             else:
                 raise AssertionError(f"unknown instruction {ins!r}")
 
+    def pop_pending(self, request_id):
+        peer, req_id = self.pending_leases.pop(request_id)
+        peer.requests.discard(request_id)
+        return peer, req_id
+
     def grant(self, ins: GrantLease):
-        peer, req_id = self.pending_leases.pop(ins.request_id)
+        peer, req_id = self.pop_pending(ins.request_id)
         worker = self.workers[ins.worker_id]
         peer.conn.reply(req_id, {"lease_id": ins.lease_id, "worker_id": ins.worker_id,
                                  "addr": worker.addr, "gpu_ids": list(ins.gpu_ids),
@@ -322,24 +395,51 @@ class NodeDaemon:
         _signal(w.popen, signal.SIGKILL)
 
     # ------------------------------------------------------------- handlers
+    def registration_problem(self, peer: Conn, m) -> str | None:
+        """Why this registration is refused, or None. One process id per
+        connection and one live connection per process id: what a connection
+        holds is released under that id when it closes."""
+        _, _, wid, _, _, kind = m
+        if peer.wid is not None:
+            return None if peer.wid == wid else (
+                f"this connection registered process {short(peer.wid)} already")
+        if kind not in ("worker", "driver", "remote-client"):
+            return f"unknown process kind {kind!r}"
+        if (m[0] == P.REGISTER_WORKER) != (kind == "worker"):
+            return f"kind {kind!r} does not match the message"
+        if wid in self.peers:
+            return f"process {short(wid)} is registered on another connection"
+        if m[0] == P.REGISTER_WORKER:
+            w = self.workers.get(wid)
+            if w is None or w.peer is not None:
+                return f"worker {short(wid)} was not started by this node or registered already"
+        return None
+
     def on_register(self, peer: Conn, m):
         _, req_id, wid, pid, addr, kind = m
+        problem = self.registration_problem(peer, m)
+        if problem is not None:
+            log.warning("refusing registration of %s: %s", short(wid), problem)
+            peer.conn.reply_error(req_id, f"registration refused: {problem}")
+            return
+        if peer.wid == wid:        # the same registration again: answer it again
+            peer.conn.reply(req_id, self.register_reply())
+            return
         peer.wid, peer.kind = wid, kind
         self.peers[wid] = peer
-        info = {"node_id": self.node_id, "arena_name": self.arena_name,
-                "head_addr": list(self.head_addr) if self.head_addr else None,
-                "resources": self.total.to_dict()}
-        peer.conn.reply(req_id, info)
+        peer.conn.reply(req_id, self.register_reply())
         if kind != "remote-client":   # so the head can declare it dead if this node dies
             self.tell_head([P.HEAD_PROCESSES_STARTED, self.node_id, [wid]])
         if m[0] == P.REGISTER_WORKER:
-            w = self.workers.get(wid)
-            if w is None:
-                log.warning("unknown worker %s registered; ignoring", short(wid))
-                return
+            w = self.workers[wid]
             w.peer, w.addr = peer, addr
             self.start_failures = 0
             self.run_instructions(self.leases.worker_started(wid))
+
+    def register_reply(self) -> dict:
+        return {"node_id": self.node_id, "arena_name": self.arena_name,
+                "head_addr": list(self.head_addr) if self.head_addr else None,
+                "resources": self.total.to_dict()}
 
     def on_request_lease(self, peer: Conn, m):
         _, req_id, resources, is_actor, actor_id, hints = m
@@ -353,23 +453,72 @@ class NodeDaemon:
                                               {k: v for k, v in opts.items()
                                                if k not in ("CPU", "GPU")})
         else:
-            held = placement = ResourceSet.from_dict(resources)
-        if not hints.get("spilled"):
-            decision = self.place(placement, hints)
-            if isinstance(decision, policy.Unschedulable):
-                peer.conn.reply_error(req_id, f"Unschedulable: {decision.message}")
-                return
-            if isinstance(decision, policy.Place) and decision.node_id != self.node_id:
-                target = self.cluster[decision.node_id]
-                self.note_remote_placement(target, placement)
-                peer.conn.reply(req_id, {"spillback": target["addr"],
-                                         "node_id": decision.node_id})
-                return
+            held = placement = ResourceSet.from_dict(resources or {})
+        shape = (placement, held, bool(is_actor))
+        if hints.get("spilled"):
+            self.queue_lease(peer, req_id, shape)
+            return
+        decision = self.place(placement, hints)
+        if isinstance(decision, policy.Unschedulable):
+            # our view may be a heartbeat old: decide again on a fresh one
+            self.tasks.spawn("placement on a fresh view", self.answer_on_fresh_view(
+                peer, req_id, shape, hints, time.monotonic()))
+            return
+        self.carry_out_placement(peer, req_id, shape, decision)
+
+    def carry_out_placement(self, peer: Conn, req_id, shape, decision):
+        if isinstance(decision, policy.Unschedulable):
+            peer.conn.reply_error(req_id, f"Unschedulable: {decision.message}")
+        elif isinstance(decision, policy.Place) and decision.node_id != self.node_id:
+            target = self.cluster[decision.node_id]
+            self.note_remote_placement(target, shape[0])
+            peer.conn.reply(req_id, {"spillback": target["addr"], "node_id": decision.node_id})
+        else:
+            self.queue_lease(peer, req_id, shape)
+
+    def queue_lease(self, peer: Conn, req_id, shape):
+        placement, held, is_actor = shape
         request_id = next(self.request_ids)
         self.pending_leases[request_id] = (peer, req_id)
+        peer.requests.add(request_id)
         self.run_instructions(self.leases.request_lease(request_id, held, peer.wid,
-                                                        is_actor=bool(is_actor),
-                                                        placement=placement))
+                                                        is_actor=is_actor, placement=placement))
+
+    async def answer_on_fresh_view(self, peer: Conn, req_id, shape, hints, asked: float):
+        try:
+            await self.place_on_fresh_view(peer, req_id, shape, hints, asked)
+        except Exception as exc:      # the request is answered whatever happens
+            log.exception("placing a lease request failed")
+            if not peer.closed:
+                peer.conn.reply_error(req_id, f"{type(exc).__name__}: {exc}")
+
+    async def place_on_fresh_view(self, peer: Conn, req_id, shape, hints, asked: float):
+        """A request found unschedulable is failed only on a view of the
+        cluster asked for after it arrived; while this node is new to the
+        cluster (``INFEASIBLE_GRACE_S``) it waits for nodes still joining."""
+        warned = False
+        while True:
+            try:
+                await self.fresh_view(asked)
+            except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
+                log.warning("cluster view not refreshed: %s", exc)
+            if peer.closed:
+                return
+            decision = self.place(shape[0], hints)
+            now = time.monotonic()
+            grace_end = (self.joined_at if self.joined_at is not None else asked) \
+                + INFEASIBLE_GRACE_S
+            if not isinstance(decision, policy.Unschedulable) or now >= grace_end:
+                break
+            if not warned:
+                warned = True
+                log.warning("a request for %s is infeasible on every known node; waiting up "
+                            "to %.1f s for nodes still joining: %s", shape[0].to_dict(),
+                            grace_end - now, decision.message)
+            await asyncio.sleep(min(HEARTBEAT_S, grace_end - now))
+            asked = time.monotonic()
+        if not peer.closed:
+            self.carry_out_placement(peer, req_id, shape, decision)
 
     @staticmethod
     def note_remote_placement(target: dict, needs: ResourceSet) -> None:
@@ -400,6 +549,12 @@ class NodeDaemon:
 
     def on_return_lease(self, peer, m):
         _, lease_id, worker_died = m
+        holder = self.leases.client_of(lease_id)
+        if holder != peer.wid:
+            if holder is not None:
+                log.warning("process %s returned lease %s held by %s; ignored",
+                            short(peer.wid), lease_id, short(holder))
+            return
         self.run_instructions(self.leases.return_lease(lease_id, worker_reusable=not worker_died))
 
     def on_blocked(self, peer, m):
@@ -447,7 +602,7 @@ class NodeDaemon:
         pass
 
     def on_pull(self, peer, m):
-        asyncio.ensure_future(self._pull_for(peer, m))
+        self.tasks.spawn("pull", self._pull_for(peer, m))
 
     async def _pull_for(self, peer, m):
         _, req_id, oid, size, source_node = m
@@ -463,6 +618,8 @@ class NodeDaemon:
                 await self.transfer.pull(oid, size, tuple(source["data_addr"]))
         except (TransferError, OSError, ConnectionError, asyncio.TimeoutError) as exc:
             peer.conn.reply_error(req_id, f"{type(exc).__name__}: {exc}")
+            return
+        if peer.closed:            # it went while we pulled: nobody to hold the pin
             return
         loc = self.store.pin(oid, peer.wid, now=next(self.clock))
         peer.conn.reply(req_id, list(loc) if loc is not None else None)
@@ -518,7 +675,7 @@ class NodeDaemon:
         peer.conn.reply(m[1], {**self.node_info(), **self.stats()})
 
     def on_memory(self, peer, m):
-        asyncio.ensure_future(self._memory(peer, m[1]))
+        self.tasks.spawn("memory listing", self._memory(peer, m[1]))
 
     async def _memory(self, peer, req_id):
         owners = [p for p in self.peers.values() if p.conn is not None and not p.conn.closed
@@ -536,9 +693,15 @@ class NodeDaemon:
         peer.conn.reply(req_id, {"owners": rows, "store": store, "node_id": self.node_id})
 
     def on_peer_closed(self, peer: Conn):
-        if peer.wid is None:
+        """Release everything the connection held: its queued lease requests
+        and (under its process id) its leases, store writes and pins."""
+        for request_id in list(peer.requests):
+            self.pending_leases.pop(request_id, None)
+        peer.requests.clear()
+        if peer.wid is None:     # unregistered: it could hold nothing else
             return
-        self.peers.pop(peer.wid, None)
+        if self.peers.get(peer.wid) is peer:
+            del self.peers[peer.wid]
         self.store.release_holder(peer.wid)
         self.free_objects_of(peer.wid)
         if peer.kind != "remote-client":
@@ -549,8 +712,25 @@ class NodeDaemon:
             if w.popen.poll() is None:
                 _signal(w.popen, signal.SIGKILL)
             asyncio.get_running_loop().run_in_executor(None, w.popen.wait)
-        else:
-            self.run_instructions(self.leases.client_died(peer.wid))
+        # a worker is a client too (leases for the tasks it submitted)
+        self.run_instructions(self.leases.client_died(peer.wid))
+
+
+def _node_view(node_id, n: dict):
+    """The policy's view of another node from the head's row, or None when
+    the row cannot be read (logged). A dead node offers nothing."""
+    alive = n.get("state") == "ALIVE"
+    if not alive:
+        return policy.NodeView(node_id, ResourceSet(), ResourceSet(), 0, False)
+    try:
+        st = n.get("stats") or {}
+        total = ResourceSet.from_dict(st.get("resources_total") or n.get("resources") or {})
+        avail = ResourceSet.from_dict(st.get("resources_available") or {})
+        queued = (st.get("leases") or {}).get("queued_requests", 0)
+        return policy.NodeView(node_id, total, avail, int(queued), True)
+    except (ValueError, TypeError, AttributeError) as exc:
+        log.warning("ignoring node %s in placement: unreadable view (%s)", short(node_id), exc)
+        return None
 
 
 def detect_gpus() -> tuple[int, int]:
@@ -656,6 +836,7 @@ def main(argv=None):
     finally:
         if daemon.arena is not None:
             daemon.arena.unlink()
+    sys.exit(daemon.exit_code)
 
 
 if __name__ == "__main__":

@@ -22,6 +22,11 @@ from .exceptions import ProtocolError
 
 HEADER = struct.Struct(">I")
 NONCE_LEN = 32
+DIGEST_LEN = 32                        # HMAC-SHA256
+# Before authentication a connection may send only the handshake: the nonce
+# or the digest, both this small. A peer that announces more is refused at
+# once, so an unauthenticated peer can never make us buffer more than this.
+HANDSHAKE_MAX_FRAME = max(NONCE_LEN, DIGEST_LEN)
 DEFAULT_MAX_FRAME = 64 * 1024 * 1024   # every frame has a size limit
 MAX_MESSAGES_PER_FRAME = 4096          # bound on a batch
 
@@ -112,28 +117,54 @@ def unpack_messages(payload: bytes | memoryview) -> list:
 
 
 class FrameDecoder:
-    """Pure incremental frame splitter with a size limit (h11 style)."""
+    """Pure incremental frame splitter with a size limit (h11 style).
+
+    ``max_frame`` may change between frames (the handshake's limit is tiny,
+    the one after it large): ``feed`` buffers, ``next_frame`` returns one
+    complete frame at a time, checking its length against the limit in force
+    when its header is read, so a frame announced over the limit is refused
+    before any of its body is buffered.
+    """
 
     def __init__(self, max_frame: int = DEFAULT_MAX_FRAME):
         self.max_frame = max_frame
         self._buf = bytearray()
+        self._pos = 0
+
+    @property
+    def buffered(self) -> int:
+        """Bytes received and not yet returned as frames."""
+        return len(self._buf) - self._pos
 
     def feed(self, data: bytes) -> list[bytes]:
-        self._buf += data
+        """Buffer ``data``; every frame now complete (all under one limit)."""
+        self.append(data)
         frames = []
-        buf = self._buf
-        pos = 0
-        while len(buf) - pos >= 4:
-            (length,) = HEADER.unpack_from(buf, pos)
-            if length > self.max_frame:
-                raise ProtocolError(f"frame of {length} bytes exceeds limit {self.max_frame}")
-            if len(buf) - pos - 4 < length:
-                break
-            frames.append(bytes(buf[pos + 4:pos + 4 + length]))
-            pos += 4 + length
-        if pos:
-            del buf[:pos]
+        while (frame := self.next_frame()) is not None:
+            frames.append(frame)
         return frames
+
+    def append(self, data: bytes) -> None:
+        self._buf += data
+
+    def next_frame(self) -> bytes | None:
+        buf, pos = self._buf, self._pos
+        if len(buf) - pos < 4:
+            self._compact()
+            return None
+        (length,) = HEADER.unpack_from(buf, pos)
+        if length > self.max_frame:
+            raise ProtocolError(f"frame of {length} bytes exceeds limit {self.max_frame}")
+        if len(buf) - pos - 4 < length:
+            self._compact()
+            return None
+        self._pos = pos + 4 + length
+        return bytes(buf[pos + 4:self._pos])
+
+    def _compact(self) -> None:
+        if self._pos:
+            del self._buf[:self._pos]
+            self._pos = 0
 
 
 def new_nonce() -> bytes:

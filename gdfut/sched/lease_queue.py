@@ -245,6 +245,11 @@ class LeaseManager:
     def num_leases(self) -> int:
         return len(self._leases)
 
+    def client_of(self, lease_id: LeaseId) -> ClientId | None:
+        """Who holds lease ``lease_id`` (None when there is no such lease)."""
+        lease = self._leases.get(lease_id)
+        return None if lease is None else lease.client_id
+
     # -- events: requests -----------------------------------------------------
 
     def request_lease(

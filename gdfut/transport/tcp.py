@@ -17,6 +17,30 @@ log = logging.getLogger("gdfut.transport")
 
 MAX_PENDING_MESSAGES = 1_000_000   # bound on the unsent queue of one connection
 AUTH_TIMEOUT_S = 10.0
+MAX_PENDING_HANDSHAKES = 256       # unauthenticated connections per listener at once
+
+
+class HandshakeGate:
+    """Bound on the connections of one listener that have not authenticated
+    yet: beyond it a new connection is closed at once (an unauthenticated
+    peer must not be able to hold unbounded sockets and buffers)."""
+
+    def __init__(self, limit: int = MAX_PENDING_HANDSHAKES):
+        assert limit > 0
+        self.limit = limit
+        self.pending = 0
+        self.refused = 0
+
+    def enter(self) -> bool:
+        if self.pending >= self.limit:
+            self.refused += 1
+            return False
+        self.pending += 1
+        return True
+
+    def leave(self) -> None:
+        self.pending -= 1
+        assert self.pending >= 0
 
 
 class ConnectionLost(ConnectionError):
@@ -27,13 +51,17 @@ class FramedConnection(asyncio.Protocol):
     """One authenticated connection. ``handler`` gets decoded message lists."""
 
     def __init__(self, handler, token: bytes, server_side: bool,
-                 max_frame: int = P.DEFAULT_MAX_FRAME):
+                 max_frame: int = P.DEFAULT_MAX_FRAME, gate: HandshakeGate | None = None):
         self.handler = handler
         self.token = token
         self.server_side = server_side
         self.peer: dict = {}
         self.authenticated = asyncio.get_running_loop().create_future()
-        self._decoder = P.FrameDecoder(max_frame)
+        self.max_frame = max_frame
+        # until the handshake is done only its few bytes are accepted
+        self._decoder = P.FrameDecoder(P.HANDSHAKE_MAX_FRAME)
+        self._gate = gate
+        self._in_gate = False
         self._transport: asyncio.Transport | None = None
         self._nonce: bytes | None = None
         self._pending: list = []
@@ -50,26 +78,45 @@ class FramedConnection(asyncio.Protocol):
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if self.server_side:
+            if self._gate is not None:
+                if not self._gate.enter():
+                    if self._gate.refused % 100 == 1:   # a flood must not flood the log
+                        log.warning("refusing connection from %s: %d handshakes pending "
+                                    "(%d refused so far)", self._peername(),
+                                    self._gate.pending, self._gate.refused)
+                    self._abort(AuthenticationError("too many pending handshakes"))
+                    return
+                self._in_gate = True
             self._nonce = P.new_nonce()
             transport.write(P.raw_frame(self._nonce))
             self._loop.call_later(AUTH_TIMEOUT_S, self._auth_deadline)
 
     def data_received(self, data):
+        if self._closed:
+            return
+        decoder = self._decoder
         try:
-            frames = self._decoder.feed(data)
-            for frame in frames:
+            decoder.append(data)
+            while (frame := decoder.next_frame()) is not None:
                 if self._closed:
                     return
                 if not self.authenticated.done():
                     self._handshake(frame)
+                    decoder.max_frame = self.max_frame
                 else:
                     self.handler.on_messages(self, P.unpack_messages(frame))
         except (ProtocolError, AuthenticationError) as exc:
             log.warning("closing connection from %s: %s", self._peername(), exc)
             self._abort(exc)
 
+    def _leave_gate(self):
+        if self._in_gate:
+            self._in_gate = False
+            self._gate.leave()
+
     def connection_lost(self, exc):
         self._closed = True
+        self._leave_gate()
         if not self.authenticated.done():
             self.authenticated.set_exception(ConnectionLost("closed before authentication"))
             self.authenticated.exception()  # mark retrieved
@@ -86,6 +133,7 @@ class FramedConnection(asyncio.Protocol):
         if self.server_side:
             if not P.check_auth(self.token, self._nonce, frame):
                 raise AuthenticationError("bad cluster token")
+            self._leave_gate()
             self.authenticated.set_result(True)
         else:
             if len(frame) != P.NONCE_LEN:
@@ -153,6 +201,10 @@ class FramedConnection(asyncio.Protocol):
         kind = message[0]
         if kind != P.REPLY and kind != P.ERROR:
             return False
+        if len(message) != 3 or type(message[1]) is not int or (
+                kind == P.ERROR and not isinstance(message[2], str)):
+            log.warning("dropping malformed reply from %s", self._peername())
+            return True
         fut = self._waiting.pop(message[1], None)
         if fut is not None and not fut.done():
             if kind == P.REPLY:
@@ -208,6 +260,7 @@ async def connect(host: str, port: int, handler, token: bytes,
 async def listen(host: str, port: int, handler_factory, token: bytes) -> asyncio.Server:
     """handler_factory() -> handler for each accepted connection."""
     loop = asyncio.get_running_loop()
+    gate = HandshakeGate()
     return await loop.create_server(
-        lambda: FramedConnection(handler_factory(), token, server_side=True),
+        lambda: FramedConnection(handler_factory(), token, server_side=True, gate=gate),
         host, port, reuse_address=True, backlog=1024)

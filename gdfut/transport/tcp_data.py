@@ -52,7 +52,7 @@ import msgpack
 
 from .. import protocol as P
 from ..exceptions import AuthenticationError, ProtocolError
-from .tcp import ConnectionLost
+from .tcp import MAX_PENDING_HANDSHAKES, ConnectionLost
 
 log = logging.getLogger("gdfut.transport")
 
@@ -347,7 +347,7 @@ class TcpDataEndpoint:
 async def server_auth(sock: socket.socket, token: bytes) -> None:
     nonce = P.new_nonce()
     await sendall(sock, P.raw_frame(nonce))
-    digest = await read_payload(sock, 64)
+    digest = await read_payload(sock, P.DIGEST_LEN)   # nothing bigger before auth
     if not P.check_auth(token, nonce, bytes(digest)):
         raise AuthenticationError("bad cluster token")
     await sendall(sock, P.raw_frame(AUTH_OK))
@@ -406,6 +406,7 @@ class TcpDataListener:
         self.address: tuple = tuple(sock.getsockname()[:2])
         self._conns: set[asyncio.Task] = set()
         self._sessions: dict[bytes, _Session] = {}
+        self._unauthenticated = 0   # accepted sockets still in the handshake
         self._closed = False
         self._accept_task = asyncio.get_running_loop().create_task(self._accept_loop())
 
@@ -423,6 +424,12 @@ class TcpDataListener:
                             self.address, MAX_CONNECTIONS, peer)
                 conn.close()
                 continue
+            if self._unauthenticated >= MAX_PENDING_HANDSHAKES:
+                log.warning("data listener %s: %d handshakes pending, refusing %s",
+                            self.address, self._unauthenticated, peer)
+                conn.close()
+                continue
+            self._unauthenticated += 1     # _admit counts it down once authenticated
             tune_socket(conn)
             task = loop.create_task(self._serve(conn, peer))
             self._conns.add(task)
@@ -455,7 +462,10 @@ class TcpDataListener:
 
     async def _admit(self, conn: socket.socket, owned: list) -> list[socket.socket]:
         """Authenticate; lane 0 returns all lanes once joined, others []."""
-        await server_auth(conn, self._token)
+        try:
+            await server_auth(conn, self._token)
+        finally:
+            self._unauthenticated -= 1
         msg = decode_message(await read_payload(conn, HELLO_LIMIT))
         if msg[:1] == ["open"] and len(msg) == 2 and isinstance(msg[1], int):
             lanes = min(max(1, msg[1]), MAX_LANES)
