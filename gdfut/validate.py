@@ -270,11 +270,14 @@ def _show(value) -> str:
 
 
 # --- field vocabulary --------------------------------------------------------------------
+MAX_BUNDLES = 1000              # bundles of one placement group (sched.placement_groups)
+PG_STRATEGIES = ("PACK", "SPREAD", "STRICT_PACK", "STRICT_SPREAD")
 REQ_ID = Int(1, MAX_INT)              # a request id (0 means "no reply wanted" where allowed)
 ID = Bytes()
 COUNT = Int(1, MAX_INT)
 ADDR = Tuple((Str(255, 1), Int(0, 65535)))
 RESOURCES = DictOf(Str(MAX_NAME, 1), Number(), MAX_RESOURCES)
+BUNDLE_INDEX = Int(0, MAX_BUNDLES - 1)
 LEASE_HINTS = Record(optional=(
     ("arg_bytes", DictOf(ID, Int(), MAX_ITEMS)),
     ("strategy", Nullable(Either((Str(), ListOf(Anything(), 16))))),
@@ -361,7 +364,7 @@ SCHEMAS: dict[int, Schema] = {
                                    ("actor_id", ID), ("owner_wid", ID), ("owner_addr", ADDR),
                                    ("meta", Json())),
     P.HEAD_LOOKUP_ACTOR: _schema("HEAD_LOOKUP_ACTOR", ("req_id", REQ_ID), ("name", Str())),
-    P.HEAD_REMOVE_ACTOR: _schema("HEAD_REMOVE_ACTOR", ("actor_id", ID)),
+    P.HEAD_REMOVE_ACTOR: _schema("HEAD_REMOVE_ACTOR", ("req_id", REQ_ID), ("actor_id", ID)),
     P.HEAD_STATUS: _schema("HEAD_STATUS", ("req_id", REQ_ID)),
     P.HEAD_REGISTER_JOB: _schema("HEAD_REGISTER_JOB", ("req_id", REQ_ID),
                                  ("info", DictOf(Str(), Either((Bytes(0, MAX_TEXT), Json())),
@@ -371,6 +374,25 @@ SCHEMAS: dict[int, Schema] = {
     P.HEAD_DEAD_PROCESSES: _schema("HEAD_DEAD_PROCESSES", ("req_id", REQ_ID), ("since_seq", Int())),
     P.HEAD_PROCESSES_STARTED: _schema("HEAD_PROCESSES_STARTED", ("node_id", ID),
                                       ("worker_ids", ListOf(ID))),
+    # --- placement groups: driver/node <-> head, head -> node --------------------------
+    P.HEAD_PG_CREATE: _schema("HEAD_PG_CREATE", ("req_id", REQ_ID), ("pg_id", ID),
+                              ("name", Str()), ("bundles", ListOf(RESOURCES, MAX_BUNDLES, 1)),
+                              ("strategy", OneOf(PG_STRATEGIES)), ("detached", Bool())),
+    P.HEAD_PG_REMOVE: _schema("HEAD_PG_REMOVE", ("req_id", REQ_ID), ("pg_id", ID)),
+    P.HEAD_PG_WAIT: _schema("HEAD_PG_WAIT", ("req_id", REQ_ID), ("pg_id", ID),
+                            ("timeout", Nullable(Number()))),
+    P.HEAD_PG_TABLE: _schema("HEAD_PG_TABLE", ("req_id", REQ_ID), ("pg_id", Nullable(ID))),
+    P.HEAD_PG_LOOKUP: _schema("HEAD_PG_LOOKUP", ("req_id", REQ_ID), ("name", Str())),
+    P.NODE_PREPARE_BUNDLES: _schema("NODE_PREPARE_BUNDLES", ("req_id", REQ_ID),
+                                    ("group", Str(MAX_NAME, 1)),
+                                    ("bundles", ListOf(Tuple((BUNDLE_INDEX, RESOURCES)),
+                                                       MAX_BUNDLES))),
+    P.NODE_COMMIT_BUNDLES: _schema("NODE_COMMIT_BUNDLES", ("req_id", REQ_ID),
+                                   ("group", Str(MAX_NAME, 1)),
+                                   ("indexes", ListOf(BUNDLE_INDEX, MAX_BUNDLES))),
+    P.NODE_RETURN_BUNDLES: _schema("NODE_RETURN_BUNDLES", ("req_id", REQ_ID),
+                                   ("group", Str(MAX_NAME, 1)),
+                                   ("indexes", Nullable(ListOf(BUNDLE_INDEX, MAX_BUNDLES)))),
     # --- any process <-> owner (fields other code may grow stay open) ------------------
     P.GET_OBJECT: _schema("GET_OBJECT", ("req_id", REQ_ID), ("object_id", ID), extra=True),
     P.ADD_BORROWER: _schema("ADD_BORROWER", ("req_id", REQ_ID), ("object_id", ID),

@@ -8,6 +8,8 @@ import pytest
 from gdfut import protocol as P, validate
 from gdfut.exceptions import ProtocolError
 from gdfut.head import Head, registration_problem
+from gdfut.head_pgs import PlacementGroups
+from gdfut.node_pgs import NodeBundles
 from gdfut.node import NodeDaemon, _node_view
 from gdfut.supervise import Supervisor
 from gdfut.transport.tcp import HandshakeGate
@@ -24,7 +26,13 @@ def _handled_types(cls):
     src = inspect.getsource(cls.__init__)
     table = src[src.index("self.dispatch = {"):]
     table = table[:table.index("}")]
-    return {getattr(P, name) for name in re.findall(r"P\.([A-Z_]+):", table)}
+    handled = {getattr(P, name) for name in re.findall(r"P\.([A-Z_]+):", table)}
+    # tables merged in from helpers (placement groups: head_pgs, node_pgs)
+    for helper in re.findall(r"self\.dispatch\.update\(self\.(\w+)\.handlers\(\)\)", src):
+        helper_cls = {"pgs": PlacementGroups, "bundles": NodeBundles}[helper]
+        body = inspect.getsource(helper_cls.handlers)
+        handled |= {getattr(P, name) for name in re.findall(r"P\.([A-Z_]+):", body)}
+    return handled
 
 
 @pytest.mark.parametrize("cls", [NodeDaemon, Head])
