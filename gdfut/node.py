@@ -52,6 +52,9 @@ INFEASIBLE_GRACE_S = 3 * HEARTBEAT_S
 # (leases, store space) are held by a process and released when it goes.
 _BEFORE_REGISTER = {P.REGISTER_WORKER, P.REGISTER_CLIENT, P.NODE_STATUS, P.NODE_MEMORY,
                     P.NODE_CLUSTER_VIEW}
+# Requests the head makes on the node's own connection to it (which registers
+# no process): allowed there only.
+_FROM_HEAD = {P.NODE_PREPARE_BUNDLES, P.NODE_COMMIT_BUNDLES, P.NODE_RETURN_BUNDLES}
 
 
 class Conn:
@@ -78,7 +81,8 @@ class Conn:
             if handler is None:
                 log.warning("unknown message type %s", m[0])
                 continue
-            if self.wid is None and m[0] not in _BEFORE_REGISTER:
+            from_head = m[0] in _FROM_HEAD and conn is self.node.head_conn
+            if self.wid is None and m[0] not in _BEFORE_REGISTER and not from_head:
                 self.refuse(m, "this connection has not registered its process "
                                "(REGISTER_WORKER or REGISTER_CLIENT first)")
                 continue
