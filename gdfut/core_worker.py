@@ -25,7 +25,7 @@ import time
 from . import protocol as P
 from .exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, OwnerDiedError,
                          GdfutError)
-from .ids import new_id, object_id_for_put, short
+from .ids import new_id, object_id_for_put, short, task_of
 from .object_ref import ObjectRef
 from . import ownership as own
 from . import serialization as ser
@@ -40,6 +40,7 @@ ERROR = 1       # [ERROR, pickled exception]
 STORE = 2       # [STORE, node_id, size]
 
 MAX_INBOX = 1_000_000
+CANCEL_TIMEOUT_S = 30        # for the owner's answer to a cancel
 
 
 class IoThread:
@@ -161,6 +162,8 @@ class CoreWorker:
         self.log_to_driver = True
         self.inherited_cuda_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.node_addrs: dict[bytes, tuple] = {}            # node id -> daemon address
+        # user thread id -> how to wake its blocked get/wait (a cancel interrupts them)
+        self.blocked_waits: dict[int, object] = {}
         from .submitter import TaskSubmitter
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -221,6 +224,7 @@ class CoreWorker:
         d[P.ACTOR_LOCATION] = self.actors.on_actor_location
         d[P.ADD_LOCATION] = self._on_add_location
         d[P.WORKER_OUTPUT] = lambda conn, m: worker_output.on_worker_output(self, conn, m)
+        d[P.CANCEL_OWNED_TASK] = self._on_cancel_owned
 
     # ------------------------------------------------------------ connections
     async def connect_peer(self, addr) -> tcp.FramedConnection:
@@ -563,6 +567,8 @@ class CoreWorker:
         blocked = self.mode == "worker" and any(entries[i] is None for i in missing)
         if blocked:
             self.io.post(self._notify_blocked, True)
+        thread = threading.get_ident()
+        self.blocked_waits[thread] = lambda exc: _set_exception(fut, exc)
         try:
             resolved = fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -570,6 +576,7 @@ class CoreWorker:
             raise GetTimeoutError(f"get timed out after {timeout} s waiting for "
                                   f"{len(missing)} object(s)") from None
         finally:
+            self.blocked_waits.pop(thread, None)
             if blocked:
                 self.io.post(self._notify_blocked, False)
         for i, entry in zip(missing, resolved):
@@ -589,6 +596,10 @@ class CoreWorker:
         remaining = [len(oids)]
 
         def done(i, entry):
+            if fut.done():   # the reader gave up (timeout, cancel): release its pin
+                if entry[0] == "pinned":
+                    self._send_unpin(oids[i])
+                return
             results[i] = entry
             remaining[0] -= 1
             if remaining[0] == 0 and not fut.done():
@@ -695,15 +706,29 @@ class CoreWorker:
                 done_ids.add(oid)
                 cond.notify_all()
 
+        interrupted: list = []
+
+        def interrupt(exc):
+            with cond:
+                interrupted.append(exc)
+                cond.notify_all()
+
         self.io.post(self._watch, [r.id for r in refs], on_ready)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with cond:
-            while len(done_ids) < num_returns:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                cond.wait(left)
-            snapshot = set(done_ids)
+        thread = threading.get_ident()
+        self.blocked_waits[thread] = interrupt
+        try:
+            with cond:
+                while len(done_ids) < num_returns and not interrupted:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    cond.wait(left)
+                snapshot = set(done_ids)
+        finally:
+            self.blocked_waits.pop(thread, None)
+        if interrupted:
+            raise interrupted[0]
         ready = [r for r in refs if r.id in snapshot][:num_returns] if num_returns else []
         ready_ids = {r.id for r in ready}
         return ready, [r for r in refs if r.id not in ready_ids]
@@ -711,6 +736,53 @@ class CoreWorker:
     def _watch(self, oids, on_ready):
         for oid in oids:
             self.when_available(oid, lambda _e, oid=oid: on_ready(oid))
+
+    # --------------------------------------------------------------- cancel
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
+        """User thread: cancel the task that makes ``ref``. Its owner decides
+        (a ref we borrowed: the cancel is forwarded to its owner)."""
+        tid = task_of(ref.id)
+        if ref.owner_wid == self.wid:
+            async def here():
+                return self.submitter.cancel(tid, force, recursive)
+            refused = self.io.run(here(), timeout=CANCEL_TIMEOUT_S)
+        else:
+            refused = self.io.run(self._cancel_at_owner(ref, tid, force, recursive),
+                                  timeout=CANCEL_TIMEOUT_S)
+        if refused:
+            raise ValueError(refused)
+
+    async def _cancel_at_owner(self, ref, tid, force, recursive):
+        try:
+            conn = await self.connect_peer(ref.owner_addr)
+            return await conn.request(P.CANCEL_OWNED_TASK, tid, force, recursive)
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError) as exc:
+            # the owner is gone, and with it every task it owned (fate sharing)
+            log.info("cancel of %s: its owner cannot be reached (%s)", short(tid), exc)
+            return None
+
+    def _on_cancel_owned(self, conn, m):
+        req_id = m[1]
+        if not (len(m) == 5 and isinstance(m[2], bytes) and isinstance(m[3], bool)
+                and isinstance(m[4], bool)):
+            conn.reply_error(req_id, "malformed cancel request")
+            return
+        conn.reply(req_id, self.submitter.cancel(m[2], m[3], m[4]))
+
+    def interrupt_blocked(self, thread_id: int, exc: BaseException) -> bool:
+        """Make a get/wait that ``thread_id`` is blocked in raise ``exc``
+        (a non-force cancel of the task that thread runs). Any thread."""
+        wake = self.blocked_waits.get(thread_id)
+        if wake is None:
+            return False
+        wake(exc)
+        return True
+
+    def submitting_task_id(self) -> bytes | None:
+        """The task of the calling thread (None in a driver): the parent of the
+        tasks it submits, which a recursive cancel of it cancels too."""
+        executor = getattr(self, "executor", None)
+        return None if executor is None else executor.current_task_id()
 
     # --------------------------------------------------------------- memory
     def _on_owner_memory(self, conn, m):
@@ -761,6 +833,13 @@ def _location_text(loc) -> list:
     if loc == own.INLINE:
         return ["inline"]
     return list(loc)
+
+
+def _set_exception(fut: concurrent.futures.Future, exc: BaseException) -> None:
+    try:
+        fut.set_exception(exc)
+    except concurrent.futures.InvalidStateError:   # resolved meanwhile
+        pass
 
 
 class _Unpin:
