@@ -162,6 +162,45 @@ def test_recursive_cancel_cancels_the_children(cluster, tmp_path):
     wait_until(lambda: cpus_free(2), timeout=CANCEL_S, what="the children's CPUs to come back")
 
 
+def test_force_recursive_cancel_kills_the_children_too(cluster, tmp_path):
+    sleeper, _ = remote_sleeper()
+
+    @gdfut.remote
+    def parent(path):
+        return gdfut.get(sleeper.remote(path))
+
+    path = str(tmp_path / "child")
+    ref = parent.remote(path)
+    wait_until(lambda: os.path.exists(path), what="the child to start")
+    child_pid = int(read(path))
+    gdfut.cancel(ref, force=True)
+    with pytest.raises(TaskCancelledError, match="force"):
+        gdfut.get(ref, timeout=CANCEL_S)
+    wait_until(lambda: not psutil.pid_exists(child_pid), timeout=CANCEL_S,
+               what="the child's worker to be killed")
+    wait_until(lambda: cpus_free(2), timeout=CANCEL_S, what="the CPUs to come back")
+
+
+def test_a_get_that_gave_up_releases_its_pin(cluster):
+    """A get that timed out (or was interrupted by a cancel) pinned nothing
+    for good: the object is freed once its refs are gone."""
+    import numpy as np
+    from conftest import store_stats
+
+    @gdfut.remote
+    def late_array():
+        time.sleep(1.0)
+        return np.ones(2 * 1024 * 1024)
+
+    ref = late_array.remote()
+    with pytest.raises(gdfut.exceptions.GetTimeoutError):
+        gdfut.get(ref, timeout=0.1)
+    gdfut.wait([ref], timeout=CANCEL_S)
+    wait_until(lambda: store_stats()["num_objects"] == 1, what="the result in the store")
+    del ref
+    wait_until(lambda: store_stats()["num_objects"] == 0, what="the result to be freed")
+
+
 def test_cancel_of_an_async_actor_method_cancels_its_asyncio_task(cluster, tmp_path):
     _, write = remote_sleeper()
 
@@ -189,10 +228,11 @@ def test_cancel_of_an_async_actor_method_cancels_its_asyncio_task(cluster, tmp_p
     assert gdfut.get(actor.ping.remote(), timeout=CANCEL_S) == "pong"
 
 
-def test_cancel_of_a_sync_actor_method_sets_is_canceled(cluster, tmp_path):
+@pytest.mark.parametrize("max_concurrency", [1, 2])
+def test_cancel_of_a_sync_actor_method_sets_is_canceled(cluster, tmp_path, max_concurrency):
     _, write = remote_sleeper()
 
-    @gdfut.remote
+    @gdfut.remote(max_concurrency=max_concurrency)
     class Looper:
         def __init__(self):
             self.seen = []
