@@ -707,11 +707,14 @@ class CoreWorker:
                 cond.notify_all()
 
         interrupted: list = []
+        waiting = [True]
 
-        def interrupt(exc):
+        def interrupt(exc) -> bool:
             with cond:
-                interrupted.append(exc)
-                cond.notify_all()
+                if waiting[0]:
+                    interrupted.append(exc)
+                    cond.notify_all()
+                return waiting[0]
 
         self.io.post(self._watch, [r.id for r in refs], on_ready)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -724,6 +727,7 @@ class CoreWorker:
                     if left is not None and left <= 0:
                         break
                     cond.wait(left)
+                waiting[0] = False
                 snapshot = set(done_ids)
         finally:
             self.blocked_waits.pop(thread, None)
@@ -771,12 +775,10 @@ class CoreWorker:
 
     def interrupt_blocked(self, thread_id: int, exc: BaseException) -> bool:
         """Make a get/wait that ``thread_id`` is blocked in raise ``exc``
-        (a non-force cancel of the task that thread runs). Any thread."""
+        (a non-force cancel of the task that thread runs). Any thread.
+        False if it is blocked in none (or the one it was in just ended)."""
         wake = self.blocked_waits.get(thread_id)
-        if wake is None:
-            return False
-        wake(exc)
-        return True
+        return wake is not None and wake(exc)
 
     def submitting_task_id(self) -> bytes | None:
         """The task of the calling thread (None in a driver): the parent of the
@@ -835,11 +837,12 @@ def _location_text(loc) -> list:
     return list(loc)
 
 
-def _set_exception(fut: concurrent.futures.Future, exc: BaseException) -> None:
+def _set_exception(fut: concurrent.futures.Future, exc: BaseException) -> bool:
     try:
         fut.set_exception(exc)
-    except concurrent.futures.InvalidStateError:   # resolved meanwhile
-        pass
+        return True
+    except concurrent.futures.InvalidStateError:   # resolved meanwhile: the get returns
+        return False
 
 
 class _Unpin:

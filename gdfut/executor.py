@@ -454,7 +454,8 @@ class Executor:
                 rt.run_instructions(rt.table.return_sent(oid))
 
 
-_RUNTIME_DIRS = frozenset(os.path.join(os.path.dirname(os.path.abspath(__file__)), d)
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_RUNTIME_DIRS = frozenset(os.path.normpath(os.path.join(_PKG_DIR, d))
                           for d in ("", "transport", "devstore", "sched"))
 _CALL_CODE = Executor.call_and_reply.__code__
 

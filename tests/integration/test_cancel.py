@@ -298,3 +298,29 @@ def test_force_cancel_of_an_actor_call_is_refused(cluster):
     with pytest.raises(ValueError, match="force=True is not supported for actor tasks"):
         gdfut.cancel(ref, force=True)
     assert gdfut.get(ref, timeout=CANCEL_S) == "done"
+
+
+def test_cancel_never_lands_inside_the_runtime(cluster):
+    """A task that spends its time in gdfut calls (put, get, remote) is
+    interrupted in its own code only: its worker's runtime stays sound and
+    runs the next tasks."""
+    @gdfut.remote
+    def busy_with_gdfut():
+        i = 0
+        while True:
+            i += 1
+            assert gdfut.get(gdfut.put(i)) == i
+
+    @gdfut.remote
+    def pid_of():
+        return os.getpid()
+
+    pids_before = set(gdfut.get([pid_of.remote() for _ in range(4)], timeout=30))
+    for _ in range(5):
+        ref = busy_with_gdfut.remote()
+        time.sleep(0.3)
+        gdfut.cancel(ref)
+        with pytest.raises(TaskCancelledError):
+            gdfut.get(ref, timeout=CANCEL_S)
+    pids = set(gdfut.get([pid_of.remote() for _ in range(20)], timeout=30))
+    assert pids and all(psutil.pid_exists(p) for p in pids | pids_before)
