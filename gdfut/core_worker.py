@@ -568,7 +568,9 @@ class CoreWorker:
         if blocked:
             self.io.post(self._notify_blocked, True)
         thread = threading.get_ident()
-        self.blocked_waits[thread] = lambda exc: _set_exception(fut, exc)
+        if self.mode == "worker":        # a cancel of the running task interrupts it
+            self.blocked_waits[thread] = lambda exc: _set_exception(fut, exc)
+        resolved = None
         try:
             resolved = fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -579,6 +581,9 @@ class CoreWorker:
             self.blocked_waits.pop(thread, None)
             if blocked:
                 self.io.post(self._notify_blocked, False)
+            if resolved is None:        # gave up (timeout, cancel, Ctrl-C): unpin for it
+                fut.cancel()
+                self.io.post(self._release_pins, fut)
         for i, entry in zip(missing, resolved):
             entries[i] = entry
         return entries
@@ -594,6 +599,7 @@ class CoreWorker:
         """io thread: gather entries; pin store objects for the reader."""
         results = [None] * len(oids)
         remaining = [len(oids)]
+        fut.gdfut_pins = (oids, results)    # for _release_pins, if the reader gives up
 
         def done(i, entry):
             if fut.done():   # the reader gave up (timeout, cancel): release its pin
@@ -607,6 +613,15 @@ class CoreWorker:
 
         for i, oid in enumerate(oids):
             self.when_available(oid, lambda e, i=i, oid=oid: self._pin_if_stored(oid, e, i, done))
+
+    def _release_pins(self, fut):
+        """io thread: a get gave up: unpin what was pinned for it so far
+        (what comes later is unpinned as it comes, in _resolve_many)."""
+        oids, results = getattr(fut, "gdfut_pins", ((), ()))
+        for i, entry in enumerate(results):
+            if entry is not None and entry[0] == "pinned":
+                results[i] = None
+                self._send_unpin(oids[i])
 
     def _pin_if_stored(self, oid, entry, i, done):
         if entry[0] != STORE:
@@ -719,7 +734,8 @@ class CoreWorker:
         self.io.post(self._watch, [r.id for r in refs], on_ready)
         deadline = None if timeout is None else time.monotonic() + timeout
         thread = threading.get_ident()
-        self.blocked_waits[thread] = interrupt
+        if self.mode == "worker":        # a cancel of the running task interrupts it
+            self.blocked_waits[thread] = interrupt
         try:
             with cond:
                 while len(done_ids) < num_returns and not interrupted:
@@ -749,21 +765,26 @@ class CoreWorker:
         if ref.owner_wid == self.wid:
             async def here():
                 return self.submitter.cancel(tid, force, recursive)
-            refused = self.io.run(here(), timeout=CANCEL_TIMEOUT_S)
+            refused = self.io.run(here())
         else:
-            refused = self.io.run(self._cancel_at_owner(ref, tid, force, recursive),
-                                  timeout=CANCEL_TIMEOUT_S)
+            refused = self.io.run(self._cancel_at_owner(ref, tid, force, recursive))
         if refused:
             raise ValueError(refused)
 
     async def _cancel_at_owner(self, ref, tid, force, recursive):
+        addr = ref.owner_addr
         try:
-            conn = await self.connect_peer(ref.owner_addr)
-            return await conn.request(P.CANCEL_OWNED_TASK, tid, force, recursive)
-        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError) as exc:
+            conn = await asyncio.wait_for(self.connect_peer(addr), CANCEL_TIMEOUT_S)
+            return await asyncio.wait_for(
+                conn.request(P.CANCEL_OWNED_TASK, tid, force, recursive), CANCEL_TIMEOUT_S)
+        except (OSError, tcp.ConnectionLost) as exc:
             # the owner is gone, and with it every task it owned (fate sharing)
             log.info("cancel of %s: its owner cannot be reached (%s)", short(tid), exc)
             return None
+        except (asyncio.TimeoutError, tcp.RemoteError) as exc:
+            raise GdfutError(f"cancel of task {short(tid)}: its owner {short(ref.owner_wid)} "
+                             f"at {addr[0]}:{addr[1]} did not take the cancel "
+                             f"({exc or 'no answer in %d s' % CANCEL_TIMEOUT_S})") from None
 
     def _on_cancel_owned(self, conn, m):
         req_id = m[1]

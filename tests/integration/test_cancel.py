@@ -192,13 +192,21 @@ def test_a_get_that_gave_up_releases_its_pin(cluster):
         time.sleep(1.0)
         return np.ones(2 * 1024 * 1024)
 
-    ref = late_array.remote()
+    @gdfut.remote
+    def never():
+        time.sleep(30)
+
+    ref = late_array.remote()               # pinned after the get gave up
     with pytest.raises(gdfut.exceptions.GetTimeoutError):
         gdfut.get(ref, timeout=0.1)
     gdfut.wait([ref], timeout=CANCEL_S)
     wait_until(lambda: store_stats()["num_objects"] == 1, what="the result in the store")
+    endless = never.remote()                # pinned before the get gave up
+    with pytest.raises(gdfut.exceptions.GetTimeoutError):
+        gdfut.get([ref, endless], timeout=0.5)
     del ref
     wait_until(lambda: store_stats()["num_objects"] == 0, what="the result to be freed")
+    gdfut.cancel(endless, force=True)
 
 
 def test_cancel_of_an_async_actor_method_cancels_its_asyncio_task(cluster, tmp_path):
