@@ -85,7 +85,8 @@ class ActorSubmitter:
         name = f"{handle._class_name}.{method}"
         a, kw, held, deps, nested = rt.submitter.prepare_args(args, kwargs, name)
         spec = TaskSpec(new_task_id(), b"", None, name, a, kw, num_returns, {}, 0, deps, nested,
-                        held, actor_id=handle._actor_id, method=method)
+                        held, actor_id=handle._actor_id, method=method,
+                        parent_tid=rt.submitting_task_id())
         refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
         rt.io.post(self._submit_in_loop, spec, handle._actor_id, handle._owner_wid,
                    handle._owner_addr, handle._class_name, rt.call_site())
@@ -219,6 +220,26 @@ class ActorSubmitter:
             client.exited = True
             self._mark_dead(client, "it ended itself with exit_actor()")
             return
+        self._maybe_retire(client)
+
+    def cancel(self, spec, recursive):
+        """Cancel an actor call this process made (Ray's semantics): a call not
+        yet sent is dropped and never runs; a sent one is cancelled by the
+        actor's worker (an async method's asyncio task is cancelled; a sync
+        method is not interrupted, since the actor has state, but sees
+        ``is_canceled()``), and its caller gets TaskCancelledError."""
+        client = self.clients.get(spec.actor_id)
+        if client is None or spec.method == "__init__":
+            return
+        spec.cancelled = True
+        if spec.tid in client.in_flight:
+            if client.conn is not None and not client.conn.closed:
+                client.conn.send([P.CANCEL_TASK, spec.tid, False, recursive])
+            return
+        if spec in client.queue:
+            client.queue.remove(spec)
+        self.rt.submitter.fail_cancelled(spec)
+        self._flush(client)          # calls queued behind it need not wait for it
         self._maybe_retire(client)
 
     # ------------------------------------------------- handles out of scope

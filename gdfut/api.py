@@ -220,11 +220,21 @@ def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_loca
 
 
 def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True):
+    """Cancel the task that makes ``ref`` (Ray's ``cancel``).
+
+    A task not yet running is dropped and never runs. A running task gets
+    KeyboardInterrupt in its code (a ``get`` or ``wait`` it is blocked in
+    raises TaskCancelledError); ``force=True`` kills its worker instead. An
+    async actor method's asyncio task is cancelled; a sync actor method is
+    not interrupted (the actor has state) but sees
+    ``get_runtime_context().is_canceled()``; ``force=True`` is refused for
+    actor calls (ValueError). ``recursive``: the tasks the cancelled task
+    submitted are cancelled too. ``get`` then raises TaskCancelledError.
+    A finished task: nothing happens. A ref this process borrowed: its owner
+    cancels the task."""
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
-    rt = runtime_context.require()
-    from .ids import task_of
-    rt.io.post(rt.submitter.cancel, task_of(ref.id), force)
+    runtime_context.require().cancel(ref, bool(force), bool(recursive))
 
 
 def kill(actor, *, no_restart: bool = True):
@@ -295,6 +305,15 @@ class RuntimeContext:
         """This actor's id, in an actor's methods (else None)."""
         aid = self._rt.current_actor_id
         return aid.hex() if aid is not None else None
+
+    def is_canceled(self) -> bool:
+        """Whether ``cancel`` was called on the running task or actor method
+        (a sync actor method is not interrupted: it checks this to stop).
+        RuntimeError in a driver or an async actor, as in Ray."""
+        executor = getattr(self._rt, "executor", None)
+        if executor is None:
+            raise RuntimeError("is_canceled() can only be called from a task or actor method")
+        return executor.current_task_cancelled()
 
     def get_accelerator_ids(self) -> dict:
         """Devices assigned to the running task or actor: {"GPU": ["0", ...]}."""

@@ -25,7 +25,7 @@ import time
 from . import protocol as P
 from .exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, OwnerDiedError,
                          GdfutError, ClusterConnectionError, load_error)
-from .ids import new_id, object_id_for_put, short
+from .ids import new_id, object_id_for_put, short, task_of
 from .object_ref import ObjectRef
 from . import ownership as own
 from . import serialization as ser
@@ -41,6 +41,7 @@ ERROR = 1       # [ERROR, pickled exception]
 STORE = 2       # [STORE, node_id, size]
 
 MAX_INBOX = 1_000_000
+CANCEL_TIMEOUT_S = 30        # for the owner's answer to a cancel
 
 
 class IoThread:
@@ -162,6 +163,8 @@ class CoreWorker:
         self.log_to_driver = True
         self.inherited_cuda_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.node_addrs: dict[bytes, tuple] = {}            # node id -> daemon address
+        # user thread id -> how to wake its blocked get/wait (a cancel interrupts them)
+        self.blocked_waits: dict[int, object] = {}
         from .submitter import TaskSubmitter
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -256,6 +259,7 @@ class CoreWorker:
         d[P.ACTOR_LOCATION] = self.actors.on_actor_location
         d[P.ADD_LOCATION] = self._on_add_location
         d[P.WORKER_OUTPUT] = lambda conn, m: worker_output.on_worker_output(self, conn, m)
+        d[P.CANCEL_OWNED_TASK] = self._on_cancel_owned
 
     # ------------------------------------------------------------ connections
     async def connect_peer(self, addr) -> tcp.FramedConnection:
@@ -598,6 +602,10 @@ class CoreWorker:
         blocked = self.mode == "worker" and any(entries[i] is None for i in missing)
         if blocked:
             self.io.post(self._notify_blocked, True)
+        thread = threading.get_ident()
+        if self.mode == "worker":        # a cancel of the running task interrupts it
+            self.blocked_waits[thread] = lambda exc: _set_exception(fut, exc)
+        resolved = None
         try:
             resolved = fut.result(timeout)
         except concurrent.futures.TimeoutError:
@@ -605,8 +613,12 @@ class CoreWorker:
             raise GetTimeoutError(f"get timed out after {timeout} s waiting for "
                                   f"{len(missing)} object(s)") from None
         finally:
+            self.blocked_waits.pop(thread, None)
             if blocked:
                 self.io.post(self._notify_blocked, False)
+            if resolved is None:        # gave up (timeout, cancel, Ctrl-C): unpin for it
+                fut.cancel()
+                self.io.post(self._release_pins, fut)
         for i, entry in zip(missing, resolved):
             entries[i] = entry
         return entries
@@ -622,8 +634,13 @@ class CoreWorker:
         """io thread: gather entries; pin store objects for the reader."""
         results = [None] * len(oids)
         remaining = [len(oids)]
+        fut.gdfut_pins = (oids, results)    # for _release_pins, if the reader gives up
 
         def done(i, entry):
+            if fut.done():   # the reader gave up (timeout, cancel): release its pin
+                if entry[0] == "pinned":
+                    self._send_unpin(oids[i])
+                return
             results[i] = entry
             remaining[0] -= 1
             if remaining[0] == 0 and not fut.done():
@@ -631,6 +648,15 @@ class CoreWorker:
 
         for i, oid in enumerate(oids):
             self.when_available(oid, lambda e, i=i, oid=oid: self._pin_if_stored(oid, e, i, done))
+
+    def _release_pins(self, fut):
+        """io thread: a get gave up: unpin what was pinned for it so far
+        (what comes later is unpinned as it comes, in _resolve_many)."""
+        oids, results = getattr(fut, "gdfut_pins", ((), ()))
+        for i, entry in enumerate(results):
+            if entry is not None and entry[0] == "pinned":
+                results[i] = None
+                self._send_unpin(oids[i])
 
     def _pin_if_stored(self, oid, entry, i, done):
         if entry[0] != STORE:
@@ -739,15 +765,34 @@ class CoreWorker:
                 done_ids.add(oid)
                 cond.notify_all()
 
+        interrupted: list = []
+        waiting = [True]
+
+        def interrupt(exc) -> bool:
+            with cond:
+                if waiting[0]:
+                    interrupted.append(exc)
+                    cond.notify_all()
+                return waiting[0]
+
         self.io.post(self._watch, [r.id for r in refs], on_ready)
         deadline = None if timeout is None else time.monotonic() + timeout
-        with cond:
-            while len(done_ids) < num_returns:
-                left = None if deadline is None else deadline - time.monotonic()
-                if left is not None and left <= 0:
-                    break
-                cond.wait(left)
-            snapshot = set(done_ids)
+        thread = threading.get_ident()
+        if self.mode == "worker":        # a cancel of the running task interrupts it
+            self.blocked_waits[thread] = interrupt
+        try:
+            with cond:
+                while len(done_ids) < num_returns and not interrupted:
+                    left = None if deadline is None else deadline - time.monotonic()
+                    if left is not None and left <= 0:
+                        break
+                    cond.wait(left)
+                waiting[0] = False
+                snapshot = set(done_ids)
+        finally:
+            self.blocked_waits.pop(thread, None)
+        if interrupted:
+            raise interrupted[0]
         ready = [r for r in refs if r.id in snapshot][:num_returns] if num_returns else []
         ready_ids = {r.id for r in ready}
         return ready, [r for r in refs if r.id not in ready_ids]
@@ -755,6 +800,56 @@ class CoreWorker:
     def _watch(self, oids, on_ready):
         for oid in oids:
             self.when_available(oid, lambda _e, oid=oid: on_ready(oid))
+
+    # --------------------------------------------------------------- cancel
+    def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:
+        """User thread: cancel the task that makes ``ref``. Its owner decides
+        (a ref we borrowed: the cancel is forwarded to its owner)."""
+        tid = task_of(ref.id)
+        if ref.owner_wid == self.wid:
+            async def here():
+                return self.submitter.cancel(tid, force, recursive)
+            refused = self.io.run(here())
+        else:
+            refused = self.io.run(self._cancel_at_owner(ref, tid, force, recursive))
+        if refused:
+            raise ValueError(refused)
+
+    async def _cancel_at_owner(self, ref, tid, force, recursive):
+        addr = ref.owner_addr
+        try:
+            conn = await asyncio.wait_for(self.connect_peer(addr), CANCEL_TIMEOUT_S)
+            return await asyncio.wait_for(
+                conn.request(P.CANCEL_OWNED_TASK, tid, force, recursive), CANCEL_TIMEOUT_S)
+        except (OSError, tcp.ConnectionLost) as exc:
+            # the owner is gone, and with it every task it owned (fate sharing)
+            log.info("cancel of %s: its owner cannot be reached (%s)", short(tid), exc)
+            return None
+        except (asyncio.TimeoutError, tcp.RemoteError) as exc:
+            raise GdfutError(f"cancel of task {short(tid)}: its owner {short(ref.owner_wid)} "
+                             f"at {addr[0]}:{addr[1]} did not take the cancel "
+                             f"({exc or 'no answer in %d s' % CANCEL_TIMEOUT_S})") from None
+
+    def _on_cancel_owned(self, conn, m):
+        req_id = m[1]
+        if not (len(m) == 5 and isinstance(m[2], bytes) and isinstance(m[3], bool)
+                and isinstance(m[4], bool)):
+            conn.reply_error(req_id, "malformed cancel request")
+            return
+        conn.reply(req_id, self.submitter.cancel(m[2], m[3], m[4]))
+
+    def interrupt_blocked(self, thread_id: int, exc: BaseException) -> bool:
+        """Make a get/wait that ``thread_id`` is blocked in raise ``exc``
+        (a non-force cancel of the task that thread runs). Any thread.
+        False if it is blocked in none (or the one it was in just ended)."""
+        wake = self.blocked_waits.get(thread_id)
+        return wake is not None and wake(exc)
+
+    def submitting_task_id(self) -> bytes | None:
+        """The task of the calling thread (None in a driver): the parent of the
+        tasks it submits, which a recursive cancel of it cancels too."""
+        executor = getattr(self, "executor", None)
+        return None if executor is None else executor.current_task_id()
 
     # --------------------------------------------------------------- memory
     def _on_owner_memory(self, conn, m):
@@ -805,6 +900,14 @@ def _location_text(loc) -> list:
     if loc == own.INLINE:
         return ["inline"]
     return list(loc)
+
+
+def _set_exception(fut: concurrent.futures.Future, exc: BaseException) -> bool:
+    try:
+        fut.set_exception(exc)
+        return True
+    except concurrent.futures.InvalidStateError:   # resolved meanwhile: the get returns
+        return False
 
 
 class _Unpin:

@@ -11,11 +11,12 @@ import asyncio
 import atexit
 import collections
 import concurrent.futures
-import ctypes
+import contextvars
 import inspect
 import logging
 import os
 import pickle
+import signal
 import threading
 import time
 import traceback
@@ -29,18 +30,24 @@ from .ids import object_id_for_return, short
 from .actor import ActorExitRequest
 from .actor_submitter import DONE_ACTOR_EXIT
 from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_NEED_FUNCTION, DONE_OK, DONE_RESCHEDULE,
-                        ERROR, INLINE, STORE)
+                        ERROR, INLINE, STORE, cancelled_error)
 
 log = logging.getLogger("gdfut.executor")
 
 MAX_QUEUED_TASKS = 100_000
 MAX_LABELS = 10_000          # cached output labels ("fn pid=N"), cleared when full
+INTERRUPT_RETRY_S = 0.05     # a cancel's interrupt that found the task in gdfut's code retries
+
+# The task the calling thread (or asyncio task) runs: is_canceled(), and the
+# parent of the tasks it submits (a recursive cancel cancels them too).
+CURRENT_TASK: contextvars.ContextVar = contextvars.ContextVar("gdfut_current_task",
+                                                              default=None)
 
 
 class Task:
     __slots__ = ("conn", "tid", "fn_id", "fn_bytes", "name", "args", "kwargs", "num_returns",
                  "owner_wid", "owner_addr", "actor_id", "method", "actor_options", "gpu_ids",
-                 "started")
+                 "started", "cancelled", "interrupted")
 
     def __init__(self, conn, wire):
         self.conn = conn
@@ -48,6 +55,8 @@ class Task:
          self.num_returns, self.owner_wid, self.owner_addr, self.actor_id, self.method,
          self.actor_options, self.gpu_ids) = wire
         self.started = 0.0
+        self.cancelled = False       # its owner cancelled it
+        self.interrupted = False     # the cancel's interrupt was raised in it
 
     def return_ids(self):
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
@@ -67,6 +76,8 @@ class Executor:
         self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_sema: asyncio.Semaphore | None = None
+        self.calls: dict[bytes, Task] = {}       # actor calls running on a pool or asyncio
+        self.async_tasks: dict[bytes, asyncio.Task] = {}   # tid -> its asyncio task
         self._stop = False
         self.exit_reason: str | None = None     # set once the actor called exit_actor()
         self.exit_replied = threading.Event()
@@ -95,21 +106,83 @@ class Executor:
             self.cond.notify()
 
     def on_cancel(self, conn, m):
-        _, tid, force = m
+        """The owner cancels a task it pushed here (Ray's semantics): a queued
+        one never runs; a running task gets KeyboardInterrupt (``force``: the
+        worker exits); an async actor method's asyncio task is cancelled; a
+        sync actor method is not interrupted (the actor has state) but sees
+        ``is_canceled()``. ``recursive``: the tasks it submitted go too."""
+        tid, force = m[1], bool(m[2])
+        recursive = bool(m[3]) if len(m) > 3 else True
         with self.cond:
             queued = next((t for t in self.queue if t.tid == tid), None)
             if queued is not None:
                 self.queue.remove(queued)
-            running = self.running is not None and self.running.tid == tid
+            running = self.running if self.running is not None and self.running.tid == tid \
+                else self.calls.get(tid)
+            if running is not None:
+                running.cancelled = True
         if queued is not None:
-            self.reply_error(queued, TaskCancelledError(f"task {queued.name} was cancelled"),
-                             DONE_CANCELLED)
-        elif running and force:
+            self.reply_error(queued, cancelled_error(queued.name, tid), DONE_CANCELLED)
+            return
+        if running is None:
+            return                  # finished already: nothing happens
+        if recursive:
+            self.rt.submitter.cancel_children(tid, force)
+        if running.actor_id is not None:
+            if self.actor_loop is not None:
+                self.actor_loop.call_soon_threadsafe(self.cancel_async_call, tid)
+        elif force:
             log.info("force-cancel of running task %s: exiting", short(tid))
-            os._exit(1)
-        elif running:
-            ctypes.pythonapi.PyThreadState_SetAsyncExc(
-                ctypes.c_ulong(self.main_thread_id), ctypes.py_object(TaskCancelledError))
+            self.rt.io.loop.call_soon(os._exit, 1)   # after the children's cancels are sent
+        else:
+            self.interrupt(running)
+
+    def interrupt(self, task: Task):
+        """io thread: raise KeyboardInterrupt in the running task, as Ray does
+        (a get or wait it is blocked in raises TaskCancelledError instead).
+        The signal handler raises only in the task's own code, never inside
+        gdfut's, so this retries until it lands or the task ends."""
+        with self.cond:
+            if self.running is not task or task.interrupted:
+                return
+            if self.rt.interrupt_blocked(self.main_thread_id,
+                                         cancelled_error(task.name, task.tid)):
+                task.interrupted = True
+                return
+            signal.pthread_kill(self.main_thread_id, signal.SIGINT)
+        self.rt.io.loop.call_later(INTERRUPT_RETRY_S, self.interrupt, task)
+
+    def on_interrupt_signal(self, signum, frame):
+        """Main thread, SIGINT: the interrupt of a cancelled task. Anything
+        else (a Ctrl-C meant for the driver, a signal that came after its
+        task ended) is ignored: a worker is stopped by its node, not by it."""
+        task = self.running
+        if task is None or not task.cancelled or task.interrupted or task.actor_id is not None:
+            return
+        if not in_task_code(frame):
+            return                  # inside gdfut's own code: interrupt() tries again
+        task.interrupted = True
+        raise KeyboardInterrupt(f"task {task.name} was cancelled")
+
+    def cancel_async_call(self, tid: bytes):
+        """actor loop: cancel an async actor method's asyncio task."""
+        atask = self.async_tasks.get(tid)
+        if atask is not None:
+            atask.cancel()
+
+    def current_task_id(self) -> bytes | None:
+        task = CURRENT_TASK.get()
+        return None if task is None else task.tid
+
+    def current_task_cancelled(self) -> bool:
+        """Ray's ``get_runtime_context().is_canceled()``."""
+        task = CURRENT_TASK.get()
+        if task is None:
+            raise RuntimeError("is_canceled() can only be called from a task or actor method")
+        if self.actor_loop is not None:
+            raise RuntimeError("is_canceled() is not available in an async actor: a cancel "
+                               "raises asyncio.CancelledError in its method")
+        return task.cancelled
 
     def reject_queued(self):
         """The running task blocked in get: hand queued tasks back to owners."""
@@ -123,6 +196,7 @@ class Executor:
 
     # ------------------------------------------------------------ main thread
     def run_forever(self):
+        signal.signal(signal.SIGINT, self.on_interrupt_signal)
         while True:
             with self.cond:
                 while not self.queue and not self._stop:
@@ -133,10 +207,9 @@ class Executor:
                 self.running = task
             try:
                 self.execute(task)
-            except TaskCancelledError:   # async cancel landed after the task finished
-                pass
             finally:
-                self.running = None
+                with self.cond:      # interrupt() checks the running task under it
+                    self.running = None
         if self.exit_reason is not None:
             self.finish_exit()
 
@@ -205,12 +278,18 @@ class Executor:
             os.environ["CUDA_VISIBLE_DEVICES"] = self.rt.inherited_cuda_devices
 
     def call_and_reply(self, task, fn):
+        if task.cancelled:          # cancelled while it waited for a thread of the pool
+            self.reply_error(task, cancelled_error(task.name, task.tid), DONE_CANCELLED)
+            return
+        current = CURRENT_TASK.set(task)
         try:
             args, kwargs = self.resolve_args(task)
             result = fn(*args, **kwargs)
             del args, kwargs
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
+            if task.cancelled:      # it ran to its end anyway: the caller asked it cancelled
+                raise cancelled_error(task.name, task.tid)
             returns = self.package_returns(task, result)
             status = DONE_OK
         except TaskCancelledError as exc:
@@ -220,10 +299,17 @@ class Executor:
             if isinstance(exc, ActorExitRequest):
                 self.exit_actor(task)
                 return
+            if task.cancelled:      # the cancel's KeyboardInterrupt, or what the task raised then
+                exc = cancelled_error(task.name, task.tid)
+                self.rt.io.post(self.send_done, task, DONE_CANCELLED,
+                                self.error_returns(task, exc))
+                return
             if isinstance(exc, SystemExit):
                 os._exit(exc.code if isinstance(exc.code, int) else 1)
             returns = self.error_returns(task, self.wrap_error(task, exc))
             status = DONE_ERROR
+        finally:
+            CURRENT_TASK.reset(current)
         self.rt.io.post(self.send_done, task, status, returns)
 
     def function(self, fn_id):
@@ -271,27 +357,40 @@ class Executor:
 
     def run_concurrent_actor_call(self, task: Task):
         self.note_running_task(task)
+        self.calls[task.tid] = task
         if self.actor_loop is not None:
             asyncio.run_coroutine_threadsafe(self.async_call(task), self.actor_loop)
         else:
             self.actor_pool.submit(self.call_and_reply, task, getattr(self.actor, task.method))
 
     async def async_call(self, task: Task):
-        async with self.actor_sema:
-            try:
+        self.async_tasks[task.tid] = asyncio.current_task()   # cancel_async_call cancels it
+        CURRENT_TASK.set(task)
+        try:
+            if task.cancelled:
+                raise asyncio.CancelledError
+            async with self.actor_sema:
                 args, kwargs = await asyncio.to_thread(self.resolve_args, task)
                 result = getattr(self.actor, task.method)(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
+                if task.cancelled:      # it swallowed the CancelledError: still cancelled
+                    raise asyncio.CancelledError
                 returns = self.package_returns(task, result)
                 status = DONE_OK
-            except ActorExitRequest:
-                self.exit_actor(task)
-                return
-            except BaseException as exc:
+        except ActorExitRequest:
+            self.exit_actor(task)
+            return
+        except BaseException as exc:
+            if task.cancelled:
+                returns = self.error_returns(task, cancelled_error(task.name, task.tid))
+                status = DONE_CANCELLED
+            else:
                 returns = self.error_returns(task, self.wrap_error(task, exc))
                 status = DONE_ERROR
-            self.rt.io.post(self.send_done, task, status, returns)
+        finally:
+            self.async_tasks.pop(task.tid, None)
+        self.rt.io.post(self.send_done, task, status, returns)
 
     # -------------------------------------------------------- exit_actor
     def exit_actor(self, task: Task):
@@ -420,6 +519,7 @@ class Executor:
 
     def send_done(self, task: Task, status: int, returns: list):
         """io thread: register borrows, then reply to the task's owner."""
+        self.calls.pop(task.tid, None)
         self.rt.finish_task_borrows(task, returns, lambda: self._reply(task, status, returns))
 
     def _reply(self, task, status, returns):
@@ -431,3 +531,26 @@ class Executor:
         for oid, _entry, _nested, refs in returns:
             if refs:   # the reply is queued ahead of any Remove we send now
                 rt.run_instructions(rt.table.return_sent(oid))
+
+
+_PKG_DIR = os.path.dirname(os.path.abspath(__file__))
+_RUNTIME_DIRS = frozenset(os.path.normpath(os.path.join(_PKG_DIR, d))
+                          for d in ("", "transport", "devstore", "sched"))
+_CALL_CODE = Executor.call_and_reply.__code__
+
+
+def in_task_code(frame) -> bool:
+    """Is the main thread in a task's own code: below the executor's call of
+    the task, with no frame of gdfut's runtime in between? Only there may a
+    cancel's KeyboardInterrupt be raised: inside the runtime it could leave
+    the runtime's state half changed, and outside the call nothing catches it."""
+    if frame is None or frame.f_code is _CALL_CODE:
+        return False
+    while frame is not None:
+        code = frame.f_code
+        if code is _CALL_CODE:
+            return True
+        if os.path.dirname(os.path.abspath(code.co_filename)) in _RUNTIME_DIRS:
+            return False
+        frame = frame.f_back
+    return False

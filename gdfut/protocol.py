@@ -55,9 +55,10 @@ NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}
 # owner <-> worker (direct task push)
 PUSH_TASK = 30            # spec
 TASK_DONE = 31            # task_id, status, returns[, seconds the worker spent on it]
-CANCEL_TASK = 32          # task_id, force
+CANCEL_TASK = 32          # task_id, force, recursive
 EXIT_WORKER = 33          # reason
 # any process <-> owner
+CANCEL_OWNED_TASK = 39    # req: task_id, force, recursive -> None | why the cancel is refused
 GET_OBJECT = 40           # req: oid, wait -> object status/value/location
 ADD_BORROWER = 41         # req: oid, borrower_wid, n -> ack
 REMOVE_BORROWER = 42      # oid, borrower_wid, n

@@ -58,6 +58,7 @@ class TaskSpec:
     unresolved: int = 0
     cancelled: bool = False
     force_cancel: bool = False
+    parent_tid: bytes | None = None    # the task that submitted this one (recursive cancel)
 
     strategy: object = None       # None | "SPREAD" | ["AFFINITY", node_id, soft]
 
@@ -153,7 +154,7 @@ class TaskSubmitter:
         a, kw, held, deps, nested = self.prepare_args(args, kwargs, name)
         spec = TaskSpec(new_task_id(), fn_id, fn_bytes, name, a, kw, options["num_returns"],
                         options["resources"], options["max_retries"], deps, nested, held,
-                        strategy=options.get("strategy"))
+                        strategy=options.get("strategy"), parent_tid=rt.submitting_task_id())
         refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
         rt.io.post(self.submit_in_loop, spec, rt.call_site())
         return refs
@@ -190,13 +191,13 @@ class TaskSubmitter:
         else:
             container[idx] = entry
         spec.unresolved -= 1
-        if spec.unresolved == 0:
+        if spec.unresolved == 0 and spec.tid in self.specs:   # else cancelled meanwhile
             failed = next((e for e in spec.args + [kv[1] for kv in spec.kwargs]
                            if e[0] == ERROR), None)
             if failed is not None:
                 self.finish(spec, [[oid, failed, []] for oid in spec.return_ids()])
             elif spec.cancelled:
-                self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+                self.fail_cancelled(spec)
             else:
                 then(spec)
 
@@ -244,7 +245,7 @@ class TaskSubmitter:
 
     def push(self, lease: Lease, spec: TaskSpec):
         if spec.cancelled:
-            self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
+            self.fail_cancelled(spec)
             return
         lease.in_flight[spec.tid] = spec
         self.lease_of_task[spec.tid] = lease
@@ -382,7 +383,7 @@ class TaskSubmitter:
 
     def _worker_lost(self, spec: TaskSpec, lease: Lease):
         if spec.cancelled:
-            self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled (force)"))
+            self.fail_cancelled(spec, killed=spec.force_cancel)
             return
         decision = self.manager.worker_failed(spec.tid)
         if isinstance(decision, Retry):
@@ -396,29 +397,58 @@ class TaskSubmitter:
                 f"unexpectedly; {decision.reason}"))
 
     # ------------------------------------------------------------ cancel
-    def cancel(self, tid: bytes, force: bool):
-        """Cancel a pending task (queued: dropped; running: interrupted)."""
+    def cancel(self, tid: bytes, force: bool, recursive: bool) -> str | None:
+        """Cancel a task this process owns, as Ray does: one not yet pushed
+        is dropped (it never runs); a running one is interrupted by its
+        worker (``force``: the worker is killed), which with ``recursive``
+        also cancels the tasks it submitted. Returns why the cancel is
+        refused (the caller raises ValueError), or None. A finished or
+        unknown task: nothing happens."""
         spec = self.specs.get(tid)
         if spec is None:
-            return False
+            return None
+        if spec.actor_id is not None:
+            if force:
+                return (f"force=True is not supported for actor tasks ({spec.name}): an "
+                        f"actor's state would be lost; use gdfut.kill() to stop the actor")
+            self.rt.actors.cancel(spec, recursive)
+            return None
         spec.cancelled = True
         spec.force_cancel = force
         lease = self.lease_of_task.get(tid)
-        if lease is not None:
-            lease.conn.send([P.CANCEL_TASK, tid, force])
-            return True
+        if lease is not None:     # pushed: its worker cancels it (a lost worker fails it)
+            if not lease.conn.closed:
+                lease.conn.send([P.CANCEL_TASK, tid, force, recursive])
+            return None
         for q in self.queues.values():
             if spec in q.ready:
                 q.ready.remove(spec)
-                self._fail(spec, TaskCancelledError(f"task {spec.name} was cancelled"))
                 break
-        return True
+        self.fail_cancelled(spec)      # queued, or waiting for its arguments
+        return None
+
+    def fail_cancelled(self, spec: TaskSpec, killed: bool = False) -> None:
+        self._fail(spec, cancelled_error(spec.name, spec.tid, killed))
+
+    def cancel_children(self, parent_tid: bytes, force: bool) -> None:
+        """Recursive cancel: the tasks and actor calls the cancelled task
+        submitted (this process owns them). As in Ray, force does not apply
+        to actor calls."""
+        children = [s for s in self.specs.values() if s.parent_tid == parent_tid]
+        for spec in children:
+            self.cancel(spec.tid, force and spec.actor_id is None, True)
 
     def release_lineage(self, tid: bytes):
         self.lineage.pop(tid, None)
 
     def close(self):
         self._closed = True
+
+
+def cancelled_error(name: str, tid: bytes, force: bool = False) -> TaskCancelledError:
+    """What the caller's get raises for a cancelled task: which task it was."""
+    how = " (force=True: its worker was killed)" if force else ""
+    return TaskCancelledError(f"task {name} (task id {short(tid)}) was cancelled{how}")
 
 
 def stored_arg_bytes(spec: TaskSpec) -> dict:

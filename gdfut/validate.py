@@ -401,6 +401,8 @@ SCHEMAS: dict[int, Schema] = {
                                ("n", COUNT)),
     P.ACTOR_LOCATION: _schema("ACTOR_LOCATION", ("req_id", REQ_ID), ("actor_id", ID)),
     P.OWNER_MEMORY: _schema("OWNER_MEMORY", ("req_id", REQ_ID)),
+    P.CANCEL_OWNED_TASK: _schema("CANCEL_OWNED_TASK", ("req_id", REQ_ID), ("task_id", ID),
+                                 ("force", Bool()), ("recursive", Bool())),
     P.ADD_LOCATION: _schema("ADD_LOCATION", ("object_id", ID), ("node_id", ID)),
     P.TASK_DONE: _schema("TASK_DONE", ("task_id", ID), ("status", Anything()),
                          ("returns", Anything()), extra=True),
