@@ -185,7 +185,7 @@ def test_a_get_that_gave_up_releases_its_pin(cluster):
     """A get that timed out (or was interrupted by a cancel) pinned nothing
     for good: the object is freed once its refs are gone."""
     import numpy as np
-    from conftest import store_stats
+    from helpers import store_stats
 
     @gdfut.remote
     def late_array():
