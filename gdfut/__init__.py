@@ -4,7 +4,7 @@ from .api import (available_resources, cancel, cluster_resources, get, get_actor
                   remote, shutdown, wait)
 from .actor import method
 from .scheduling_strategies import NodeAffinitySchedulingStrategy
-from .object_ref import ObjectRef
+from .object_ref import DynamicObjectRefGenerator, ObjectRef, ObjectRefGenerator
 from .actor import ActorHandle
 from . import exceptions
 
@@ -13,5 +13,6 @@ __version__ = "0.1.0"
 __all__ = ["init", "shutdown", "is_initialized", "remote", "method", "get", "put", "wait",
            "cancel", "kill", "get_actor", "get_gpu_ids", "get_runtime_context",
            "cluster_resources", "available_resources", "memory_summary", "nodes",
-           "NodeAffinitySchedulingStrategy", "ObjectRef", "ActorHandle", "exceptions",
+           "NodeAffinitySchedulingStrategy", "ObjectRef", "ObjectRefGenerator",
+           "DynamicObjectRefGenerator", "ActorHandle", "exceptions",
            "__version__"]

@@ -161,6 +161,8 @@ class CoreWorker:
         self.log_to_driver = True
         self.inherited_cuda_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
         self.node_addrs: dict[bytes, tuple] = {}            # node id -> daemon address
+        # generator task id -> futures of the caller's pending next() calls
+        self.stream_waiters: dict[bytes, collections.deque] = {}
         from .submitter import TaskSubmitter
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -218,6 +220,7 @@ class CoreWorker:
         d[P.REMOVE_BORROWER] = self._on_remove_borrower
         d[P.OWNER_MEMORY] = self._on_owner_memory
         d[P.TASK_DONE] = self.submitter.on_task_done
+        d[P.TASK_YIELD] = self.submitter.on_task_yield
         d[P.ACTOR_LOCATION] = self.actors.on_actor_location
         d[P.ADD_LOCATION] = self._on_add_location
         d[P.WORKER_OUTPUT] = lambda conn, m: worker_output.on_worker_output(self, conn, m)
@@ -324,6 +327,8 @@ class CoreWorker:
             elif kind is own.ObjectLost:
                 err = ObjectLostError(f"object {short(ins.oid)} lost its last copy")
                 self.set_value(ins.oid, [ERROR, pickle.dumps(err)])
+            elif kind is own.StreamAck:
+                self.submitter.send_stream_ack(ins.tid, ins.consumed)
             else:
                 raise AssertionError(f"unknown instruction {ins!r}")
 
@@ -464,6 +469,59 @@ class CoreWorker:
         err = ObjectLostError(f"object {short(oid)} was freed by its owner (all references "
                               f"were dropped) and cannot be rebuilt")
         conn.reply(req_id, [ERROR, pickle.dumps(err)])
+
+    # ---------------------------------------------------- generator streams
+    def stream_next(self, tid: bytes) -> concurrent.futures.Future:
+        """The next item of generator task tid: a future of its object id,
+        or of None at the end (user thread)."""
+        if self._closed:
+            raise GdfutError("the gdfut runtime was shut down")
+        fut = concurrent.futures.Future()
+        self.io.post(self._stream_next, tid, fut)
+        return fut
+
+    def _stream_next(self, tid, fut):
+        waiters = self.stream_waiters.get(tid)
+        if waiters is None:
+            waiters = self.stream_waiters[tid] = collections.deque()
+        waiters.append(fut)
+        self.wake_stream(tid)
+
+    def wake_stream(self, tid: bytes):
+        """io thread: hand out items (or the end) to waiting next() calls, in order."""
+        waiters = self.stream_waiters.get(tid)
+        while waiters and self.table.stream_ready(tid):
+            fut = waiters.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue              # cancelled while waiting: it takes nothing
+            result = None
+            for ins in self.table.stream_take(tid):
+                if type(ins) is own.NextRef:
+                    result = ins.oid
+                elif type(ins) is not own.StreamEnd:
+                    self.run_instructions([ins])
+            fut.set_result(result)
+        if waiters is not None and not waiters:
+            del self.stream_waiters[tid]
+
+    def stream_ready(self, tid: bytes) -> bool:
+        return self.io.run(self._stream_query(self.table.stream_ready, tid), timeout=30)
+
+    def stream_finished(self, tid: bytes) -> bool:
+        return self.io.run(self._stream_query(self.table.stream_finished, tid), timeout=30)
+
+    async def _stream_query(self, query, tid):
+        await asyncio.sleep(0)   # after next() calls posted before this one
+        return query(tid)
+
+    def stream_dropped(self, tid: bytes):
+        """The caller's ObjectRefGenerator is gone (any thread)."""
+        if not self._closed:
+            self.io.post(self._stream_dropped, tid)
+
+    def _stream_dropped(self, tid):
+        self.stream_waiters.pop(tid, None)
+        self.run_instructions(self.table.stream_dropped(tid))
 
     # ------------------------------------------------------------------ put
     def put(self, value) -> ObjectRef:
