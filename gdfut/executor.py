@@ -207,7 +207,7 @@ class Executor:
             del args, kwargs
             if inspect.iscoroutine(result):
                 result = asyncio.run(result)
-            returns = self.package_returns(task, self.final_value(task, result))
+            returns = self.returns_of(task, result)
             status = DONE_OK
         except TaskCancelledError as exc:
             returns = self.error_returns(task, exc)
@@ -274,7 +274,7 @@ class Executor:
                 result = getattr(self.actor, task.method)(*args, **kwargs)
                 if inspect.isawaitable(result):
                     result = await result
-                returns = self.package_returns(task, await self.final_value_async(task, result))
+                returns = await self.returns_of_async(task, result)
                 status = DONE_OK
             except BaseException as exc:
                 returns = self.error_returns(task, self.wrap_error(task, exc))
@@ -306,43 +306,48 @@ class Executor:
                                  f"{type(result).__name__}"
                                  f"{' of length %d' % len(result) if hasattr(result, '__len__') else ''}")
             values = list(result)
-        out = []
-        for oid, value in zip(task.return_ids(), values):
-            s = ser.serialize(value, f"the return value of {task.name}")
-            entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
-            if task.generator == DYNAMIC:   # refs to its items: the owner has them already
-                out.append([oid, entry, [], []])
-                continue
-            nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
-            out.append([oid, entry, nested, s.nested])
-        return out
+        return [self.package_value(task, oid, value)
+                for oid, value in zip(task.return_ids(), values)]
+
+    def package_value(self, task: Task, oid: bytes, value) -> list:
+        """A return row [oid, entry, nested rows, nested refs]: small values
+        inline, others written into the store (owned by the task's owner)."""
+        s = ser.serialize(value, f"the return value of {task.name}")
+        entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
+        if task.generator == DYNAMIC:   # refs to its items: the owner has them already
+            return [oid, entry, [], []]
+        nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
+        return [oid, entry, nested, s.nested]
 
     # -------------------------------------------------------- generators
-    def final_value(self, task: Task, result):
-        """The value of the task's returns. A generator task streams its
-        items first; a generator under num_returns=N yields the N values."""
+    def returns_of(self, task: Task, result) -> list:
+        """The task's return rows. A generator task streams its items first;
+        a generator under num_returns=N gives the N values it yields."""
         if inspect.isasyncgen(result):     # not in an async actor: run it to its end here
-            return asyncio.run(self.final_value_async(task, result))
+            return asyncio.run(self.returns_of_async(task, result))
         if task.generator is not None:
             if not inspect.isgenerator(result):
                 raise self.not_a_generator(task, result)
-            return self.stream_items(task, result)
+            return self.package_returns(task, self.stream_items(task, result))
         if inspect.isgenerator(result):
-            return self.collect_values(task, result)
-        return result
+            return self.static_generator_returns(task, result)
+        return self.package_returns(task, result)
 
-    async def final_value_async(self, task: Task, result):
-        """final_value for async actors, whose methods may be async generators."""
+    async def returns_of_async(self, task: Task, result) -> list:
+        """returns_of for async actors, whose methods may be async generators."""
         if not inspect.isasyncgen(result):
-            return self.final_value(task, result)
+            return self.returns_of(task, result)
         if task.generator is not None:
-            return await self.stream_items_async(task, result)
-        values = []
-        async for value in result:
-            values.append(value)
-            self.check_value_count(task, len(values), more=True)
-        self.check_value_count(task, len(values), more=False)
-        return values[0] if task.num_returns == 1 else values
+            return self.package_returns(task, await self.stream_items_async(task, result))
+        values, error = [], None
+        try:
+            async for value in result:
+                values.append(value)
+                if len(values) > task.num_returns:
+                    break
+        except Exception as exc:    # stored in the refs after the values, as in Ray
+            error = exc
+        return self.static_generator_returns(task, iter(values), error)
 
     @staticmethod
     def not_a_generator(task: Task, result) -> TypeError:
@@ -350,20 +355,40 @@ class Executor:
                          f"needs a generator function, but it returned "
                          f"{type(result).__name__}")
 
-    def collect_values(self, task: Task, gen):
-        values = []
-        for value in gen:
-            values.append(value)
-            self.check_value_count(task, len(values), more=True)
-        self.check_value_count(task, len(values), more=False)
-        return values[0] if task.num_returns == 1 else values
-
-    @staticmethod
-    def check_value_count(task: Task, count: int, more: bool):
+    def static_generator_returns(self, task: Task, gen, error=None) -> list:
+        """num_returns=N and a generator (Ray): each value is stored as it is
+        yielded; if the generator raises or stops early, the refs left hold
+        the error; if it yields more than N, every ref holds the error."""
         n = task.num_returns
-        if (more and count > n) or (not more and count != n):
-            raise ValueError(f"task {task.name} declared num_returns={n} but its generator "
-                             f"yielded {'more than ' + str(n) if more else count} value(s)")
+        oids = task.return_ids()
+        out: list = []
+        try:
+            for value in gen:
+                if len(out) == n:
+                    self.free_stored(out)
+                    out.clear()
+                    raise ValueError(f"task {task.name} declared num_returns={n} but its "
+                                     f"generator yielded more than {n} values")
+                out.append(self.package_value(task, oids[len(out)], value))
+            if error is not None:
+                raise error
+            if len(out) < n:
+                raise ValueError(f"task {task.name} declared num_returns={n} but its "
+                                 f"generator yielded only {len(out)} value(s)")
+        except Exception as exc:
+            entry = [ERROR, self.pickle_error(self.wrap_error(task, exc))]
+            out += [[oid, entry, [], []] for oid in oids[len(out):]]
+        except BaseException:          # cancelled: the task's error replaces these
+            self.free_stored(out)
+            raise
+        return out
+
+    def free_stored(self, rows: list):
+        """Delete stored copies of return rows that will never be sent (so
+        their owner never learns of them)."""
+        oids = [row[0] for row in rows if row[1][0] == STORE]
+        if oids:
+            self.rt.io.post(self.rt.node_conn.send, [P.STORE_FREE, oids])
 
     def stream_items(self, task: Task, gen):
         """Send each value the generator yields to the owner as it is made
@@ -372,13 +397,19 @@ class Executor:
         window = self.open_window(task)
         made = 0
         try:
-            for value in gen:
-                item, nbytes = self.package_item(task, made, value)
-                self.unsent.acquire(nbytes)
-                self.rt.io.post(self.send_item, task, made, item, nbytes)
+            try:
+                for value in gen:
+                    item, nbytes = self.package_item(task, made, value)
+                    self.unsent.acquire(nbytes)
+                    self.rt.io.post(self.send_item, task, made, item, nbytes)
+                    made += 1
+                    if not window.wait_room(made, task.conn):
+                        break         # the owner is gone: nobody wants the rest
+            except Exception as exc:
+                if task.generator != DYNAMIC:
+                    raise             # the owner stores it in the next ref
+                self.post_error_item(task, made, exc)
                 made += 1
-                if not window.wait_room(made, task.conn):
-                    break         # the owner is gone: nobody wants the rest
             return self.generator_value(task, made)
         finally:
             gen.close()          # runs its finally blocks if we stopped it early
@@ -388,15 +419,21 @@ class Executor:
         window = self.open_window(task)
         made = 0
         try:
-            async for value in agen:
-                item, nbytes = self.package_item(task, made, value)
-                if not self.unsent.try_acquire(nbytes):
-                    await asyncio.to_thread(self.unsent.acquire, nbytes)
-                self.rt.io.post(self.send_item, task, made, item, nbytes)
+            try:
+                async for value in agen:
+                    item, nbytes = self.package_item(task, made, value)
+                    if not self.unsent.try_acquire(nbytes):
+                        await asyncio.to_thread(self.unsent.acquire, nbytes)
+                    self.rt.io.post(self.send_item, task, made, item, nbytes)
+                    made += 1
+                    if not window.has_room(made) and \
+                            not await asyncio.to_thread(window.wait_room, made, task.conn):
+                        break
+            except Exception as exc:
+                if task.generator != DYNAMIC:
+                    raise
+                self.post_error_item(task, made, exc)
                 made += 1
-                if not window.has_room(made) and \
-                        not await asyncio.to_thread(window.wait_room, made, task.conn):
-                    break
             return self.generator_value(task, made)
         finally:
             await agen.aclose()
@@ -417,6 +454,15 @@ class Executor:
         nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
         nbytes = max(MIN_ITEM_BYTES, len(entry[1]) if entry[0] == INLINE else 0)
         return [oid, entry, nested, s.nested], nbytes
+
+    def post_error_item(self, task: Task, index: int, exc: BaseException):
+        """A dynamic generator raised: the error is its final item (as Ray)."""
+        if index >= MAX_GENERATOR_ITEMS:
+            raise exc
+        entry = [ERROR, self.pickle_error(self.wrap_error(task, exc))]
+        self.unsent.acquire(len(entry[1]))
+        self.rt.io.post(self.send_item, task, index,
+                        [object_id_for_yield(task.tid, index), entry, [], []], len(entry[1]))
 
     def generator_value(self, task: Task, made: int):
         if task.generator != DYNAMIC:

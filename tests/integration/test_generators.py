@@ -111,13 +111,20 @@ def test_small_items_are_inline_and_many_stream_in_order(cluster):
 
 
 def test_fast_big_inline_items_do_not_overflow_a_frame(cluster):
-    # 90 KiB items are inline; 2,000 of them are 180 MB, over the 64 MiB frame
-    # limit if the I/O thread batched them all into one frame.
+    # 90 KiB items are inline. The producer keeps the GIL for up to 1 s at a
+    # time, so without a bound on what is queued and unsent the I/O thread
+    # would batch far more than the 64 MiB frame limit into one frame.
     @gdfut.remote
     def chunks(n):
-        payload = b"x" * (90 * 1024)
-        for _ in range(n):
-            yield payload
+        import sys
+        before = sys.getswitchinterval()
+        sys.setswitchinterval(1.0)
+        try:
+            payload = b"x" * (90 * 1024)
+            for _ in range(n):
+                yield payload
+        finally:
+            sys.setswitchinterval(before)
 
     gen = chunks.remote(2000)
     assert gdfut.get(gen.completed(), timeout=120) is None
@@ -189,16 +196,18 @@ def test_dynamic_returns_one_ref_to_a_generator_of_refs(cluster):
     all_freed()
 
 
-def test_dynamic_generator_that_fails_frees_what_it_yielded(cluster):
+def test_dynamic_generator_error_is_its_final_ref(cluster):
     @gdfut.remote(num_returns="dynamic")
     def half():
         yield np.zeros(MB, dtype=np.uint8)
         raise ValueError("half way")
 
     ref = half.remote()
+    first, last = gdfut.get(ref)             # as Ray: the error is an extra, final ref
+    assert gdfut.get(first).nbytes == MB
     with pytest.raises(ValueError, match="half way"):
-        gdfut.get(ref)
-    del ref
+        gdfut.get(last)
+    del ref, first, last
     all_freed()
 
 
@@ -206,14 +215,34 @@ def test_num_returns_n_with_a_generator(cluster):
     @gdfut.remote(num_returns=3)
     def three():
         for i in range(3):
-            yield i * 10
+            yield np.full(MB, i, dtype=np.uint8)
 
-    assert gdfut.get(three.remote()) == [0, 10, 20]
-    bad = three.options(num_returns=2).remote()
-    for ref in bad:
-        with pytest.raises(ValueError, match="num_returns=2"):
+    assert [int(a[0]) for a in gdfut.get(three.remote())] == [0, 1, 2]
+    *values, missing = three.options(num_returns=4).remote()
+    assert [int(a[0]) for a in gdfut.get(values)] == [0, 1, 2]
+    with pytest.raises(ValueError, match="yielded only 3"):
+        gdfut.get(missing)
+    too_many = three.options(num_returns=2).remote()
+    for ref in too_many:
+        with pytest.raises(ValueError, match="more than 2"):
             gdfut.get(ref)
-    del bad, ref
+    del values, missing, too_many, ref
+    all_freed()                               # the values it stored before failing too
+
+
+def test_num_returns_n_generator_error_fills_the_remaining_refs(cluster):
+    @gdfut.remote
+    def generator():
+        for i in range(2):
+            yield i
+        raise Exception("error")
+
+    ref1, ref2, ref3, ref4 = generator.options(num_returns=4).remote()
+    assert gdfut.get([ref1, ref2]) == [0, 1]
+    for ref in (ref3, ref4):
+        with pytest.raises(Exception, match="error"):
+            gdfut.get(ref)
+    del ref1, ref2, ref3, ref4, ref
     all_freed()
 
 
@@ -238,6 +267,16 @@ def test_actor_generator_methods_sync_threaded_and_async(cluster):
                 await asyncio.sleep(0)
                 yield i
 
+        @gdfut.method(num_returns=2)
+        async def pair(self):
+            yield "x"
+            yield "y"
+
+        @gdfut.method(num_returns="dynamic")
+        async def dynamic(self):
+            yield 1
+            raise RuntimeError("async boom")
+
     a = Source.remote(100)
     assert [gdfut.get(r) for r in a.numbers.remote(3)] == [100, 101, 102]
     assert [gdfut.get(r) for r in gdfut.get(a.dynamic.remote(3))] == [0, 1, 2]
@@ -245,7 +284,12 @@ def test_actor_generator_methods_sync_threaded_and_async(cluster):
     assert [gdfut.get(r) for r in t.numbers.remote(2)] == [7, 8]
     b = AsyncSource.remote()
     assert [gdfut.get(r) for r in b.numbers.remote(4)] == [0, 1, 2, 3]
-    del a, b, t
+    assert gdfut.get(b.pair.remote()) == ["x", "y"]
+    one, err = gdfut.get(b.dynamic.remote())
+    assert gdfut.get(one) == 1
+    with pytest.raises(RuntimeError, match="async boom"):
+        gdfut.get(err)
+    del a, b, t, one, err
     all_freed()
 
 
