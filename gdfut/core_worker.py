@@ -26,7 +26,7 @@ from . import protocol as P
 from .exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, OwnerDiedError,
                          GdfutError)
 from .ids import new_id, object_id_for_put, short
-from .object_ref import ObjectRef
+from .object_ref import ObjectRef, ObjectRefGenerator
 from . import ownership as own
 from . import serialization as ser
 from . import worker_output
@@ -163,6 +163,7 @@ class CoreWorker:
         self.node_addrs: dict[bytes, tuple] = {}            # node id -> daemon address
         # generator task id -> futures of the caller's pending next() calls
         self.stream_waiters: dict[bytes, collections.deque] = {}
+        self.stream_watchers: dict[bytes, list] = {}   # tid -> callbacks of wait() calls
         from .submitter import TaskSubmitter
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -487,8 +488,31 @@ class CoreWorker:
         waiters.append(fut)
         self.wake_stream(tid)
 
+    def watch_stream(self, tid: bytes, cb, token=None):
+        """io thread: call cb() once generator tid's next item (or end) is
+        ready; ``unwatch_streams`` with the same token forgets it."""
+        if self.table.stream_ready(tid):
+            cb()
+        else:
+            self.stream_watchers.setdefault(tid, []).append((cb, token))
+
+    def unwatch_streams(self, tids, token):
+        for tid in tids:
+            left = [w for w in self.stream_watchers.get(tid, ()) if w[1] is not token]
+            if left:
+                self.stream_watchers[tid] = left
+            else:
+                self.stream_watchers.pop(tid, None)
+
     def wake_stream(self, tid: bytes):
-        """io thread: hand out items (or the end) to waiting next() calls, in order."""
+        """io thread: hand out items (or the end) to waiting next() calls, in
+        order; then tell wait() calls if an item is still ready."""
+        self._hand_out(tid)
+        if tid in self.stream_watchers and self.table.stream_ready(tid):
+            for cb, _token in self.stream_watchers.pop(tid):
+                cb()
+
+    def _hand_out(self, tid: bytes):
         waiters = self.stream_waiters.get(tid)
         while waiters and self.table.stream_ready(tid):
             fut = waiters.popleft()
@@ -521,6 +545,7 @@ class CoreWorker:
 
     def _stream_dropped(self, tid):
         self.stream_waiters.pop(tid, None)
+        self.stream_watchers.pop(tid, None)
         self.run_instructions(self.table.stream_dropped(tid))
 
     # ------------------------------------------------------------------ put
@@ -739,9 +764,11 @@ class CoreWorker:
     def wait(self, refs, num_returns: int = 1, timeout: float | None = None,
              fetch_local: bool = True):
         refs = list(refs)
-        if not all(isinstance(r, ObjectRef) for r in refs):
-            raise TypeError("wait() takes a list of ObjectRefs")
-        if len(set(r.id for r in refs)) != len(refs):
+        if not all(isinstance(r, (ObjectRef, ObjectRefGenerator)) for r in refs):
+            raise TypeError("wait() takes a list of ObjectRefs (or ObjectRefGenerators)")
+        # a generator is ready when its next item is (or its end), as in Ray
+        keys = [r.id if isinstance(r, ObjectRef) else ("next", r._tid) for r in refs]
+        if len(set(keys)) != len(refs):
             raise ValueError("wait() got duplicate ObjectRefs")
         if not 0 <= num_returns <= len(refs):
             raise ValueError(f"num_returns={num_returns} must be between 0 and {len(refs)}")
@@ -753,7 +780,7 @@ class CoreWorker:
                 done_ids.add(oid)
                 cond.notify_all()
 
-        self.io.post(self._watch, [r.id for r in refs], on_ready)
+        self.io.post(self._watch, keys, on_ready)
         deadline = None if timeout is None else time.monotonic() + timeout
         with cond:
             while len(done_ids) < num_returns:
@@ -762,13 +789,19 @@ class CoreWorker:
                     break
                 cond.wait(left)
             snapshot = set(done_ids)
-        ready = [r for r in refs if r.id in snapshot][:num_returns] if num_returns else []
-        ready_ids = {r.id for r in ready}
-        return ready, [r for r in refs if r.id not in ready_ids]
+        streams = [k[1] for k in keys if isinstance(k, tuple)]
+        if streams:          # this call's watchers go now (a timed-out wait leaves none)
+            self.io.post(self.unwatch_streams, streams, on_ready)
+        picked = [i for i, k in enumerate(keys) if k in snapshot][:num_returns]
+        chosen = set(picked)
+        return [refs[i] for i in picked], [r for i, r in enumerate(refs) if i not in chosen]
 
-    def _watch(self, oids, on_ready):
-        for oid in oids:
-            self.when_available(oid, lambda _e, oid=oid: on_ready(oid))
+    def _watch(self, keys, on_ready):
+        for key in keys:
+            if isinstance(key, tuple):
+                self.watch_stream(key[1], lambda key=key: on_ready(key), on_ready)
+            else:
+                self.when_available(key, lambda _e, oid=key: on_ready(oid))
 
     # --------------------------------------------------------------- memory
     def _on_owner_memory(self, conn, m):

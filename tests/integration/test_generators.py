@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import gdfut
+from gdfut import runtime_context
 from gdfut.exceptions import TaskCancelledError, WorkerCrashedError
 from conftest import store_stats
 from helpers import wait_until
@@ -404,4 +405,35 @@ def test_bad_generator_options_are_refused(cluster):
     with pytest.raises(TypeError, match="needs a generator function"):
         gdfut.get(ref)
     del ref
+    all_freed()
+
+
+def test_wait_on_generators_and_refs(cluster, tmp_path):
+    go = str(tmp_path / "go")
+
+    @gdfut.remote
+    def gated(go):
+        while not os.path.exists(go):
+            time.sleep(0.01)
+        yield "item"
+
+    @gdfut.remote
+    def plain():
+        return 1
+
+    gen = gated.remote(go)
+    ref = plain.remote()
+    for _ in range(20):                       # timed-out waits leave no watcher behind
+        assert gdfut.wait([gen], timeout=0.01) == ([], [gen])
+    wait_until(lambda: not runtime_context.require().stream_watchers, what="watchers gone")
+    ready, rest = gdfut.wait([gen, ref], num_returns=1)
+    assert ready == [ref] and rest == [gen]
+    open(go, "w").close()
+    ready, rest = gdfut.wait([gen, ref], num_returns=2, timeout=30)
+    assert ready == [gen, ref] and rest == []
+    assert gdfut.get(next(gen)) == "item"     # at once: it was ready
+    assert gdfut.wait([gen], timeout=30)[0] == [gen]   # the end is "ready" too
+    with pytest.raises(StopIteration):
+        next(gen)
+    del gen, ref, ready, rest
     all_freed()
