@@ -481,6 +481,18 @@ class CoreWorker:
         self.io.post(self._stream_next, tid, fut)
         return fut
 
+    def stream_next_blocking(self, tid: bytes):
+        """The next item's object id (None at the end), waiting for it. A
+        worker waiting here gives up its CPU meanwhile, as in a blocked get."""
+        fut = self.stream_next(tid)
+        if self.mode != "worker" or fut.done():
+            return fut.result()
+        self.io.post(self._notify_blocked, True)
+        try:
+            return fut.result()
+        finally:
+            self.io.post(self._notify_blocked, False)
+
     def _stream_next(self, tid, fut):
         waiters = self.stream_waiters.get(tid)
         if waiters is None:

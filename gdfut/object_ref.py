@@ -86,7 +86,7 @@ class ObjectRefGenerator:
         return self
 
     def __next__(self) -> ObjectRef:
-        oid = self._rt.stream_next(self._tid).result()
+        oid = self._rt.stream_next_blocking(self._tid)
         if oid is None:
             raise StopIteration
         return self._ref(oid)

@@ -13,7 +13,7 @@ import gdfut
 from gdfut import runtime_context
 from gdfut.exceptions import TaskCancelledError, WorkerCrashedError
 from conftest import store_stats
-from helpers import wait_until
+from helpers import assert_no_leaks, wait_until
 
 MB = 1024 * 1024
 
@@ -437,3 +437,20 @@ def test_wait_on_generators_and_refs(cluster, tmp_path):
         next(gen)
     del gen, ref, ready, rest
     all_freed()
+
+
+def test_a_task_consumes_a_generator_on_a_one_cpu_node():
+    @gdfut.remote
+    def numbers(n):
+        yield from range(n)
+
+    @gdfut.remote
+    def total(n):
+        return sum(gdfut.get(ref) for ref in numbers.remote(n))
+
+    info = gdfut.init(num_cpus=1)
+    try:                                       # waiting in next() frees the only CPU
+        assert gdfut.get(total.remote(10), timeout=60) == 45
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"])
