@@ -400,15 +400,15 @@ class TaskSubmitter:
         rt = self.rt
         try:
             _, tid, index, entry, nested = m
-            oid = object_id_for_yield(tid, index)
+            spec = self.specs.get(tid)
+            if spec is None or spec.generator is None or not self._runs_on(tid, conn):
+                log.warning("generator item for a task %r not running there", tid)
+                return
+            oid = object_id_for_yield(tid, index)        # tid: a task id of ours
             size, location = entry_location(entry)
             pairs = [(row[0], row[1]) for row in nested]
         except (TypeError, ValueError, IndexError) as exc:
             log.warning("malformed generator item from %s: %s", conn.peer, exc)
-            return
-        spec = self.specs.get(tid)
-        if spec is None or spec.generator is None or not self._runs_on(tid, conn):
-            log.warning("generator item for a task %s not running there", short(tid))
             return
         self.stream_conns[tid] = conn
         rt.note_owners(nested)

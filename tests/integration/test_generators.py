@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import gdfut
-from gdfut import runtime_context
+from gdfut import protocol as P, runtime_context
 from gdfut.exceptions import TaskCancelledError, WorkerCrashedError
 from conftest import store_stats
 from helpers import assert_no_leaks, wait_until
@@ -454,3 +454,36 @@ def test_a_task_consumes_a_generator_on_a_one_cpu_node():
     finally:
         gdfut.shutdown()
         assert_no_leaks(info["session_dir"])
+
+
+def test_generator_on_another_node_streams_stored_items():
+    from gdfut.testing import Cluster
+    from helpers import shm_files
+
+    @gdfut.remote
+    def blocks(n):
+        for i in range(n):
+            yield np.full(MB, i, dtype=np.uint8), gdfut.get_runtime_context().get_node_id()
+
+    c = Cluster()
+    try:
+        c.add_node(num_cpus=1, wait=False)
+        b = c.add_node(num_cpus=1)
+        c.connect()
+        pin_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+        gen = blocks.options(scheduling_strategy=pin_b).remote(3)
+        for i, ref in enumerate(gen):
+            arr, node = gdfut.get(ref)            # pulled from node b's store
+            assert int(arr[0]) == i and node == b.node_id
+        del gen, ref, arr
+        all_freed()                               # incl. the copies pulled here
+        rt = runtime_context.require()
+
+        async def objects_on_b():
+            conn = await rt.node_connection(bytes.fromhex(b.node_id))
+            return (await conn.request(P.NODE_STATUS))["store"]["num_objects"]
+        wait_until(lambda: rt.io.run(objects_on_b(), 10) == 0, what="node b's copies freed")
+    finally:
+        c.shutdown()
+        assert not shm_files(c.session_dir)
+        assert_no_leaks(c.session_dir)
