@@ -12,14 +12,13 @@ import pytest
 import gdfut
 from gdfut import protocol as P, runtime_context
 from gdfut.exceptions import TaskCancelledError, WorkerCrashedError
-from conftest import store_stats
 from helpers import assert_no_leaks, wait_until
 
 MB = 1024 * 1024
 
 
 def stored_objects():
-    return store_stats()["num_objects"]
+    return runtime_context.require().node_request(P.NODE_STATUS)["store"]["num_objects"]
 
 
 def driver_rows():
