@@ -4,7 +4,7 @@ from .api import (available_resources, cancel, cluster_resources, get, get_actor
                   remote, shutdown, wait)
 from .actor import method
 from .scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
-from .object_ref import ObjectID, ObjectRef
+from .object_ref import DynamicObjectRefGenerator, ObjectID, ObjectRef, ObjectRefGenerator
 from .actor import ActorHandle
 from . import exceptions
 
@@ -14,5 +14,6 @@ __all__ = ["init", "shutdown", "is_initialized", "remote", "method", "get", "put
            "cancel", "kill", "get_actor", "get_gpu_ids", "get_runtime_context",
            "cluster_resources", "available_resources", "memory_summary", "nodes",
            "NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy", "ObjectRef",
-           "ObjectID", "ActorHandle", "exceptions",
+           "ObjectID", "ObjectRefGenerator", "DynamicObjectRefGenerator", "ActorHandle",
+           "exceptions",
            "__version__"]

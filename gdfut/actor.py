@@ -92,10 +92,11 @@ class _CallCheck:
             raise TypeError(f"{self.what}: {exc}") from None
 
 
-def method(*, num_returns: int = 1):
-    """Decorate an actor method with call options (Ray's ``@ray.method``)."""
-    if not isinstance(num_returns, int) or num_returns < 0:
-        raise ValueError(f"num_returns must be an int >= 0, got {num_returns!r}")
+def method(*, num_returns=1):
+    """Decorate an actor method with call options (Ray's ``@ray.method``):
+    ``num_returns`` an int, ``"streaming"`` or ``"dynamic"``."""
+    from .submitter import check_num_returns
+    check_num_returns(num_returns)
 
     def mark(fn):
         fn.__gdfut_num_returns__ = num_returns
@@ -110,8 +111,10 @@ class ActorClass:
         self._cls = cls
         self._options = dict(options)
         self._pickled = None
-        # method name -> num_returns (1 unless set with @gdfut.method)
-        self._methods = {n: getattr(v, "__gdfut_num_returns__", 1)
+        # method name -> num_returns (set with @gdfut.method; else "streaming" for a
+        # generator method, 1 for others)
+        from .submitter import default_num_returns
+        self._methods = {n: getattr(v, "__gdfut_num_returns__", default_num_returns(v))
                          for n, v in inspect.getmembers(cls, callable)
                          if not n.startswith("__") and not inspect.isclass(v)}
         self._signatures = _class_signatures(cls)
@@ -306,27 +309,34 @@ def _rebuild_handle(actor_id, owner_wid, owner_addr, class_name, methods, signat
 
 
 class ActorMethod:
-    def __init__(self, handle, name, num_returns):
+    def __init__(self, handle, name, num_returns, backpressure=None):
         self._handle = handle
         self._name = name
         self._num_returns = num_returns
+        self._backpressure = backpressure   # Ray's _generator_backpressure_num_objects
 
     def options(self, **options):
-        unknown = set(options) - {"num_returns", "name"}
+        from .submitter import check_backpressure, check_num_returns
+        unknown = set(options) - {"num_returns", "name", "_generator_backpressure_num_objects"}
         if unknown:
             raise ValueError(f"unknown actor method option(s) {sorted(unknown)}")
         n = options.get("num_returns", self._num_returns)
-        if not isinstance(n, int) or n < 0:
-            raise ValueError(f"num_returns must be an int >= 0, got {n!r}")
-        return ActorMethod(self._handle, self._name, n)
+        check_num_returns(n)
+        backpressure = options.get("_generator_backpressure_num_objects", self._backpressure)
+        check_backpressure(backpressure)
+        return ActorMethod(self._handle, self._name, n, backpressure)
 
     def remote(self, *args, **kwargs):
+        from .object_ref import ObjectRefGenerator
         rt = runtime_context.require()
         self._handle._check_call(self._name, args, kwargs)
-        refs = rt.actors.submit(self._handle, self._name, args, kwargs, self._num_returns)
-        if self._num_returns == 1:
+        n = self._num_returns
+        refs = rt.actors.submit(self._handle, self._name, args, kwargs, n, self._backpressure)
+        if n == "streaming":
+            return ObjectRefGenerator(refs[0], rt)
+        if n == 1 or n == "dynamic":
             return refs[0]
-        return refs if self._num_returns > 1 else None
+        return refs if n > 1 else None
 
     def __call__(self, *a, **k):
         raise TypeError(f"actor method {self._name} must be called with .remote()")

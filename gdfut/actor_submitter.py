@@ -17,7 +17,7 @@ from . import protocol as P
 from .exceptions import ActorDiedError, GdfutError, UnschedulableError
 from .ids import new_task_id, short
 from .object_ref import ObjectRef
-from .submitter import TaskSpec, ERROR, lease_from_cluster
+from .submitter import TaskSpec, ERROR, generator_options, lease_from_cluster
 from .transport import tcp
 
 log = logging.getLogger("gdfut.actors")
@@ -80,13 +80,15 @@ class ActorSubmitter:
                         strategy=options.get("strategy"))
         self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site(), pinned)
 
-    def submit(self, handle, method, args, kwargs, num_returns) -> list[ObjectRef]:
+    def submit(self, handle, method, args, kwargs, num_returns,
+               backpressure=None) -> list[ObjectRef]:
         rt = self.rt
         name = f"{handle._class_name}.{method}"
         a, kw, held, deps, nested = rt.submitter.prepare_args(args, kwargs, name)
-        spec = TaskSpec(new_task_id(), b"", None, name, a, kw, num_returns, {}, 0, deps, nested,
-                        held, actor_id=handle._actor_id, method=method,
-                        parent_tid=rt.submitting_task_id())
+        n, mode, backpressure = generator_options(num_returns, backpressure)
+        spec = TaskSpec(new_task_id(), b"", None, name, a, kw, n, {}, 0, deps, nested,
+                        held, actor_id=handle._actor_id, method=method, generator=mode,
+                        backpressure=backpressure, parent_tid=rt.submitting_task_id())
         refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
         rt.io.post(self._submit_in_loop, spec, handle._actor_id, handle._owner_wid,
                    handle._owner_addr, handle._class_name, rt.call_site())
@@ -99,6 +101,7 @@ class ActorSubmitter:
             rt.table.add_owned(oid, lineage=spec.tid, call_site=call_site)
             rt.table.add_local_ref(oid)
         rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
+        rt.submitter.open_stream(spec, call_site)
         rt.submitter.specs[spec.tid] = spec
 
     def _create_in_loop(self, spec, class_name, call_site, pinned):

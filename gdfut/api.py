@@ -22,7 +22,7 @@ _state: dict = {}
 
 _TASK_OPTIONS = {"num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "name",
                  "max_concurrency", "scheduling_strategy", "memory", "retry_exceptions",
-                 "lifetime", "namespace", "max_restarts"}
+                 "lifetime", "namespace", "max_restarts", "_generator_backpressure_num_objects"}
 DEFAULT_MAX_RETRIES = 3
 
 # Ray options accepted so that Ray code runs, but whose behaviour gdfut does
@@ -232,6 +232,9 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True):
     submitted are cancelled too. ``get`` then raises TaskCancelledError.
     A finished task: nothing happens. A ref this process borrowed: its owner
     cancels the task."""
+    from .object_ref import ObjectRefGenerator
+    if isinstance(ref, ObjectRefGenerator):   # cancels the generator task, as in Ray
+        ref = ref.completed()
     if not isinstance(ref, ObjectRef):
         raise TypeError(f"cancel() takes an ObjectRef, got {type(ref).__name__}")
     runtime_context.require().cancel(ref, bool(force), bool(recursive))
@@ -390,9 +393,9 @@ def _check_options(options: dict):
     unknown = set(options) - _TASK_OPTIONS
     if unknown:
         raise ValueError(f"unknown option(s) {sorted(unknown)}; valid: {sorted(_TASK_OPTIONS)}")
-    n = options.get("num_returns", 1)
-    if not isinstance(n, int) or n < 0:
-        raise ValueError(f"num_returns must be an int >= 0, got {n!r}")
+    from .submitter import check_backpressure, check_num_returns
+    check_num_returns(options.get("num_returns", 1))
+    check_backpressure(options.get("_generator_backpressure_num_objects"))
     r = options.get("max_retries", DEFAULT_MAX_RETRIES)
     if not isinstance(r, int) or r < -1:
         raise ValueError(f"max_retries must be an int >= -1, got {r!r}")
@@ -430,7 +433,9 @@ class RemoteFunction:
         if self._resolved is None:
             o = self._options
             from .scheduling_strategies import strategy_wire
-            self._resolved = {"num_returns": o.get("num_returns", 1),
+            from .submitter import default_num_returns
+            self._resolved = {"num_returns": o.get("num_returns", default_num_returns(self._fn)),
+                              "backpressure": o.get("_generator_backpressure_num_objects"),
                               "max_retries": o.get("max_retries", DEFAULT_MAX_RETRIES),
                               "resources": resources_of(o),
                               "strategy": strategy_wire(o.get("scheduling_strategy"))}
@@ -458,7 +463,10 @@ class RemoteFunction:
         opts = self._task_options()
         refs = rt.submitter.submit(fn_id, fn_bytes, self._name, args, kwargs, opts)
         n = opts["num_returns"]
-        if n == 1:
+        if n == "streaming":
+            from .object_ref import ObjectRefGenerator
+            return ObjectRefGenerator(refs[0], rt)
+        if n == 1 or n == "dynamic":
             return refs[0]
         return refs if n > 1 else None
 

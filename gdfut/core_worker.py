@@ -26,7 +26,7 @@ from . import protocol as P
 from .exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError, OwnerDiedError,
                          GdfutError, ClusterConnectionError, load_error)
 from .ids import new_id, object_id_for_put, short, task_of
-from .object_ref import ObjectRef
+from .object_ref import ObjectRef, ObjectRefGenerator
 from . import ownership as own
 from . import serialization as ser
 from . import worker_output
@@ -165,6 +165,9 @@ class CoreWorker:
         self.node_addrs: dict[bytes, tuple] = {}            # node id -> daemon address
         # user thread id -> how to wake its blocked get/wait (a cancel interrupts them)
         self.blocked_waits: dict[int, object] = {}
+        # generator task id -> futures of the caller's pending next() calls
+        self.stream_waiters: dict[bytes, collections.deque] = {}
+        self.stream_watchers: dict[bytes, list] = {}   # tid -> callbacks of wait() calls
         from .submitter import TaskSubmitter
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
@@ -256,6 +259,7 @@ class CoreWorker:
         d[P.REMOVE_BORROWER] = self._on_remove_borrower
         d[P.OWNER_MEMORY] = self._on_owner_memory
         d[P.TASK_DONE] = self.submitter.on_task_done
+        d[P.TASK_YIELD] = self.submitter.on_task_yield
         d[P.ACTOR_LOCATION] = self.actors.on_actor_location
         d[P.ADD_LOCATION] = self._on_add_location
         d[P.WORKER_OUTPUT] = lambda conn, m: worker_output.on_worker_output(self, conn, m)
@@ -363,6 +367,8 @@ class CoreWorker:
             elif kind is own.ObjectLost:
                 err = ObjectLostError(f"object {short(ins.oid)} lost its last copy")
                 self.set_value(ins.oid, [ERROR, pickle.dumps(err)])
+            elif kind is own.StreamAck:
+                self.submitter.send_stream_ack(ins.tid, ins.consumed)
             else:
                 raise AssertionError(f"unknown instruction {ins!r}")
 
@@ -503,6 +509,95 @@ class CoreWorker:
         err = ObjectLostError(f"object {short(oid)} was freed by its owner (all references "
                               f"were dropped) and cannot be rebuilt")
         conn.reply(req_id, [ERROR, pickle.dumps(err)])
+
+    # ---------------------------------------------------- generator streams
+    def stream_next(self, tid: bytes) -> concurrent.futures.Future:
+        """The next item of generator task tid: a future of its object id,
+        or of None at the end (user thread)."""
+        if self._closed:
+            raise GdfutError("the gdfut runtime was shut down")
+        fut = concurrent.futures.Future()
+        self.io.post(self._stream_next, tid, fut)
+        return fut
+
+    def stream_next_blocking(self, tid: bytes):
+        """The next item's object id (None at the end), waiting for it. A
+        worker waiting here gives up its CPU meanwhile, as in a blocked get."""
+        fut = self.stream_next(tid)
+        if self.mode != "worker" or fut.done():
+            return fut.result()
+        self.io.post(self._notify_blocked, True)
+        try:
+            return fut.result()
+        finally:
+            self.io.post(self._notify_blocked, False)
+
+    def _stream_next(self, tid, fut):
+        waiters = self.stream_waiters.get(tid)
+        if waiters is None:
+            waiters = self.stream_waiters[tid] = collections.deque()
+        waiters.append(fut)
+        self.wake_stream(tid)
+
+    def watch_stream(self, tid: bytes, cb, token=None):
+        """io thread: call cb() once generator tid's next item (or end) is
+        ready; ``unwatch_streams`` with the same token forgets it."""
+        if self.table.stream_ready(tid):
+            cb()
+        else:
+            self.stream_watchers.setdefault(tid, []).append((cb, token))
+
+    def unwatch_streams(self, tids, token):
+        for tid in tids:
+            left = [w for w in self.stream_watchers.get(tid, ()) if w[1] is not token]
+            if left:
+                self.stream_watchers[tid] = left
+            else:
+                self.stream_watchers.pop(tid, None)
+
+    def wake_stream(self, tid: bytes):
+        """io thread: hand out items (or the end) to waiting next() calls, in
+        order; then tell wait() calls if an item is still ready."""
+        self._hand_out(tid)
+        if tid in self.stream_watchers and self.table.stream_ready(tid):
+            for cb, _token in self.stream_watchers.pop(tid):
+                cb()
+
+    def _hand_out(self, tid: bytes):
+        waiters = self.stream_waiters.get(tid)
+        while waiters and self.table.stream_ready(tid):
+            fut = waiters.popleft()
+            if not fut.set_running_or_notify_cancel():
+                continue              # cancelled while waiting: it takes nothing
+            result = None
+            for ins in self.table.stream_take(tid):
+                if type(ins) is own.NextRef:
+                    result = ins.oid
+                elif type(ins) is not own.StreamEnd:
+                    self.run_instructions([ins])
+            fut.set_result(result)
+        if waiters is not None and not waiters:
+            del self.stream_waiters[tid]
+
+    def stream_ready(self, tid: bytes) -> bool:
+        return self.io.run(self._stream_query(self.table.stream_ready, tid), timeout=30)
+
+    def stream_finished(self, tid: bytes) -> bool:
+        return self.io.run(self._stream_query(self.table.stream_finished, tid), timeout=30)
+
+    async def _stream_query(self, query, tid):
+        await asyncio.sleep(0)   # after next() calls posted before this one
+        return query(tid)
+
+    def stream_dropped(self, tid: bytes):
+        """The caller's ObjectRefGenerator is gone (any thread)."""
+        if not self._closed:
+            self.io.post(self._stream_dropped, tid)
+
+    def _stream_dropped(self, tid):
+        self.stream_waiters.pop(tid, None)
+        self.stream_watchers.pop(tid, None)
+        self.run_instructions(self.table.stream_dropped(tid))
 
     # ------------------------------------------------------------------ put
     def put(self, value) -> ObjectRef:
@@ -741,19 +836,21 @@ class CoreWorker:
     # ----------------------------------------------------------------- wait
     def wait(self, refs, num_returns: int = 1, timeout: float | None = None,
              fetch_local: bool = True):
-        if isinstance(refs, ObjectRef):
-            raise TypeError("wait() expected a list of ObjectRefs, got a single ObjectRef; "
-                            "use wait([ref])")
+        if isinstance(refs, (ObjectRef, ObjectRefGenerator)):
+            raise TypeError("wait() expected a list of ObjectRefs, got a single "
+                            f"{type(refs).__name__}; use wait([ref])")
         try:
             refs = list(refs)
         except TypeError:
             raise TypeError(f"wait() expected a list of ObjectRefs, got "
                             f"{type(refs).__name__}") from None
-        if not all(isinstance(r, ObjectRef) for r in refs):
-            raise TypeError("wait() takes a list of ObjectRefs")
+        if not all(isinstance(r, (ObjectRef, ObjectRefGenerator)) for r in refs):
+            raise TypeError("wait() takes a list of ObjectRefs (or ObjectRefGenerators)")
         if not refs:
             return [], []           # as Ray: nothing to wait for
-        if len(set(r.id for r in refs)) != len(refs):
+        # a generator is ready when its next item is (or its end), as in Ray
+        keys = [r.id if isinstance(r, ObjectRef) else ("next", r._tid) for r in refs]
+        if len(set(keys)) != len(refs):
             raise ValueError("wait() got duplicate ObjectRefs")
         if not 0 <= num_returns <= len(refs):
             raise ValueError(f"num_returns={num_returns} must be between 0 and {len(refs)}")
@@ -775,7 +872,7 @@ class CoreWorker:
                     cond.notify_all()
                 return waiting[0]
 
-        self.io.post(self._watch, [r.id for r in refs], on_ready)
+        self.io.post(self._watch, keys, on_ready)
         deadline = None if timeout is None else time.monotonic() + timeout
         thread = threading.get_ident()
         if self.mode == "worker":        # a cancel of the running task interrupts it
@@ -791,15 +888,21 @@ class CoreWorker:
                 snapshot = set(done_ids)
         finally:
             self.blocked_waits.pop(thread, None)
+            streams = [k[1] for k in keys if isinstance(k, tuple)]
+            if streams:      # this call's watchers go now (a timed-out wait leaves none)
+                self.io.post(self.unwatch_streams, streams, on_ready)
         if interrupted:
             raise interrupted[0]
-        ready = [r for r in refs if r.id in snapshot][:num_returns] if num_returns else []
-        ready_ids = {r.id for r in ready}
-        return ready, [r for r in refs if r.id not in ready_ids]
+        picked = [i for i, k in enumerate(keys) if k in snapshot][:num_returns]
+        chosen = set(picked)
+        return [refs[i] for i in picked], [r for i, r in enumerate(refs) if i not in chosen]
 
-    def _watch(self, oids, on_ready):
-        for oid in oids:
-            self.when_available(oid, lambda _e, oid=oid: on_ready(oid))
+    def _watch(self, keys, on_ready):
+        for key in keys:
+            if isinstance(key, tuple):
+                self.watch_stream(key[1], lambda key=key: on_ready(key), on_ready)
+            else:
+                self.when_available(key, lambda _e, oid=key: on_ready(oid))
 
     # --------------------------------------------------------------- cancel
     def cancel(self, ref: ObjectRef, force: bool, recursive: bool) -> None:

@@ -26,11 +26,13 @@ import cloudpickle
 from . import protocol as P
 from . import serialization as ser
 from .exceptions import ObjectStoreFullError, TaskCancelledError, TaskError, GdfutError
-from .ids import object_id_for_return, short
+from .ids import MAX_GENERATOR_ITEMS, object_id_for_return, object_id_for_yield, short
 from .actor import ActorExitRequest
 from .actor_submitter import DONE_ACTOR_EXIT
+from .object_ref import DynamicObjectRefGenerator, ObjectRef
+from .ownership import UNBOUNDED
 from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_NEED_FUNCTION, DONE_OK, DONE_RESCHEDULE,
-                        ERROR, INLINE, STORE, cancelled_error)
+                        DYNAMIC, ERROR, INLINE, STORE, cancelled_error, parse_wire_returns)
 
 log = logging.getLogger("gdfut.executor")
 
@@ -42,18 +44,26 @@ INTERRUPT_RETRY_S = 0.05     # a cancel's interrupt that found the task in gdfut
 # parent of the tasks it submits (a recursive cancel cancels them too).
 CURRENT_TASK: contextvars.ContextVar = contextvars.ContextVar("gdfut_current_task",
                                                               default=None)
+# Yielded items handed to the I/O thread but not yet written to the socket, in
+# bytes, for all generator tasks of this worker together: the I/O thread batches
+# what is queued into one frame, and a frame has a size limit.
+MAX_UNSENT_YIELD_BYTES = 16 * 1024 * 1024
+MIN_ITEM_BYTES = 1024        # what a tiny item counts for (bounds the item count too)
 
 
 class Task:
     __slots__ = ("conn", "tid", "fn_id", "fn_bytes", "name", "args", "kwargs", "num_returns",
                  "owner_wid", "owner_addr", "actor_id", "method", "actor_options", "gpu_ids",
-                 "started", "cancelled", "interrupted")
+                 "started", "cancelled", "interrupted", "generator", "backpressure", "outbox")
 
     def __init__(self, conn, wire):
         self.conn = conn
         (self.tid, self.fn_id, self.fn_bytes, self.name, self.args, self.kwargs,
-         self.num_returns, self.owner_wid, self.owner_addr, self.actor_id, self.method,
+         returns, self.owner_wid, self.owner_addr, self.actor_id, self.method,
          self.actor_options, self.gpu_ids) = wire
+        self.num_returns, self.generator, self.backpressure = parse_wire_returns(returns)
+        # generator tasks: messages to the owner not sent yet, in order (io thread)
+        self.outbox = collections.deque() if self.generator is not None else None
         self.started = 0.0
         self.cancelled = False       # its owner cancelled it
         self.interrupted = False     # the cancel's interrupt was raised in it
@@ -78,10 +88,13 @@ class Executor:
         self.actor_sema: asyncio.Semaphore | None = None
         self.calls: dict[bytes, Task] = {}       # actor calls running on a pool or asyncio
         self.async_tasks: dict[bytes, asyncio.Task] = {}   # tid -> its asyncio task
+        self.windows: dict[bytes, YieldWindow] = {}     # running streaming tasks
+        self.unsent = ByteBudget(MAX_UNSENT_YIELD_BYTES)
         self._stop = False
         self.exit_reason: str | None = None     # set once the actor called exit_actor()
         self.exit_replied = threading.Event()
         rt.dispatch[P.PUSH_TASK] = self.on_push_task
+        rt.dispatch[P.GENERATOR_ACK] = self.on_generator_ack
         rt.dispatch[P.CANCEL_TASK] = self.on_cancel
         rt.dispatch[P.EXIT_WORKER] = lambda conn, m: self.stop()
 
@@ -290,7 +303,7 @@ class Executor:
                 result = asyncio.run(result)
             if task.cancelled:      # it ran to its end anyway: the caller asked it cancelled
                 raise cancelled_error(task.name, task.tid)
-            returns = self.package_returns(task, result)
+            returns = self.returns_of(task, result)
             status = DONE_OK
         except TaskCancelledError as exc:
             returns = self.error_returns(task, exc)
@@ -340,7 +353,8 @@ class Executor:
 
     # ------------------------------------------------------- concurrency
     def setup_concurrency(self, cls, opts):
-        is_async = any(inspect.iscoroutinefunction(getattr(cls, n, None)) for n in dir(cls)
+        is_async = any(inspect.iscoroutinefunction(getattr(cls, n, None)) or
+                       inspect.isasyncgenfunction(getattr(cls, n, None)) for n in dir(cls)
                        if not n.startswith("__"))
         max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
         if is_async:
@@ -376,7 +390,7 @@ class Executor:
                     result = await result
                 if task.cancelled:      # it swallowed the CancelledError: still cancelled
                     raise asyncio.CancelledError
-                returns = self.package_returns(task, result)
+                returns = await self.returns_of_async(task, result)
                 status = DONE_OK
         except ActorExitRequest:
             self.exit_actor(task)
@@ -457,17 +471,221 @@ class Executor:
         out = []
         try:
             for oid, value in zip(task.return_ids(), values):
-                s = ser.serialize(value, f"the return value of {task.name}")
-                entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
-                nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
-                out.append([oid, entry, nested, s.nested])
+                out.append(self.package_value(task, oid, value))
         except BaseException:
             # the task fails as a whole: returns already stored would have no owner entry
-            stored = [oid for oid, entry, _n, _r in out if entry[0] == STORE]
-            if stored:
-                self.rt.io.post(self.rt.node_conn.send, [P.STORE_FREE, stored])
+            self.free_stored(out)
             raise
         return out
+
+    def package_value(self, task: Task, oid: bytes, value) -> list:
+        """A return row [oid, entry, nested rows, nested refs]: small values
+        inline, others written into the store (owned by the task's owner)."""
+        s = ser.serialize(value, f"the return value of {task.name}")
+        entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
+        if task.generator == DYNAMIC:   # refs to its items: the owner has them already
+            return [oid, entry, [], []]
+        nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
+        return [oid, entry, nested, s.nested]
+
+    # -------------------------------------------------------- generators
+    def returns_of(self, task: Task, result) -> list:
+        """The task's return rows. A generator task streams its items first;
+        a generator under num_returns=N gives the N values it yields."""
+        if inspect.isasyncgen(result):     # not in an async actor: run it to its end here
+            return asyncio.run(self.returns_of_async(task, result))
+        if task.generator is not None:
+            if not inspect.isgenerator(result):
+                raise self.not_a_generator(task, result)
+            return self.package_returns(task, self.stream_items(task, result))
+        if inspect.isgenerator(result):
+            return self.static_generator_returns(task, result)
+        return self.package_returns(task, result)
+
+    async def returns_of_async(self, task: Task, result) -> list:
+        """returns_of for async actors, whose methods may be async generators."""
+        if not inspect.isasyncgen(result):
+            return self.returns_of(task, result)
+        if task.generator is not None:
+            return self.package_returns(task, await self.stream_items_async(task, result))
+        values, error = [], None
+        try:
+            async for value in result:
+                values.append(value)
+                if len(values) > task.num_returns:
+                    break
+        except Exception as exc:    # stored in the refs after the values, as in Ray
+            error = exc
+        return self.static_generator_returns(task, iter(values), error)
+
+    @staticmethod
+    def not_a_generator(task: Task, result) -> TypeError:
+        return TypeError(f"{task.name} was called with num_returns={task.generator!r}, which "
+                         f"needs a generator function, but it returned "
+                         f"{type(result).__name__}")
+
+    def static_generator_returns(self, task: Task, gen, error=None) -> list:
+        """num_returns=N and a generator (Ray): each value is stored as it is
+        yielded; if the generator raises or stops early, the refs left hold
+        the error; if it yields more than N, every ref holds the error."""
+        n = task.num_returns
+        oids = task.return_ids()
+        out: list = []
+        try:
+            for value in gen:
+                if len(out) == n:
+                    self.free_stored(out)
+                    out.clear()
+                    raise ValueError(f"task {task.name} declared num_returns={n} but its "
+                                     f"generator yielded more than {n} values")
+                out.append(self.package_value(task, oids[len(out)], value))
+            if error is not None:
+                raise error
+            if len(out) < n:
+                raise ValueError(f"task {task.name} declared num_returns={n} but its "
+                                 f"generator yielded only {len(out)} value(s)")
+        except Exception as exc:
+            entry = [ERROR, self.pickle_error(self.wrap_error(task, exc))]
+            out += [[oid, entry, [], []] for oid in oids[len(out):]]
+        except BaseException:          # cancelled: the task's error replaces these
+            self.free_stored(out)
+            raise
+        return out
+
+    def free_stored(self, rows: list):
+        """Delete stored copies of return rows that will never be sent (so
+        their owner never learns of them)."""
+        oids = [row[0] for row in rows if row[1][0] == STORE]
+        if oids:
+            self.rt.io.post(self.rt.node_conn.send, [P.STORE_FREE, oids])
+
+    def stream_items(self, task: Task, gen):
+        """Send each value the generator yields to the owner as it is made
+        (TASK_YIELD), pausing while the owner's backpressure bound is reached.
+        Returns the value of the task's one return."""
+        window = self.open_window(task)
+        made = 0
+        try:
+            try:
+                for value in gen:
+                    item, nbytes = self.package_item(task, made, value)
+                    self.unsent.acquire(nbytes)
+                    self.rt.io.post(self.send_item, task, made, item, nbytes)
+                    made += 1
+                    if not window.wait_room(made, task.conn):
+                        break         # the owner is gone: nobody wants the rest
+            except Exception as exc:
+                if task.generator != DYNAMIC:
+                    raise             # the owner stores it in the next ref
+                self.post_error_item(task, made, exc)
+                made += 1
+            return self.generator_value(task, made)
+        finally:
+            gen.close()          # runs its finally blocks if we stopped it early
+            self.windows.pop(task.tid, None)
+
+    async def stream_items_async(self, task: Task, agen):
+        window = self.open_window(task)
+        made = 0
+        try:
+            try:
+                async for value in agen:
+                    item, nbytes = self.package_item(task, made, value)
+                    if not self.unsent.try_acquire(nbytes):
+                        await asyncio.to_thread(self.unsent.acquire, nbytes)
+                    self.rt.io.post(self.send_item, task, made, item, nbytes)
+                    made += 1
+                    if not window.has_room(made) and \
+                            not await asyncio.to_thread(window.wait_room, made, task.conn):
+                        break
+            except Exception as exc:
+                if task.generator != DYNAMIC:
+                    raise
+                self.post_error_item(task, made, exc)
+                made += 1
+            return self.generator_value(task, made)
+        finally:
+            await agen.aclose()
+            self.windows.pop(task.tid, None)
+
+    def open_window(self, task: Task) -> "YieldWindow":
+        window = self.windows[task.tid] = YieldWindow(task.backpressure)
+        return window
+
+    def package_item(self, task: Task, index: int, value) -> tuple[list, int]:
+        """Item ``index`` (small: inline, else into the store, owned by the
+        task's owner) as a return row, and what it counts for in bytes."""
+        if index >= MAX_GENERATOR_ITEMS:
+            raise ValueError(f"{task.name} yielded more than {MAX_GENERATOR_ITEMS} items")
+        oid = object_id_for_yield(task.tid, index)
+        s = ser.serialize(value, f"item {index} yielded by {task.name}")
+        entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
+        nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
+        nbytes = max(MIN_ITEM_BYTES, len(entry[1]) if entry[0] == INLINE else 0)
+        return [oid, entry, nested, s.nested], nbytes
+
+    def post_error_item(self, task: Task, index: int, exc: BaseException):
+        """A dynamic generator raised: the error is its final item (as Ray)."""
+        if index >= MAX_GENERATOR_ITEMS:
+            raise exc
+        entry = [ERROR, self.pickle_error(self.wrap_error(task, exc))]
+        self.unsent.acquire(len(entry[1]))
+        self.rt.io.post(self.send_item, task, index,
+                        [object_id_for_yield(task.tid, index), entry, [], []], len(entry[1]))
+
+    def generator_value(self, task: Task, made: int):
+        if task.generator != DYNAMIC:
+            return None          # a streaming task's return only says it ended
+        return DynamicObjectRefGenerator(
+            ObjectRef(object_id_for_yield(task.tid, i), task.owner_wid, task.owner_addr)
+            for i in range(made))
+
+    def on_generator_ack(self, conn, m):
+        """io thread: the owner says how many items its caller took."""
+        try:
+            _, tid, consumed = m
+            window = self.windows.get(tid)
+        except (TypeError, ValueError):
+            log.warning("malformed generator ack: %r", m[:4])
+            return
+        if window is not None and isinstance(consumed, int) and not isinstance(consumed, bool):
+            window.acked(consumed)
+
+    def send_item(self, task: Task, index: int, item: list, nbytes: int):
+        """io thread: send one yielded item, after the task's earlier messages."""
+        def send():
+            oid, entry, nested, refs = item
+            if not task.conn.closed:
+                task.conn.send([P.TASK_YIELD, task.tid, index, entry, nested])
+            # the frame with it is written in this loop iteration, after this
+            self.rt.io.loop.call_soon(self.unsent.release, nbytes)
+            if refs:
+                self.rt.run_instructions(self.rt.table.return_sent(oid))
+        self.send_in_order(task, [item], send)
+
+    def send_in_order(self, task: Task, returns: list, send):
+        """io thread: register the borrows of ``returns``, then ``send`` — after
+        every message of the task queued before (registrations may wait)."""
+        task.outbox.append((returns, send))
+        if len(task.outbox) == 1:
+            self._send_outbox(task)
+
+    def _send_outbox(self, task: Task):
+        outbox = task.outbox
+        while outbox:
+            returns, send = outbox[0]
+            state = {"inline": True, "sent": False}
+
+            def then(send=send, state=state):
+                send()
+                outbox.popleft()
+                state["sent"] = True
+                if not state["inline"]:      # resumed later: carry on with the rest
+                    self._send_outbox(task)
+            self.rt.finish_task_borrows(task, returns, then)
+            state["inline"] = False
+            if not state["sent"]:
+                return
 
     def wrap_error(self, task: Task, exc: BaseException) -> BaseException:
         """The error the task's owner gets for ``exc``. Never raises: whatever
@@ -505,7 +723,7 @@ class Executor:
         fail the task at its owner rather than leave it waiting forever."""
         log.error("malformed task message (%s): %r", exc, str(wire)[:200])
         try:
-            tid, num_returns = wire[0], int(wire[6])
+            tid, num_returns = wire[0], parse_wire_returns(wire[6])[0]
         except (TypeError, ValueError, IndexError):
             return          # not even its id: nothing to answer
         err = GdfutError(f"worker {short(self.rt.wid)} could not read the task message "
@@ -520,6 +738,9 @@ class Executor:
     def send_done(self, task: Task, status: int, returns: list):
         """io thread: register borrows, then reply to the task's owner."""
         self.calls.pop(task.tid, None)
+        if task.outbox is not None:        # a generator task: after all its items
+            self.send_in_order(task, returns, lambda: self._reply(task, status, returns))
+            return
         self.rt.finish_task_borrows(task, returns, lambda: self._reply(task, status, returns))
 
     def _reply(self, task, status, returns):
@@ -536,7 +757,10 @@ class Executor:
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _RUNTIME_DIRS = frozenset(os.path.normpath(os.path.join(_PKG_DIR, d))
                           for d in ("", "transport", "devstore", "sched"))
-_CALL_CODE = Executor.call_and_reply.__code__
+# Where the executor calls into the task's own code: the task function, and
+# the loops that pull values out of a generator task.
+_CALL_CODES = frozenset(f.__code__ for f in (Executor.call_and_reply, Executor.stream_items,
+                                             Executor.static_generator_returns))
 
 
 def in_task_code(frame) -> bool:
@@ -544,13 +768,74 @@ def in_task_code(frame) -> bool:
     the task, with no frame of gdfut's runtime in between? Only there may a
     cancel's KeyboardInterrupt be raised: inside the runtime it could leave
     the runtime's state half changed, and outside the call nothing catches it."""
-    if frame is None or frame.f_code is _CALL_CODE:
+    if frame is None or frame.f_code in _CALL_CODES:
         return False
     while frame is not None:
         code = frame.f_code
-        if code is _CALL_CODE:
+        if code in _CALL_CODES:
             return True
         if os.path.dirname(os.path.abspath(code.co_filename)) in _RUNTIME_DIRS:
             return False
         frame = frame.f_back
     return False
+
+
+class YieldWindow:
+    """Executor side of a streaming task's backpressure: it may have at most
+    ``bound`` items made and not consumed, as far as the owner last said
+    (GENERATOR_ACK). Bound 0: no limit (a dynamic generator)."""
+
+    def __init__(self, bound: int):
+        self.bound = bound
+        self.consumed = 0
+        self.cond = threading.Condition()
+
+    def acked(self, consumed: int):
+        with self.cond:
+            if consumed == UNBOUNDED:
+                self.bound = 0
+            else:
+                self.consumed = max(self.consumed, consumed)
+            self.cond.notify_all()
+
+    def has_room(self, made: int) -> bool:
+        return self.bound == 0 or made - self.consumed < self.bound
+
+    def wait_room(self, made: int, conn) -> bool:
+        """Block until the next item may be made; False if the owner is gone.
+        Short waits, so that a cancel (an async exception) lands promptly."""
+        with self.cond:
+            while not self.has_room(made):
+                if conn.closed:
+                    return False
+                self.cond.wait(0.1)
+        return not conn.closed
+
+
+class ByteBudget:
+    """Bytes in flight between threads, bounded: ``acquire`` blocks while
+    the budget is used up (one item larger than the budget passes alone)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def try_acquire(self, n: int) -> bool:
+        with self.cond:
+            if self.used and self.used + n > self.limit:
+                return False
+            self.used += n
+            return True
+
+    def acquire(self, n: int):
+        with self.cond:
+            while self.used and self.used + n > self.limit:
+                self.cond.wait(0.1)
+            self.used += n
+
+    def release(self, n: int):
+        with self.cond:
+            self.used -= n
+            assert self.used >= 0, self.used
+            self.cond.notify_all()

@@ -58,6 +58,20 @@ send the ``Send*`` ones to each peer in that order on one ordered connection
 of its own Adds (``borrower == self``) with ``borrower_registered``; after
 ``process_died(owner)`` stop waiting for acks from that owner.
 
+Generator streams (Ray's streaming and dynamic generators): a task that
+yields sends each item to its owner before it ends. The owner opens a stream
+per such task (``stream_opened``); each item (``stream_item``) becomes an
+owned object with the task as lineage, held by the stream (one ``local``)
+until the caller takes it (``stream_take``: the ObjectRef handed out then
+carries that count) or drops the generator (``stream_dropped``: the stream
+lets go of what it buffers and of items that arrive later). A dynamic
+generator has no consumer: at its end ``stream_collected`` makes the items
+the contents of the task's single return. ``stream_ended`` closes a stream,
+with an error item when the task failed (the error is stored in the next ref,
+as Ray does). Backpressure: with a bound B, the executor stops while B items
+it made are not known to be consumed; the table says when to tell it
+(``StreamAck``) so that it never waits on consumption it was not told about.
+
 Known gaps (failure paths only; nothing is freed early in failure-free runs):
 
 * Reference cycles between objects are never freed (plain counting).
@@ -72,6 +86,7 @@ Known gaps (failure paths only; nothing is freed early in failure-free runs):
 """
 from __future__ import annotations
 
+import collections
 import enum
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable, Sequence
@@ -169,8 +184,32 @@ class ObjectLost:
     lineage: TaskId | None
 
 
+@dataclass(frozen=True)
+class StreamAck:
+    """Tell the executor of generator task tid that ``consumed`` items were
+    taken (``UNBOUNDED``: the caller is gone, stop waiting for it)."""
+    tid: TaskId
+    consumed: int
+
+
+@dataclass(frozen=True)
+class NextRef:
+    """Hand the caller of generator tid the ref to oid (it holds the count)."""
+    tid: TaskId
+    oid: ObjectId
+
+
+@dataclass(frozen=True)
+class StreamEnd:
+    """Generator tid has no more items: the caller's next raises StopIteration."""
+    tid: TaskId
+
+
+UNBOUNDED = -1
+"""StreamAck.consumed when the executor must not wait for the caller any more."""
+
 Instruction = Union[FreeObject, ReleaseLineage, SendAddBorrower, SendRemoveBorrower,
-                    OwnerDied, ObjectLost]
+                    OwnerDied, ObjectLost, StreamAck, NextRef, StreamEnd]
 
 
 # -- entries --------------------------------------------------------------------
@@ -216,6 +255,18 @@ class _Borrowed:
         return self.needs_registration() or self.returning > 0
 
 
+@dataclass
+class _Stream:
+    backpressure: int | None   # None: nobody consumes (dynamic) and the executor never waits
+    received: int = 0          # items registered, in index order
+    consumed: int = 0          # items handed to the caller
+    acked: int = 0             # consumption last told to the executor
+    buffered: "collections.deque" = field(default_factory=lambda: collections.deque())
+    ended: bool = False
+    dropped: bool = False
+    call_site: str = ""        # of the task call: what its items are listed under
+
+
 def _unique(items: Iterable) -> list:
     """Items without repeats, first occurrence order (deterministic)."""
     return list(dict.fromkeys(items))
@@ -234,6 +285,7 @@ class ReferenceTable:
         self._tasks: dict[TaskId, tuple] = {}           # submitted tid -> arg oids
         self._returning: dict[ObjectId, tuple] = {}     # return oid -> nested refs
         self._lineage_live: dict[TaskId, int] = {}      # tid -> live owned objects it made
+        self._streams: dict[TaskId, _Stream] = {}       # generator tasks we submitted
         self._freed: OrderedDict = OrderedDict()        # bounded tombstones
         self._tombstones = tombstones
         self._dead: set = set()
@@ -286,11 +338,12 @@ class ReferenceTable:
 
     def is_empty(self) -> bool:
         return not (self._owned or self._borrowed or self._tasks or self._returning
-                    or self._lineage_live)
+                    or self._lineage_live or self._streams)
 
     def stats(self) -> dict:
         return dict(self._stats, owned=len(self._owned), borrowed=len(self._borrowed),
-                    tasks=len(self._tasks), lineages=len(self._lineage_live))
+                    tasks=len(self._tasks), lineages=len(self._lineage_live),
+                    streams=len(self._streams))
 
     # ------------------------------------------------------- owned lifecycle
     def add_owned(self, oid: ObjectId, *, lineage: TaskId | None = None, call_site: str = "",
@@ -416,6 +469,136 @@ class ReferenceTable:
             assert e.submitted > 0, (a, e)
             e.submitted -= 1
         return self._release(_unique(args))
+
+    # --------------------------------------------------------- generator streams
+    def stream_opened(self, tid: TaskId, backpressure: int | None,
+                      call_site: str = "") -> list[Instruction]:
+        """Generator task tid was submitted. ``backpressure``: at most that many
+        items made and not consumed (None: no consumer, a dynamic generator)."""
+        if tid in self._streams:
+            raise OwnershipError(f"stream of task {tid!r} opened twice")
+        if backpressure is not None and backpressure < 1:
+            raise OwnershipError(f"backpressure must be >= 1 or None, got {backpressure!r}")
+        self._streams[tid] = _Stream(backpressure, call_site=call_site)
+        return []
+
+    def stream_received(self, tid: TaskId) -> int:
+        """How many items of generator tid arrived (the next item's index)."""
+        s = self._streams.get(tid)
+        return 0 if s is None else s.received
+
+    def stream_ready(self, tid: TaskId) -> bool:
+        """Would ``stream_take`` answer at once (an item, or the end)?"""
+        s = self._streams.get(tid)
+        return s is None or bool(s.buffered) or s.ended
+
+    def stream_finished(self, tid: TaskId) -> bool:
+        """Was every item taken, and did the task end (or the caller drop it)?"""
+        s = self._streams.get(tid)
+        return s is None or s.dropped or (s.ended and not s.buffered)
+
+    def stream_item(self, tid: TaskId, index: int, oid: ObjectId, *, size: int | None,
+                    location: Location | None, nested: Sequence = (),
+                    failed: Any = None) -> list[Instruction]:
+        """Item ``index`` of generator tid arrived as object oid: at ``location``,
+        or failed with ``failed``. ``nested``: refs its value holds, as for
+        ``return_received`` (registered for us by the executor). Items arrive in
+        index order; any other (a stale or bogus message) is dropped, and a copy
+        it left in a store is freed."""
+        s = self._streams.get(tid)
+        if s is None or s.ended or index != s.received:
+            self._stats["stale_events"] += 1
+            out = self.return_discarded(nested)
+            if location is not None and oid not in self._owned and oid not in self._borrowed:
+                out.append(FreeObject(oid, frozenset([location]), size))
+            return out
+        self.add_owned(oid, lineage=tid, call_site=s.call_site, local=0 if s.dropped else 1)
+        s.received += 1
+        out = self.return_received(oid, nested) if nested else []
+        if failed is not None:
+            out += self.object_failed(oid, failed)
+        else:
+            out += self.object_ready(oid, size, location)
+        if not s.dropped:
+            s.buffered.append(oid)
+        return out + self._stream_ack(tid, s)
+
+    def stream_take(self, tid: TaskId) -> list[Instruction]:
+        """The caller asks for the next item: ``NextRef`` (the ref takes over
+        the stream's count), ``StreamEnd``, or nothing yet (ask again later)."""
+        s = self._streams.get(tid)
+        if s is None or s.dropped:
+            return [StreamEnd(tid)]
+        if s.backpressure is None:
+            raise OwnershipError(f"task {tid!r} is a dynamic generator: nothing takes its items")
+        if s.buffered:
+            s.consumed += 1
+            return [NextRef(tid, s.buffered.popleft())] + self._stream_ack(tid, s)
+        return [StreamEnd(tid)] if s.ended else []
+
+    def stream_dropped(self, tid: TaskId) -> list[Instruction]:
+        """The caller's generator is gone: items not taken are freed, and so
+        are items still to come; the executor must not wait for it."""
+        s = self._streams.get(tid)
+        if s is None or s.dropped:
+            self._stats["stale_events"] += 1
+            return []
+        s.dropped = True
+        out = self._release_stream_items(s)
+        if s.ended:
+            del self._streams[tid]
+        elif s.backpressure is not None:
+            out.append(StreamAck(tid, UNBOUNDED))
+        return out
+
+    def stream_ended(self, tid: TaskId, error_oid: ObjectId | None = None,
+                     error: Any = "error") -> list[Instruction]:
+        """Generator task tid finished (after its last item). If it failed,
+        the error becomes item ``stream_received(tid)`` as ``error_oid``."""
+        s = self._streams.get(tid)
+        if s is None or s.ended:
+            raise OwnershipError(f"stream of task {tid!r} is not open")
+        out: list[Instruction] = []
+        if error_oid is not None:
+            out += self.stream_item(tid, s.received, error_oid, size=None, location=None,
+                                    failed=error)
+        s.ended = True
+        if s.dropped:
+            del self._streams[tid]
+        return out
+
+    def stream_collected(self, tid: TaskId, return_oid: ObjectId) -> list[Instruction]:
+        """Dynamic generator tid ended: its items become the contents of its
+        return ``return_oid`` (if that is still alive and ready), and the
+        stream lets go of them and closes."""
+        s = self._streams.pop(tid, None)
+        if s is None:
+            raise OwnershipError(f"stream of task {tid!r} is not open")
+        o = self._owned.get(return_oid)
+        if o is not None and o.state is ObjState.READY and not o.contains:
+            items = _unique(s.buffered)
+            o.contains = tuple(items)
+            for item in items:
+                self._owned[item].contained_in.add(return_oid)
+        return self._release_stream_items(s)
+
+    def _release_stream_items(self, s: _Stream) -> list[Instruction]:
+        items = list(s.buffered)
+        s.buffered.clear()
+        for oid in items:
+            self._owned[oid].local -= 1
+        return self._release(items)
+
+    def _stream_ack(self, tid, s: _Stream) -> list[Instruction]:
+        """Tell the executor about consumption only when it may be waiting:
+        it stops once ``backpressure`` items are not known to be consumed,
+        and every item it made reaches us before it can wait."""
+        if s.backpressure is None or s.ended or s.dropped or s.consumed <= s.acked:
+            return []
+        if s.received - s.acked < s.backpressure:
+            return []
+        s.acked = s.consumed
+        return [StreamAck(tid, s.consumed)]
 
     # ------------------------------------------------------------ borrower side
     def register_held_refs(self) -> list[Instruction]:
@@ -769,6 +952,17 @@ class ReferenceTable:
             for x in b.contained_in:
                 assert oid in self._owned[x].contains, (oid, x)
         assert self._unregistered.keys() <= self._borrowed.keys()
+        for tid, st in self._streams.items():
+            assert st.acked <= st.consumed <= st.received, (tid, st)
+            assert not (st.ended and st.dropped), (tid, st)    # such a stream is forgotten
+            if st.dropped:
+                assert not st.buffered, (tid, st)
+            else:
+                assert st.consumed + len(st.buffered) == st.received, (tid, st)
+            if st.backpressure is None:
+                assert st.consumed == st.acked == 0, (tid, st)
+            for oid in st.buffered:
+                assert self._owned[oid].local >= 1, (tid, oid)
         for a in list(submitted) + list(returning):
             assert a in self._owned or a in self._borrowed, a
 

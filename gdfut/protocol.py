@@ -57,6 +57,8 @@ PUSH_TASK = 30            # spec
 TASK_DONE = 31            # task_id, status, returns[, seconds the worker spent on it]
 CANCEL_TASK = 32          # task_id, force, recursive
 EXIT_WORKER = 33          # reason
+TASK_YIELD = 34           # task_id, index, entry, nested: a generator task yielded item index
+GENERATOR_ACK = 35        # task_id, consumed: the caller took that many items (-1: stop waiting)
 # any process <-> owner
 CANCEL_OWNED_TASK = 39    # req: task_id, force, recursive -> None | why the cancel is refused
 GET_OBJECT = 40           # req: oid, wait -> object status/value/location

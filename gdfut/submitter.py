@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import inspect
 import logging
 import pickle
 from dataclasses import dataclass, field
@@ -17,8 +18,10 @@ from dataclasses import dataclass, field
 from . import protocol as P
 from .exceptions import (TaskCancelledError, UnschedulableError, WorkerCrashedError,
                          ObjectStoreFullError)
-from .ids import new_task_id, object_id_for_return, short
+from .ids import (MAX_GENERATOR_ITEMS, new_task_id, object_id_for_return, object_id_for_yield,
+                  short)
 from .object_ref import ObjectRef
+from .ownership import INLINE as INLINE_LOCATION
 from . import serialization as ser
 from .task_manager import TaskManager, Retry, Fail
 from .transport import tcp
@@ -36,6 +39,12 @@ LEASE_LINGER_S = 0.02           # keep an idle lease this long before returning 
 # status field of TASK_DONE
 DONE_OK, DONE_ERROR, DONE_CANCELLED, DONE_RESCHEDULE = 0, 1, 2, 3
 DONE_NEED_FUNCTION = 4   # the worker does not have the task's function: send it again
+
+# Generator tasks (Ray's num_returns="streaming" and "dynamic")
+STREAMING, DYNAMIC = "streaming", "dynamic"
+GENERATOR_MODES = (STREAMING, DYNAMIC)
+DEFAULT_GENERATOR_BACKPRESSURE = 10_000   # items made and not consumed, per streaming task
+MAX_GENERATOR_BACKPRESSURE = 1_000_000    # what Ray's -1 ("no backpressure") means here
 
 
 @dataclass
@@ -61,14 +70,69 @@ class TaskSpec:
     parent_tid: bytes | None = None    # the task that submitted this one (recursive cancel)
 
     strategy: object = None       # None | "SPREAD" | ["AFFINITY", node_id, soft]
+    generator: str | None = None  # STREAMING | DYNAMIC: one return (index 0), items stream
+    backpressure: int = 0         # STREAMING: bound on items made and not consumed
 
     def return_ids(self) -> list[bytes]:
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
 
     def wire(self, rt, include_fn: bool, gpu_ids=()) -> list:
         return [self.tid, self.fn_id, self.fn_bytes if include_fn else None, self.name,
-                self.args, self.kwargs, self.num_returns, rt.wid, list(rt.addr),
+                self.args, self.kwargs, self.wire_returns(), rt.wid, list(rt.addr),
                 self.actor_id, self.method, self.actor_options, list(gpu_ids)]
+
+    def wire_returns(self):
+        """num_returns on the wire: an int, or [mode, backpressure] for a generator."""
+        if self.generator is None:
+            return self.num_returns
+        return [self.generator, self.backpressure]
+
+
+def parse_wire_returns(value) -> tuple[int, str | None, int]:
+    """(num_returns, generator mode, backpressure) of TaskSpec.wire_returns()."""
+    if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value, None, 0
+    if (isinstance(value, list) and len(value) == 2 and value[0] in GENERATOR_MODES
+            and isinstance(value[1], int) and 0 <= value[1] <= MAX_GENERATOR_BACKPRESSURE):
+        return 1, value[0], value[1]
+    raise ValueError(f"bad num_returns field {value!r}")
+
+
+def generator_options(num_returns, backpressure) -> tuple[int, str | None, int]:
+    """(returns, mode, backpressure) of a task's num_returns option: an int,
+    "streaming" or "dynamic"; backpressure is Ray's
+    _generator_backpressure_num_objects (None: the default, -1: no bound)."""
+    if num_returns not in GENERATOR_MODES:
+        return num_returns, None, 0
+    if num_returns == DYNAMIC:
+        return 1, DYNAMIC, 0
+    if backpressure is None:
+        backpressure = DEFAULT_GENERATOR_BACKPRESSURE
+    elif backpressure == -1:
+        backpressure = MAX_GENERATOR_BACKPRESSURE
+    return 1, STREAMING, backpressure
+
+
+def check_num_returns(value) -> None:
+    if value in GENERATOR_MODES:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise ValueError(f"num_returns must be an int >= 0, \"streaming\" or \"dynamic\", "
+                         f"got {value!r}")
+
+
+def default_num_returns(fn):
+    """Ray's default: a generator function streams its values, others return one."""
+    return STREAMING if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn) else 1
+
+
+def check_backpressure(value) -> None:
+    if value is None or value == -1:
+        return
+    if not isinstance(value, int) or isinstance(value, bool) or not \
+            1 <= value <= MAX_GENERATOR_BACKPRESSURE:
+        raise ValueError(f"_generator_backpressure_num_objects must be -1 or an int between 1 "
+                         f"and {MAX_GENERATOR_BACKPRESSURE}, got {value!r}")
 
 
 @dataclass
@@ -122,6 +186,7 @@ class TaskSubmitter:
         self.lease_of_task: dict[bytes, Lease] = {}
         self.lease_of_conn: dict[object, Lease] = {}
         self.lineage: dict[bytes, TaskSpec] = {}
+        self.stream_conns: dict[bytes, object] = {}   # running generator tid -> its worker
         self._closed = False
 
     # ------------------------------------------------------- user thread
@@ -152,9 +217,12 @@ class TaskSubmitter:
     def submit(self, fn_id, fn_bytes, name, args, kwargs, options) -> list[ObjectRef]:
         rt = self.rt
         a, kw, held, deps, nested = self.prepare_args(args, kwargs, name)
-        spec = TaskSpec(new_task_id(), fn_id, fn_bytes, name, a, kw, options["num_returns"],
+        n, mode, backpressure = generator_options(options["num_returns"],
+                                                  options.get("backpressure"))
+        spec = TaskSpec(new_task_id(), fn_id, fn_bytes, name, a, kw, n,
                         options["resources"], options["max_retries"], deps, nested, held,
-                        strategy=options.get("strategy"), parent_tid=rt.submitting_task_id())
+                        strategy=options.get("strategy"), generator=mode,
+                        backpressure=backpressure, parent_tid=rt.submitting_task_id())
         refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
         rt.io.post(self.submit_in_loop, spec, rt.call_site())
         return refs
@@ -166,6 +234,7 @@ class TaskSubmitter:
             rt.table.add_owned(oid, lineage=spec.tid, call_site=call_site)
             rt.table.add_local_ref(oid)
         rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
+        self.open_stream(spec, call_site)
         self.specs[spec.tid] = spec
         self.manager.submitted(spec.tid, spec.max_retries)
         self.lineage[spec.tid] = spec
@@ -322,6 +391,66 @@ class TaskSubmitter:
                 leases.remove(lease)
             self._return_lease(lease, worker_died=False)
 
+    # ------------------------------------------------------ generator items
+    def open_stream(self, spec: TaskSpec, call_site: str):
+        if spec.generator is not None:
+            self.rt.table.stream_opened(
+                spec.tid, spec.backpressure if spec.generator == STREAMING else None, call_site)
+
+    def on_task_yield(self, conn, m):
+        """A generator task yielded item ``index`` (before its TASK_DONE, in order)."""
+        rt = self.rt
+        try:
+            _, tid, index, entry, nested = m
+            spec = self.specs.get(tid)
+            if spec is None or spec.generator is None or not self._runs_on(tid, conn):
+                log.warning("generator item for a task %r not running there", tid)
+                return
+            oid = object_id_for_yield(tid, index)        # tid: a task id of ours
+            size, location = entry_location(entry)
+            pairs = [(row[0], row[1]) for row in nested]
+        except (TypeError, ValueError, IndexError) as exc:
+            log.warning("malformed generator item from %s: %s", conn.peer, exc)
+            return
+        self.stream_conns[tid] = conn
+        rt.note_owners(nested)
+        rt.run_instructions(rt.table.stream_item(
+            tid, index, oid, size=size, location=location, nested=pairs,
+            failed="error" if entry[0] == ERROR else None))
+        if rt.table.is_owned(oid):
+            rt.set_value(oid, entry)
+        rt.wake_stream(tid)
+
+    def _runs_on(self, tid: bytes, conn) -> bool:
+        lease = self.lease_of_task.get(tid)
+        if lease is not None:
+            return lease.conn is conn
+        client = self.rt.actors.by_conn.get(conn)
+        return client is not None and tid in client.in_flight
+
+    def send_stream_ack(self, tid: bytes, consumed: int):
+        conn = self.stream_conns.get(tid)
+        if conn is not None and not conn.closed:
+            conn.send([P.GENERATOR_ACK, tid, consumed])
+
+    def _end_stream(self, spec: TaskSpec, returns: list):
+        """The generator task ended: a streaming one's error (if any) becomes
+        its next item; a dynamic one's items become its return's contents."""
+        rt = self.rt
+        self.stream_conns.pop(spec.tid, None)
+        oid, entry = returns[0][0], returns[0][1]
+        if spec.generator == DYNAMIC:
+            rt.run_instructions(rt.table.stream_collected(spec.tid, oid))
+            return
+        error_oid = None
+        index = rt.table.stream_received(spec.tid)
+        if entry[0] == ERROR and index < MAX_GENERATOR_ITEMS:
+            error_oid = object_id_for_yield(spec.tid, index)
+        rt.run_instructions(rt.table.stream_ended(spec.tid, error_oid))
+        if error_oid is not None and rt.table.is_owned(error_oid):
+            rt.set_value(error_oid, entry)
+        rt.wake_stream(spec.tid)
+
     # ----------------------------------------------------------- replies
     def on_task_done(self, conn, m):
         tid, status, returns = m[1], m[2], m[3]
@@ -349,14 +478,15 @@ class TaskSubmitter:
             if nested:
                 rt.note_owners(nested)
                 rt.run_instructions(rt.table.return_received(oid, [(n[0], n[1]) for n in nested]))
-            size = entry[2] if entry[0] == STORE else len(entry[1])
+            size, loc = entry_location(entry)
             if entry[0] == ERROR:
                 rt.run_instructions(rt.table.object_failed(oid, "error"))
             else:
-                loc = (entry[1], "host") if entry[0] == STORE else rt.INLINE_LOCATION
                 rt.run_instructions(rt.table.object_ready(oid, size, loc))
             if rt.table.is_owned(oid):    # else freed already; the table freed its copy
                 rt.set_value(oid, entry)
+        if spec.generator is not None and returns:
+            self._end_stream(spec, returns)
         self.specs.pop(spec.tid, None)
         self.manager.finished(spec.tid)
         spec.held = []
@@ -385,7 +515,8 @@ class TaskSubmitter:
         if spec.cancelled:
             self.fail_cancelled(spec, killed=spec.force_cancel)
             return
-        decision = self.manager.worker_failed(spec.tid)
+        streamed = self.rt.table.stream_received(spec.tid) if spec.generator else 0
+        decision = self.manager.worker_failed(spec.tid, streamed)
         if isinstance(decision, Retry):
             log.info("retrying task %s (attempt %d) after its worker died", spec.name,
                      decision.attempt)
@@ -449,6 +580,17 @@ def cancelled_error(name: str, tid: bytes, force: bool = False) -> TaskCancelled
     """What the caller's get raises for a cancelled task: which task it was."""
     how = " (force=True: its worker was killed)" if force else ""
     return TaskCancelledError(f"task {name} (task id {short(tid)}) was cancelled{how}")
+
+
+def entry_location(entry) -> tuple:
+    """(size, location) of a value entry (location None for an error)."""
+    if entry[0] == STORE:
+        return entry[2], (entry[1], "host")
+    if entry[0] == INLINE:
+        return len(entry[1]), INLINE_LOCATION
+    if entry[0] == ERROR:
+        return len(entry[1]), None
+    raise ValueError(f"bad value entry kind {entry[0]!r}")
 
 
 def stored_arg_bytes(spec: TaskSpec) -> dict:

@@ -4,7 +4,9 @@ Events: ``submitted``, ``worker_failed``, ``finished``. The decision on a
 worker failure is ``Retry(attempt)`` while the task has retries left
 (``max_retries``; -1 means retry forever, as in Ray), else ``Fail(reason)``.
 Application exceptions are not retried here (Ray's ``retry_exceptions`` is off
-by default). Lineage reconstruction will build on the same attempt counts.
+by default). A generator task that already streamed items to its owner is not
+retried: a new attempt would yield them again (its refs may be in use).
+Lineage reconstruction will build on the same attempt counts.
 """
 from __future__ import annotations
 
@@ -36,8 +38,12 @@ class TaskManager:
         assert max_retries >= -1
         self._tasks[tid] = _Task(max_retries)
 
-    def worker_failed(self, tid: bytes) -> Retry | Fail:
+    def worker_failed(self, tid: bytes, streamed: int = 0) -> Retry | Fail:
+        """The worker running tid died; ``streamed``: items it already yielded."""
         task = self._tasks[tid]
+        if streamed:
+            return Fail(f"it had already yielded {streamed} item{'s' if streamed > 1 else ''}, "
+                        f"which a retry would repeat")
         used = task.attempt - 1
         if task.max_retries == -1 or used < task.max_retries:
             task.attempt += 1
