@@ -332,3 +332,36 @@ def test_cancel_never_lands_inside_the_runtime(cluster):
             gdfut.get(ref, timeout=CANCEL_S)
     pids = set(gdfut.get([pid_of.remote() for _ in range(20)], timeout=30))
     assert pids and all(psutil.pid_exists(p) for p in pids | pids_before)
+
+
+def test_cancel_interrupts_a_streaming_generator_in_its_own_code(cluster, tmp_path):
+    # The generator's body runs below the executor's item loop: the interrupt
+    # must land there too, so the worker stops sleeping and its CPU comes back.
+    def write(path, text):
+        with open(path, "w") as f:
+            f.write(text)
+
+    @gdfut.remote
+    def stream(path):
+        yield os.getpid()
+        try:
+            time.sleep(30)
+        except BaseException as exc:
+            write(f"{path}.exc", type(exc).__name__)
+            raise
+        yield "never"
+
+    path = str(tmp_path / "stream")
+    gen = stream.remote(path)
+    pid = gdfut.get(next(gen), timeout=30)
+    time.sleep(0.2)                      # let it reach the sleep
+    t0 = time.monotonic()
+    gdfut.cancel(gen)
+    wait_until(lambda: os.path.exists(f"{path}.exc"), timeout=CANCEL_S,
+               what="the generator to be interrupted")
+    assert read(f"{path}.exc") == "KeyboardInterrupt"
+    assert time.monotonic() - t0 < CANCEL_S
+    with pytest.raises(TaskCancelledError):
+        gdfut.get(next(gen), timeout=CANCEL_S)
+    wait_until(lambda: cpus_free(2), timeout=CANCEL_S, what="the CPU to come back")
+    assert psutil.pid_exists(pid)        # non-force: the worker lives on
