@@ -127,9 +127,10 @@ def test_async_actor_runs_concurrently(cluster):
             return v
 
     a = AsyncActor.remote()
+    gdfut.get(a.wait_then.remote(0, None))   # the actor is up: time the calls alone
     t0 = time.monotonic()
-    assert gdfut.get([a.wait_then.remote(1.0, i) for i in range(5)]) == list(range(5))
-    assert time.monotonic() - t0 < 3.0    # overlapping, not 5 s in a row
+    assert gdfut.get([a.wait_then.remote(2.0, i) for i in range(5)]) == list(range(5))
+    assert time.monotonic() - t0 < 6.0    # overlapping: in a row would take 10 s
 
 
 def test_threaded_actor_max_concurrency(cluster):
@@ -140,9 +141,10 @@ def test_threaded_actor_max_concurrency(cluster):
             return t
 
     a = Sleeper.options(max_concurrency=4).remote()
+    gdfut.get(a.nap.remote(0))            # the actor is up: time the calls alone
     t0 = time.monotonic()
-    gdfut.get([a.nap.remote(1.0) for _ in range(4)])
-    assert time.monotonic() - t0 < 2.5
+    gdfut.get([a.nap.remote(2.0) for _ in range(4)])
+    assert time.monotonic() - t0 < 6.0    # 4 at once: in a row would take 8 s
 
 
 def test_actor_methods_need_remote(cluster):

@@ -129,8 +129,8 @@ def test_wait_semantics(cluster):
         return t
 
     fast = sleepy.remote(0)
-    slow = sleepy.remote(3)
-    ready, not_ready = gdfut.wait([slow, fast], num_returns=1, timeout=2)
+    slow = sleepy.remote(6)     # long enough that fast is done first even on a loaded machine
+    ready, not_ready = gdfut.wait([slow, fast], num_returns=1, timeout=5)
     assert ready == [fast] and not_ready == [slow]
     ready, not_ready = gdfut.wait([slow, fast], num_returns=2, timeout=0.1)
     assert ready == [fast] and not_ready == [slow]
