@@ -10,6 +10,7 @@ from . import runtime_context
 from . import serialization as ser
 from .serialization import record_nested
 from .ids import new_id, short
+from .signature import CallChecker, from_wire, signature_of, to_wire
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "max_concurrency", "namespace",
                   "lifetime", "max_restarts", "max_task_retries", "scheduling_strategy",
@@ -44,52 +45,16 @@ def exit_actor():
 # signature travels with handles (to other processes, through the head for
 # named actors) as plain lists: [[name, kind, has_default], ...].
 
-def _wire_params(fn, drop_self: bool):
-    """The parameters of ``fn`` in wire form, or None if it has no signature."""
-    try:
-        params = list(inspect.signature(fn).parameters.values())
-    except (TypeError, ValueError):   # a builtin without a signature: not checked
-        return None
-    if drop_self and params and params[0].kind in (inspect.Parameter.POSITIONAL_ONLY,
-                                                   inspect.Parameter.POSITIONAL_OR_KEYWORD):
-        params = params[1:]
-    return [[p.name, int(p.kind), p.default is not inspect.Parameter.empty] for p in params]
-
-
 def _class_signatures(cls) -> dict:
     """name -> wire params, for the constructor ("__init__") and each method."""
-    sigs = {"__init__": _wire_params(cls, drop_self=False)}
+    sigs = {"__init__": to_wire(signature_of(cls))}
     for name, member in inspect.getmembers(cls, callable):
         if name.startswith("__") or inspect.isclass(member):
             continue
         plain = inspect.isfunction(inspect.getattr_static(cls, name, None))
-        sigs[name] = _wire_params(member, drop_self=plain)   # static/class methods keep all
+        # static and class methods keep all their parameters
+        sigs[name] = to_wire(signature_of(member, skip_self=plain))
     return sigs
-
-
-class _CallCheck:
-    """Checks ``(args, kwargs)`` against one wire signature, raising Ray's TypeError."""
-    __slots__ = ("what", "signature", "exact_positional")
-
-    def __init__(self, what: str, params):
-        self.what = what
-        self.signature = None if params is None else inspect.Signature(
-            [inspect.Parameter(name, inspect._ParameterKind(kind),
-                               default=None if has_default else inspect.Parameter.empty)
-             for name, kind, has_default in params])
-        # Fast path: only plain required parameters, called positionally.
-        plain = params is not None and all(
-            kind == int(inspect.Parameter.POSITIONAL_OR_KEYWORD) and not has_default
-            for _, kind, has_default in params)
-        self.exact_positional = len(params) if plain else -1
-
-    def __call__(self, args, kwargs):
-        if self.signature is None or (not kwargs and len(args) == self.exact_positional):
-            return
-        try:
-            self.signature.bind(*args, **kwargs)
-        except TypeError as exc:
-            raise TypeError(f"{self.what}: {exc}") from None
 
 
 def method(*, num_returns=1):
@@ -118,7 +83,8 @@ class ActorClass:
                          for n, v in inspect.getmembers(cls, callable)
                          if not n.startswith("__") and not inspect.isclass(v)}
         self._signatures = _class_signatures(cls)
-        self._init_check = _CallCheck(f"{cls.__name__}.remote()", self._signatures["__init__"])
+        self._init_check = CallChecker(from_wire(self._signatures["__init__"]),
+                                       f"{cls.__name__}.remote()")
 
     def __getattr__(self, name):
         """Class attributes, static and class methods of the class, as on Ray's
@@ -282,8 +248,8 @@ class ActorHandle:
     def _check_call(self, method, args, kwargs):
         check = self._checks.get(method)
         if check is None:
-            check = self._checks[method] = _CallCheck(
-                f"{self._class_name}.{method}.remote()", self._signatures.get(method))
+            check = self._checks[method] = CallChecker(
+                from_wire(self._signatures.get(method)), f"{self._class_name}.{method}.remote()")
         check(args, kwargs)
 
     def __reduce__(self):

@@ -41,6 +41,26 @@ def check_call(sig: inspect.Signature | None, args: tuple, kwargs: dict, what: s
         raise TypeError(f"{what}: {exc}") from None
 
 
+def to_wire(sig: inspect.Signature | None) -> list | None:
+    """``sig`` as plain lists, ``[[name, kind, has_default], ...]``, so it can
+    travel with actor handles (pickled, or through the head for named actors)."""
+    if sig is None:
+        return None
+    return [[p.name, int(p.kind), p.default is not inspect.Parameter.empty]
+            for p in sig.parameters.values()]
+
+
+def from_wire(params: list | None) -> inspect.Signature | None:
+    """The signature ``to_wire`` gave (defaults are placeholders: only their
+    presence matters for a check)."""
+    if params is None:
+        return None
+    return inspect.Signature([
+        inspect.Parameter(name, inspect._ParameterKind(kind),
+                          default=None if has_default else inspect.Parameter.empty)
+        for name, kind, has_default in params])
+
+
 class CallChecker:
     """``check_call`` for one signature, with a fast path for calls that pass
     positional arguments only."""

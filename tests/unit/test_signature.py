@@ -62,3 +62,17 @@ def test_methods_skip_self_and_unknown_signatures_are_not_checked():
     with pytest.raises(TypeError, match="A.m.remote"):
         check_call(sig, (), {}, "A.m.remote()")
     check_call(None, (1, 2, 3), {"x": 1}, "anything")          # nothing to check against
+
+
+def test_wire_form_round_trip_checks_the_same_calls():
+    from gdfut.signature import from_wire, to_wire
+
+    def f(a, b=1, *args, c, d=2, **kw):
+        pass
+    sig = from_wire(to_wire(signature_of(f)))
+    check = CallChecker(sig, "f.remote()")
+    check((1,), {"c": 3})
+    check((1, 2, 3, 4), {"c": 3, "e": 5})
+    with pytest.raises(TypeError, match=r"f\.remote\(\).*'c'"):
+        check((1,), {})
+    assert to_wire(None) is None and from_wire(None) is None
