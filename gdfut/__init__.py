@@ -7,6 +7,7 @@ from .scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGrou
 from .object_ref import DynamicObjectRefGenerator, ObjectID, ObjectRef, ObjectRefGenerator
 from .actor import ActorHandle
 from . import exceptions
+from . import util          # gdfut.util.ActorPool etc. after a plain ``import gdfut``, as in Ray
 
 __version__ = "0.1.0"
 
@@ -15,5 +16,5 @@ __all__ = ["init", "shutdown", "is_initialized", "remote", "method", "get", "put
            "cluster_resources", "available_resources", "memory_summary", "nodes",
            "NodeAffinitySchedulingStrategy", "PlacementGroupSchedulingStrategy", "ObjectRef",
            "ObjectID", "ObjectRefGenerator", "DynamicObjectRefGenerator", "ActorHandle",
-           "exceptions",
+           "exceptions", "util",
            "__version__"]

@@ -77,7 +77,7 @@ class ActorSubmitter:
         spec = TaskSpec(new_task_id(), cls_id, cls_bytes, f"{class_name}.__init__", a, kw, 1,
                         options["resources"], 0, deps, nested, held, actor_id=actor_id,
                         method="__init__", actor_options=options["actor_options"],
-                        strategy=options.get("strategy"))
+                        strategy=options.get("strategy") or self.rt.captured_strategy())
         self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site(), pinned)
 
     def submit(self, handle, method, args, kwargs, num_returns,

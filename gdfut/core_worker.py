@@ -948,6 +948,21 @@ class CoreWorker:
         wake = self.blocked_waits.get(thread_id)
         return wake is not None and wake(exc)
 
+    def current_placement_group(self) -> list | None:
+        """The placement group strategy of the calling task or actor (None in
+        a driver, or outside any group)."""
+        executor = getattr(self, "executor", None)
+        return None if executor is None else executor.current_placement_group()
+
+    def captured_strategy(self) -> list | None:
+        """The strategy a task or actor submitted with none of its own gets:
+        its parent's placement group (any bundle) when the parent was started
+        with ``placement_group_capture_child_tasks=True``, as in Ray."""
+        pg = self.current_placement_group()
+        if pg is None or not pg[3]:
+            return None
+        return ["PG", pg[1], -1, True]
+
     def submitting_task_id(self) -> bytes | None:
         """The task of the calling thread (None in a driver): the parent of the
         tasks it submits, which a recursive cancel of it cancels too."""

@@ -54,13 +54,16 @@ MIN_ITEM_BYTES = 1024        # what a tiny item counts for (bounds the item coun
 class Task:
     __slots__ = ("conn", "tid", "fn_id", "fn_bytes", "name", "args", "kwargs", "num_returns",
                  "owner_wid", "owner_addr", "actor_id", "method", "actor_options", "gpu_ids",
-                 "started", "cancelled", "interrupted", "generator", "backpressure", "outbox")
+                 "started", "cancelled", "interrupted", "generator", "backpressure", "outbox",
+                 "placement_group")
 
     def __init__(self, conn, wire):
         self.conn = conn
         (self.tid, self.fn_id, self.fn_bytes, self.name, self.args, self.kwargs,
          returns, self.owner_wid, self.owner_addr, self.actor_id, self.method,
-         self.actor_options, self.gpu_ids) = wire
+         self.actor_options, self.gpu_ids) = wire[:13]
+        # ["PG", group id, bundle index, capture child tasks] when it runs in a group
+        self.placement_group = wire[13] if len(wire) > 13 else None
         self.num_returns, self.generator, self.backpressure = parse_wire_returns(returns)
         # generator tasks: messages to the owner not sent yet, in order (io thread)
         self.outbox = collections.deque() if self.generator is not None else None
@@ -83,6 +86,7 @@ class Executor:
         self.main_thread_id = threading.get_ident()
         self.actor = None
         self.actor_init_error: list | None = None
+        self.actor_placement_group: list | None = None   # the group the actor was created in
         self.actor_pool: concurrent.futures.ThreadPoolExecutor | None = None
         self.actor_loop: asyncio.AbstractEventLoop | None = None
         self.actor_sema: asyncio.Semaphore | None = None
@@ -182,6 +186,14 @@ class Executor:
         atask = self.async_tasks.get(tid)
         if atask is not None:
             atask.cancel()
+
+    def current_placement_group(self) -> list | None:
+        """The placement group strategy the calling task runs under (an actor's
+        calls: the group the actor was created in), or None."""
+        task = CURRENT_TASK.get()
+        if task is not None and task.placement_group is not None:
+            return task.placement_group
+        return self.actor_placement_group
 
     def current_task_id(self) -> bytes | None:
         task = CURRENT_TASK.get()
@@ -334,6 +346,7 @@ class Executor:
     def create_actor(self, task: Task):
         cls = self.function(task.fn_id)
         opts = task.actor_options or {}
+        self.actor_placement_group = task.placement_group
         try:
             args, kwargs = self.resolve_args(task)
             self.actor = cls(*args, **kwargs)

@@ -24,8 +24,10 @@ class NodeAffinitySchedulingStrategy:
 class PlacementGroupSchedulingStrategy:
     """Run inside ``placement_group``: in bundle ``placement_group_bundle_index``,
     or any of its bundles for -1. The task or actor uses the resources the
-    bundle reserved, never the node's others. (``placement_group_capture_child_tasks``
-    is accepted for Ray compatibility; child tasks are not captured yet.)"""
+    bundle reserved, never the node's others. With
+    ``placement_group_capture_child_tasks=True`` the tasks and actors that the
+    task (or actor) submits without a strategy of their own run in the same
+    group, in any of its bundles."""
 
     def __init__(self, placement_group, placement_group_bundle_index: int = -1,
                  placement_group_capture_child_tasks: bool | None = None):

@@ -79,13 +79,19 @@ class TaskSpec:
     def wire(self, rt, include_fn: bool, gpu_ids=()) -> list:
         return [self.tid, self.fn_id, self.fn_bytes if include_fn else None, self.name,
                 self.args, self.kwargs, self.wire_returns(), rt.wid, list(rt.addr),
-                self.actor_id, self.method, self.actor_options, list(gpu_ids)]
+                self.actor_id, self.method, self.actor_options, list(gpu_ids),
+                self.strategy if is_placement_group(self.strategy) else None]
 
     def wire_returns(self):
         """num_returns on the wire: an int, or [mode, backpressure] for a generator."""
         if self.generator is None:
             return self.num_returns
         return [self.generator, self.backpressure]
+
+
+def is_placement_group(strategy) -> bool:
+    """Is this wire strategy ``["PG", group id, bundle index, capture]``?"""
+    return isinstance(strategy, list) and bool(strategy) and strategy[0] == "PG"
 
 
 def parse_wire_returns(value) -> tuple[int, str | None, int]:
@@ -221,7 +227,8 @@ class TaskSubmitter:
                                                   options.get("backpressure"))
         spec = TaskSpec(new_task_id(), fn_id, fn_bytes, name, a, kw, n,
                         options["resources"], options["max_retries"], deps, nested, held,
-                        strategy=options.get("strategy"), generator=mode,
+                        strategy=options.get("strategy") or rt.captured_strategy(),
+                        generator=mode,
                         backpressure=backpressure, parent_tid=rt.submitting_task_id())
         refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
         rt.io.post(self.submit_in_loop, spec, rt.call_site())

@@ -120,6 +120,17 @@ def get_placement_group(placement_group_name: str) -> PlacementGroup:
     return _from_row(row)
 
 
+def get_current_placement_group() -> PlacementGroup | None:
+    """The group the calling task or actor runs in; None in a driver or
+    outside any group (Ray's ``get_current_placement_group``)."""
+    rt = runtime_context.current()
+    pg = None if rt is None else rt.current_placement_group()
+    if pg is None:
+        return None
+    rows = _head_request(P.HEAD_PG_TABLE, pg[1])
+    return _from_row(rows[0]) if rows else PlacementGroup(PlacementGroupID(pg[1]), [])
+
+
 def placement_group_table(placement_group: PlacementGroup | None = None) -> dict:
     """Ray's table: id hex -> {placement_group_id, name, bundles, bundles_to_node_id,
     strategy, state, stats}; only that group's row when one is given."""

@@ -237,6 +237,48 @@ def test_pg_tasks_run_only_inside_their_bundle(cluster):
         gdfut.get(node_and_gpus.options(scheduling_strategy=in_pg(pg)).remote(), timeout=30)
 
 
+@gdfut.remote
+def current_group_hex():
+    from gdfut.util import get_current_placement_group
+    pg = get_current_placement_group()
+    return None if pg is None else pg.id.hex()
+
+
+@gdfut.remote
+class GroupReporter:
+    def group(self):
+        from gdfut.util import get_current_placement_group
+        pg = get_current_placement_group()
+        return None if pg is None else pg.id.hex()
+
+
+@gdfut.remote
+def parent_reports_children():
+    from gdfut.util import get_current_placement_group
+    mine = get_current_placement_group()
+    child = gdfut.get(current_group_hex.options(num_cpus=0).remote(), timeout=60)
+    actor = GroupReporter.options(num_cpus=0).remote()
+    in_actor = gdfut.get(actor.group.remote(), timeout=60)
+    return None if mine is None else mine.id.hex(), child, in_actor
+
+
+def test_pg_capture_child_tasks_puts_children_in_the_group(cluster):
+    # One of the node's two CPUs is the group's: the parent holds it, and its
+    # children need none, so they could run inside the group or outside it.
+    pg = placement_group([{"CPU": 1}])
+    gdfut.get(pg.ready(), timeout=30)
+    assert gdfut.util.get_current_placement_group() is None      # a driver is in none
+    captured = PlacementGroupSchedulingStrategy(pg, placement_group_capture_child_tasks=True)
+    mine, child, in_actor = gdfut.get(
+        parent_reports_children.options(scheduling_strategy=captured).remote(), timeout=60)
+    assert mine == child == in_actor == pg.id.hex()
+    # Without capture the parent is in the group but its children are not.
+    mine, child, in_actor = gdfut.get(
+        parent_reports_children.options(scheduling_strategy=in_pg(pg)).remote(), timeout=60)
+    assert mine == pg.id.hex() and child is None and in_actor is None
+    remove_placement_group(pg)
+
+
 def test_pg_waits_for_resources_then_is_created(cluster):
     @gdfut.remote(num_cpus=1)
     class Holder:
