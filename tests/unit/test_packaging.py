@@ -7,7 +7,7 @@ import tomllib
 import pytest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-GPU_STACK = re.compile(r"cu1\d|cupy|ucx|nvidia|numba", re.I)
+GPU_STACK = re.compile(r"cu1\d|cupy|ucx|nvidia|numba-cuda", re.I)   # numba alone runs on CPU
 
 
 def _extras():
