@@ -29,7 +29,6 @@ DEFAULT_MAX_RETRIES = 3
 # not have yet (fault tolerance comes next): a warning says so, once per name.
 _NOT_YET = {"max_restarts": "actors are not restarted after they die",
             "max_task_retries": "actor calls are not retried",
-            "retry_exceptions": "application exceptions are not retried",
             "lifetime": "detached actors still end with their owner"}
 _warned: set = set()
 
@@ -399,6 +398,20 @@ def _check_options(options: dict):
     r = options.get("max_retries", DEFAULT_MAX_RETRIES)
     if not isinstance(r, int) or r < -1:
         raise ValueError(f"max_retries must be an int >= -1, got {r!r}")
+    retry_exceptions_wire(options.get("retry_exceptions", False))
+
+
+def retry_exceptions_wire(value) -> bool | tuple:
+    """Ray's ``retry_exceptions`` (a bool, or a list of exception classes) as
+    the task manager takes it: a bool, or the classes' names."""
+    from .task_manager import class_names
+    if isinstance(value, bool):
+        return value
+    if (isinstance(value, (list, tuple)) and value
+            and all(isinstance(c, type) and issubclass(c, BaseException) for c in value)):
+        return class_names(value)
+    raise TypeError(f"retry_exceptions must be either a boolean or a non-empty list of "
+                    f"exception classes, got {value!r}")
 
 
 def resources_of(options: dict, default_cpus: float = 1.0) -> dict:
@@ -437,6 +450,8 @@ class RemoteFunction:
             self._resolved = {"num_returns": o.get("num_returns", default_num_returns(self._fn)),
                               "backpressure": o.get("_generator_backpressure_num_objects"),
                               "max_retries": o.get("max_retries", DEFAULT_MAX_RETRIES),
+                              "retry_exceptions": retry_exceptions_wire(
+                                  o.get("retry_exceptions", False)),
                               "resources": resources_of(o),
                               "strategy": strategy_wire(o.get("scheduling_strategy"))}
             if hasattr(o.get("scheduling_strategy"), "check_fits"):   # a placement group

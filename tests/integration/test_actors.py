@@ -265,5 +265,3 @@ def test_unsupported_ray_options_warn(cluster):
     with pytest.warns(UserWarning, match="max_restarts"):
         a = Counter.options(max_restarts=3).remote()
     assert gdfut.get(a.incr.remote()) == 1
-    with pytest.warns(UserWarning, match="retry_exceptions"):
-        gdfut.remote(retry_exceptions=True)(lambda: 1)
