@@ -152,6 +152,10 @@ class ActorClass:
         max_conc = o.get("max_concurrency")
         if max_conc is not None and (not isinstance(max_conc, int) or max_conc < 1):
             raise ValueError(f"max_concurrency must be an int >= 1, got {max_conc!r}")
+        from .actor_restarts import check_restart_option
+        restarts = {k: o.get(k) or 0 for k in ("max_restarts", "max_task_retries")}
+        for option, value in restarts.items():
+            check_restart_option(option, value)
         actor_id = new_id()
         name = self._cls.__name__
         if o.get("name"):
@@ -172,7 +176,7 @@ class ActorClass:
         rt.actors.create(actor_id, cls_id, cls_bytes, name, args, kwargs,
                          {"resources": resources,
                           "strategy": strategy_wire(o.get("scheduling_strategy")),
-                          "actor_options": {"max_concurrency": max_conc}},
+                          "actor_options": {"max_concurrency": max_conc}, **restarts},
                          pinned=bool(o.get("name")))
         # After create(): the owner's table knows the actor before its first handle.
         return ActorHandle(actor_id, rt.wid, rt.addr, name, self._methods, rt,

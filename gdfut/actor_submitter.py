@@ -5,17 +5,28 @@ task; method calls follow on the same connection. Calls from one caller run
 in submission order: they are sent strictly in that order, each once its
 arguments are resolved. Other processes holding a handle ask the actor's
 owner (its creator) where the actor lives and then call it directly.
+
+Restarts (``max_restarts``): the owner notices that the actor's worker died
+(its connection to it closes), asks the pure ``ActorRestarts`` whether to
+restart, and if so leases a new worker and pushes ``__init__`` again with
+the original arguments (kept alive for that). Calls in flight then are
+retried on the new worker up to ``max_task_retries`` or fail with
+ActorDiedError; calls made meanwhile queue. Other callers whose connection
+closes ask the owner again where the actor is; the owner answers once the
+actor is back (or that it is dead).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import logging
 import pickle
 
 from . import protocol as P
 from .exceptions import ActorDiedError, GdfutError, UnschedulableError
 from .ids import new_task_id, short
+from .actor_restarts import ActorRestarts, Restart
 from .object_ref import ObjectRef
 from .submitter import TaskSpec, ERROR, generator_options, lease_from_cluster
 from .transport import tcp
@@ -58,6 +69,12 @@ class ActorClient:
         self.exited = False         # it ended itself with exit_actor()
         self.locate_task = None     # the ACTOR_LOCATION question to the owner, if asked
         self.kill_waiting = False   # kill() waits for that answer to kill the worker
+        # Restart policy: the owner's counts restarts; another caller's holds the
+        # options the owner told it (with the location), for its own lost calls.
+        self.restarts = ActorRestarts()
+        self.init_spec = None       # creator only: the creation task, run again on a restart
+        self.init_held: list = []   # creator only: refs its arguments need for a restart
+        self.kill_cause = ""        # why the worker was killed with no_restart=False
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -78,7 +95,10 @@ class ActorSubmitter:
                         options["resources"], 0, deps, nested, held, actor_id=actor_id,
                         method="__init__", actor_options=options["actor_options"],
                         strategy=options.get("strategy") or self.rt.captured_strategy())
-        self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site(), pinned)
+        restarts = ActorRestarts(options.get("max_restarts", 0),
+                                 options.get("max_task_retries", 0))
+        self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site(), pinned,
+                        restarts)
 
     def submit(self, handle, method, args, kwargs, num_returns,
                backpressure=None) -> list[ObjectRef]:
@@ -104,10 +124,14 @@ class ActorSubmitter:
         rt.submitter.open_stream(spec, call_site)
         rt.submitter.specs[spec.tid] = spec
 
-    def _create_in_loop(self, spec, class_name, call_site, pinned):
+    def _create_in_loop(self, spec, class_name, call_site, pinned, restarts):
         rt = self.rt
         client = ActorClient(spec.actor_id, rt.wid, rt.addr, class_name, is_creator=True)
         client.named = pinned
+        client.restarts = restarts
+        client.init_spec = spec
+        if restarts.max_restarts != 0:     # finish() lets go of them after the first run
+            client.init_held = list(spec.held)
         self.clients[spec.actor_id] = client
         # Handles are counted under the actor id like refs to an object we own.
         rt.table.add_owned(spec.actor_id, call_site=call_site, local=1 if pinned else 0)
@@ -177,13 +201,21 @@ class ActorSubmitter:
             client.locating = True
             client.locate_task = rt.io.loop.create_task(self._locate(client))
 
-    async def _locate(self, client):
+    async def _locate(self, client, dead_worker=None):
+        """Ask the owner where the actor runs (``dead_worker``: not there, it
+        died; the owner answers once it has restarted the actor)."""
         rt = self.rt
         try:
             if client.owner_wid == rt.wid:
                 raise tcp.RemoteError("actor unknown to its owner")
             owner = await rt.connect_peer(client.owner_addr)
-            loc = await owner.request(P.ACTOR_LOCATION, client.actor_id)
+            question = [P.ACTOR_LOCATION, client.actor_id]
+            if dead_worker is not None:
+                question.append(dead_worker)
+            loc = await owner.request(*question)
+            if len(loc) > 3 and isinstance(loc[3], dict):
+                client.restarts = ActorRestarts(int(loc[3].get("max_restarts", 0)),
+                                                int(loc[3].get("max_task_retries", 0)))
             conn = await rt.connect_peer(tuple(loc[0]))
         except tcp.RemoteError as exc:
             self._mark_dead(client, str(exc))
@@ -194,6 +226,7 @@ class ActorSubmitter:
         client.worker_id = loc[1]
         client.addr = tuple(loc[0])
         client.node_id = loc[2]
+        client.locating = False
         self._connected(client, conn)
 
     def _flush(self, client):
@@ -218,6 +251,7 @@ class ActorSubmitter:
             if client is None or client.state != DEAD:   # else: failed here already
                 log.warning("reply for unknown task %s", short(m[1]))
             return
+        client.restarts.call_done(spec.tid)
         self.rt.submitter.finish(spec, m[3])
         if m[2] == DONE_ACTOR_EXIT:
             client.exited = True
@@ -272,15 +306,79 @@ class ActorSubmitter:
     # ------------------------------------------------------ death, kill
     def on_connection_lost(self, conn):
         client = self.by_conn.pop(conn, None)
-        if client is None:
+        if client is None or client.state == DEAD:
             return
+        self._worker_gone(client)
+
+    def _worker_gone(self, client):
+        """The actor's worker is gone: restart it, or it is dead."""
         if client.out_of_scope:
             reason = "all handles to it went out of scope"
         elif client.killed:
             reason = "it was killed by gdfut.kill()"
         else:
-            reason = "its worker process died unexpectedly"
+            reason = client.kill_cause or "its worker process died unexpectedly"
+            client.kill_cause = ""
+            if client.is_creator:
+                decision = client.restarts.worker_died(reason)
+                if isinstance(decision, Restart):
+                    self._restart(client, reason, decision.restarts)
+                    return
+                reason = decision.reason
+            elif client.restarts.max_restarts != 0:
+                self._relocate(client, reason)
+                return
         self._mark_dead(client, reason)
+
+    def _lost_calls(self, client, reason):
+        """The actor's worker died: put the calls it was running back at the
+        front of the queue (in their order) where they may be retried, fail
+        the others."""
+        lost = list(client.in_flight.values())
+        client.in_flight.clear()
+        retried = []
+        for spec in lost:
+            streamed = self.rt.table.stream_received(spec.tid) if spec.generator else 0
+            if spec.method == "__init__":     # a new creation task replaces it
+                self._fail_call(client, spec, f"it died while starting: {reason}")
+            elif not spec.cancelled and client.restarts.call_lost(spec.tid, streamed):
+                retried.append(spec)
+            else:
+                n = client.restarts.max_task_retries
+                why = (f"it had already yielded {streamed} items" if streamed else
+                       f"max_task_retries={n}" if n == 0 else
+                       f"the call was retried {n} times (max_task_retries={n})")
+                self._fail_call(client, spec, f"it died while running the call ({reason}); "
+                                              f"the call is not retried: {why}")
+        client.queue.extendleft(reversed(retried))
+
+    def _restart(self, client, reason, n):
+        """Owner: the actor's worker died and it may restart: lease a new
+        worker and run __init__ again, before the calls waiting for it."""
+        rt = self.rt
+        log.info("restarting %s (restart %d) after %s", client.describe(), n, reason)
+        if client.lease_id is not None:
+            rt.send_to_node(client.node_id, [P.RETURN_LEASE, client.lease_id, True])
+        client.state = PENDING
+        client.conn = client.worker_id = client.addr = client.lease_id = None
+        self._lost_calls(client, reason)
+        spec = dataclasses.replace(client.init_spec, tid=new_task_id(), held=[])
+        for oid in spec.return_ids():
+            rt.table.add_owned(oid, lineage=spec.tid)
+        rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
+        rt.submitter.specs[spec.tid] = spec
+        client.queue.appendleft(spec)
+        rt.io.loop.create_task(self._place(client, spec))
+
+    def _relocate(self, client, reason):
+        """Another caller: the actor's worker died and its owner may restart
+        it: ask the owner where it is once it is back."""
+        dead_worker = client.worker_id
+        client.state = PENDING
+        client.conn = client.worker_id = client.addr = None
+        self._lost_calls(client, reason)
+        client.locating = True
+        client.locate_task = self.rt.io.loop.create_task(self._locate(client, dead_worker))
 
     def _mark_dead(self, client, reason, err_cls=ActorDiedError):
         """Fail every call made and every later one; release the worker."""
@@ -297,6 +395,7 @@ class ActorSubmitter:
         for cb in client.location_waiters:
             cb()
         client.location_waiters.clear()
+        client.init_held = []       # no restart will need its arguments now
         if client.is_creator and client.named and not client.killed:
             self.rt.io.loop.create_task(self._free_name(client.actor_id))   # Ray frees it too
         if client.is_creator and client.worker_id is not None:
@@ -317,23 +416,36 @@ class ActorSubmitter:
         elif client.killed and not client.is_creator and not client.kill_waiting:
             self._kill_worker(client, "killed by gdfut.kill()")   # located after kill returned
 
-    def _fail_call(self, client, spec):
-        cls = getattr(client, "err_cls", ActorDiedError)
-        err = cls(f"{client.describe()} is dead: {client.death_reason}; "
-                  f"the call {spec.name} cannot run")
+    def _fail_call(self, client, spec, lost_reason=None):
+        client.restarts.call_done(spec.tid)
+        if lost_reason is not None:
+            err = ActorDiedError(f"{client.describe()} failed the call {spec.name}: "
+                                 f"{lost_reason}")
+        else:
+            cls = getattr(client, "err_cls", ActorDiedError)
+            err = cls(f"{client.describe()} is dead: {client.death_reason}; "
+                      f"the call {spec.name} cannot run")
         self.rt.submitter.finish(spec, [[oid, [ERROR, pickle.dumps(err)], []]
                                         for oid in spec.return_ids()])
 
-    def kill(self, actor_id, owner_wid, owner_addr, class_name):
+    def kill(self, actor_id, owner_wid, owner_addr, class_name, no_restart=True):
         """User thread: kill synchronously (see ``gdfut.kill``)."""
-        self.rt.io.run(self._kill(actor_id, owner_wid, owner_addr, class_name),
-                       timeout=3 * KILL_TIMEOUT_S)
+        self.rt.io.run(self._kill(actor_id, owner_wid, owner_addr, class_name, no_restart),
+                       timeout=4 * KILL_TIMEOUT_S)
 
-    async def _kill(self, actor_id, owner_wid, owner_addr, class_name):
+    async def _kill(self, actor_id, owner_wid, owner_addr, class_name, no_restart=True):
         client = self.clients.get(actor_id)
         if client is None:
             client = ActorClient(actor_id, owner_wid, owner_addr, class_name, is_creator=False)
             self.clients[actor_id] = client
+        if not client.is_creator and await self._owner_kills(client, no_restart):
+            if no_restart:
+                client.killed = True
+                self._mark_dead(client, "it was killed by gdfut.kill()")
+            return
+        if not no_restart and client.is_creator:
+            await self._kill_for_restart(client)
+            return
         # Dead here at once: calls made from now on fail without reaching it.
         client.killed = True
         self._mark_dead(client, "it was killed by gdfut.kill()")
@@ -342,6 +454,48 @@ class ActorSubmitter:
             await self._locate_for_kill(client)
         if client.worker_id is not None:
             await self._kill_worker_now(client, "killed by gdfut.kill()")
+
+    async def _owner_kills(self, client, no_restart) -> bool:
+        """Ask the actor's owner to kill it (the owner decides restarts, so it
+        must know). False when the owner cannot be asked (then it is gone,
+        and with it the actor's future: the caller kills the worker itself)."""
+        try:
+            owner = await self.rt.connect_peer(client.owner_addr)
+            await asyncio.wait_for(owner.request(P.KILL_ACTOR, client.actor_id, no_restart),
+                                   3 * KILL_TIMEOUT_S)
+            return True
+        except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
+            log.warning("could not ask the owner of %s to kill it: %s", client.describe(), exc)
+            return False
+
+    async def _kill_for_restart(self, client):
+        """Owner: gdfut.kill(no_restart=False): kill the worker only; its
+        death then restarts the actor as any death would."""
+        if client.state != ALIVE:
+            log.info("kill(no_restart=False) of %s while it is not running: nothing to kill",
+                     client.describe())
+            return
+        conn = client.conn
+        client.kill_cause = "it was killed by gdfut.kill(no_restart=False)"
+        await self._kill_worker_now(client, "killed by gdfut.kill(no_restart=False)")
+        if self.by_conn.get(conn) is client:   # gone now: calls from here on wait for the restart
+            del self.by_conn[conn]
+            self._worker_gone(client)
+
+    def on_kill_actor(self, conn, m):
+        """Owner: another process calls gdfut.kill on an actor we own."""
+        _, req_id, actor_id, no_restart = m
+        client = self.clients.get(actor_id)
+        if client is None or not client.is_creator:
+            conn.reply_error(req_id, f"actor {short(actor_id)} is not known to its owner")
+            return
+
+        async def kill_and_answer():
+            await self._kill(actor_id, client.owner_wid, client.owner_addr, client.class_name,
+                             no_restart)
+            if not conn.closed:
+                conn.reply(req_id, None)
+        self.rt.io.loop.create_task(kill_and_answer())
 
     async def _locate_for_kill(self, client):
         """Ask the owner where the actor runs, waiting a while (it answers once
@@ -381,19 +535,25 @@ class ActorSubmitter:
 
     # ------------------------------------------------ owner answers "where"
     def on_actor_location(self, conn, m):
-        _, req_id, actor_id = m
+        req_id, actor_id = m[1], m[2]
+        dead_worker = m[3] if len(m) > 3 else None   # the asker saw this worker die
         client = self.clients.get(actor_id)
         if client is None or not client.is_creator:
             conn.reply_error(req_id, f"actor {short(actor_id)} is not known to its owner")
             return
+        options = {"max_restarts": client.restarts.max_restarts,
+                   "max_task_retries": client.restarts.max_task_retries}
 
         def answer():
             if client.state == ALIVE:
-                conn.reply(req_id, [list(client.addr), client.worker_id, client.node_id])
+                conn.reply(req_id, [list(client.addr), client.worker_id, client.node_id,
+                                    options])
             else:
-                conn.reply_error(req_id, f"{client.describe()} is dead: {client.death_reason}")
+                conn.reply_error(req_id, client.death_reason)
 
-        if client.state == PENDING:
+        stale = client.state == ALIVE and dead_worker is not None and \
+            dead_worker == client.worker_id     # we have not seen it die yet
+        if client.state == PENDING or stale:
             client.location_waiters.append(answer)
         else:
             answer()

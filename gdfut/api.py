@@ -22,15 +22,13 @@ _state: dict = {}
 
 _TASK_OPTIONS = {"num_returns", "num_cpus", "num_gpus", "resources", "max_retries", "name",
                  "max_concurrency", "scheduling_strategy", "memory", "retry_exceptions",
-                 "lifetime", "namespace", "max_restarts", "_generator_backpressure_num_objects"}
+                 "lifetime", "namespace", "max_restarts", "max_task_retries",
+                 "_generator_backpressure_num_objects"}
 DEFAULT_MAX_RETRIES = 3
 
 # Ray options accepted so that Ray code runs, but whose behaviour gdfut does
 # not have yet (fault tolerance comes next): a warning says so, once per name.
-_NOT_YET = {"max_restarts": "actors are not restarted after they die",
-            "max_task_retries": "actor calls are not retried",
-            "retry_exceptions": "application exceptions are not retried",
-            "lifetime": "detached actors still end with their owner"}
+_NOT_YET = {            "lifetime": "detached actors still end with their owner"}
 _warned: set = set()
 
 
@@ -243,12 +241,15 @@ def cancel(ref: ObjectRef, *, force: bool = False, recursive: bool = True):
 def kill(actor, *, no_restart: bool = True):
     """Kill an actor at once (Ray's ``ray.kill``). When this returns, the
     actor's name (if any) is free again and calls through any handle in this
-    process fail with ActorDiedError; its worker has been told to die."""
+    process fail with ActorDiedError; its worker has been told to die.
+    ``no_restart=False``: only its worker is killed, and the actor restarts
+    if its ``max_restarts`` allows (its owner decides, as on any death)."""
     from .actor import ActorHandle
     if not isinstance(actor, ActorHandle):
         raise TypeError(f"kill() takes an actor handle, got {type(actor).__name__}")
     rt = runtime_context.require()
-    rt.actors.kill(actor._actor_id, actor._owner_wid, actor._owner_addr, actor._class_name)
+    rt.actors.kill(actor._actor_id, actor._owner_wid, actor._owner_addr, actor._class_name,
+                   bool(no_restart))
 
 
 def get_actor(name: str, namespace: str | None = None):
@@ -399,6 +400,20 @@ def _check_options(options: dict):
     r = options.get("max_retries", DEFAULT_MAX_RETRIES)
     if not isinstance(r, int) or r < -1:
         raise ValueError(f"max_retries must be an int >= -1, got {r!r}")
+    retry_exceptions_wire(options.get("retry_exceptions", False))
+
+
+def retry_exceptions_wire(value) -> bool | tuple:
+    """Ray's ``retry_exceptions`` (a bool, or a list of exception classes) as
+    the task manager takes it: a bool, or the classes' names."""
+    from .task_manager import class_names
+    if isinstance(value, bool):
+        return value
+    if (isinstance(value, (list, tuple)) and value
+            and all(isinstance(c, type) and issubclass(c, BaseException) for c in value)):
+        return class_names(value)
+    raise TypeError(f"retry_exceptions must be either a boolean or a non-empty list of "
+                    f"exception classes, got {value!r}")
 
 
 def resources_of(options: dict, default_cpus: float = 1.0) -> dict:
@@ -437,6 +452,8 @@ class RemoteFunction:
             self._resolved = {"num_returns": o.get("num_returns", default_num_returns(self._fn)),
                               "backpressure": o.get("_generator_backpressure_num_objects"),
                               "max_retries": o.get("max_retries", DEFAULT_MAX_RETRIES),
+                              "retry_exceptions": retry_exceptions_wire(
+                                  o.get("retry_exceptions", False)),
                               "resources": resources_of(o),
                               "strategy": strategy_wire(o.get("scheduling_strategy"))}
             if hasattr(o.get("scheduling_strategy"), "check_fits"):   # a placement group

@@ -261,6 +261,7 @@ class CoreWorker:
         d[P.TASK_DONE] = self.submitter.on_task_done
         d[P.TASK_YIELD] = self.submitter.on_task_yield
         d[P.ACTOR_LOCATION] = self.actors.on_actor_location
+        d[P.KILL_ACTOR] = self.actors.on_kill_actor
         d[P.ADD_LOCATION] = self._on_add_location
         d[P.WORKER_OUTPUT] = lambda conn, m: worker_output.on_worker_output(self, conn, m)
         d[P.CANCEL_OWNED_TASK] = self._on_cancel_owned

@@ -31,6 +31,7 @@ from .actor import ActorExitRequest
 from .actor_submitter import DONE_ACTOR_EXIT
 from .object_ref import DynamicObjectRefGenerator, ObjectRef
 from .ownership import UNBOUNDED
+from .task_manager import class_names
 from .submitter import (DONE_CANCELLED, DONE_ERROR, DONE_NEED_FUNCTION, DONE_OK, DONE_RESCHEDULE,
                         DYNAMIC, ERROR, INLINE, STORE, cancelled_error, parse_wire_returns)
 
@@ -55,7 +56,7 @@ class Task:
     __slots__ = ("conn", "tid", "fn_id", "fn_bytes", "name", "args", "kwargs", "num_returns",
                  "owner_wid", "owner_addr", "actor_id", "method", "actor_options", "gpu_ids",
                  "started", "cancelled", "interrupted", "generator", "backpressure", "outbox",
-                 "placement_group")
+                 "placement_group", "error_classes")
 
     def __init__(self, conn, wire):
         self.conn = conn
@@ -70,6 +71,9 @@ class Task:
         self.started = 0.0
         self.cancelled = False       # its owner cancelled it
         self.interrupted = False     # the cancel's interrupt was raised in it
+        # The raised exception's class and bases, named for the owner's
+        # retry_exceptions decision (it need not unpickle the error for it).
+        self.error_classes: tuple = ()
 
     def return_ids(self):
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
@@ -705,7 +709,9 @@ class Executor:
         the exception's class, reporting it must not take the worker down."""
         if isinstance(exc, TaskError) or (isinstance(exc, GdfutError) and
                                           not isinstance(exc, ObjectStoreFullError)):
+            task.error_classes = class_names(type(exc).__mro__)
             return exc   # already explains itself (e.g. a failed dependency)
+        task.error_classes = class_names(type(exc).__mro__)
         try:
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         except Exception:   # a broken __str__ or traceback: still report the class
@@ -760,7 +766,10 @@ class Executor:
         wire = [[oid, entry, nested] for oid, entry, nested, _refs in returns]
         busy_s = time.perf_counter() - task.started if task.started else 0.0
         if not task.conn.closed:
-            task.conn.send([P.TASK_DONE, task.tid, status, wire, busy_s])
+            message = [P.TASK_DONE, task.tid, status, wire, busy_s]
+            if status == DONE_ERROR:
+                message.append(list(task.error_classes))
+            task.conn.send(message)
         rt = self.rt
         for oid, _entry, _nested, refs in returns:
             if refs:   # the reply is queued ahead of any Remove we send now

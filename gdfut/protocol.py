@@ -64,9 +64,10 @@ CANCEL_OWNED_TASK = 39    # req: task_id, force, recursive -> None | why the can
 GET_OBJECT = 40           # req: oid, wait -> object status/value/location
 ADD_BORROWER = 41         # req: oid, borrower_wid, n -> ack
 REMOVE_BORROWER = 42      # oid, borrower_wid, n
-ACTOR_LOCATION = 43       # req: actor_id -> (addr, worker_id) | error
+ACTOR_LOCATION = 43       # req: actor_id[, dead worker_id] -> (addr, worker_id, node_id, restart options) | error
 OWNER_MEMORY = 44         # req -> ownership summary of this process
 ADD_LOCATION = 45         # oid, node_id (a node pulled a secondary copy)
+KILL_ACTOR = 49           # req: actor_id, no_restart -> None once the owner killed it
 WORKER_OUTPUT = 46        # [[label, stream, line], ...]: what a task printed
 # node / driver <-> head (control plane)
 HEAD_REGISTER_NODE = 60   # req: node info

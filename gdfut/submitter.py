@@ -72,6 +72,7 @@ class TaskSpec:
     strategy: object = None       # None | "SPREAD" | ["AFFINITY", node_id, soft]
     generator: str | None = None  # STREAMING | DYNAMIC: one return (index 0), items stream
     backpressure: int = 0         # STREAMING: bound on items made and not consumed
+    retry_exceptions: object = False   # True, or names of exception classes (task_manager)
 
     def return_ids(self) -> list[bytes]:
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
@@ -228,7 +229,7 @@ class TaskSubmitter:
         spec = TaskSpec(new_task_id(), fn_id, fn_bytes, name, a, kw, n,
                         options["resources"], options["max_retries"], deps, nested, held,
                         strategy=options.get("strategy") or rt.captured_strategy(),
-                        generator=mode,
+                        generator=mode, retry_exceptions=options.get("retry_exceptions", False),
                         backpressure=backpressure, parent_tid=rt.submitting_task_id())
         refs = [ObjectRef(oid, rt.wid, rt.addr, rt, _count=False) for oid in spec.return_ids()]
         rt.io.post(self.submit_in_loop, spec, rt.call_site())
@@ -243,7 +244,7 @@ class TaskSubmitter:
         rt.table.task_submitted(spec.tid, spec.deps + spec.nested)
         self.open_stream(spec, call_site)
         self.specs[spec.tid] = spec
-        self.manager.submitted(spec.tid, spec.max_retries)
+        self.manager.submitted(spec.tid, spec.max_retries, spec.retry_exceptions)
         self.lineage[spec.tid] = spec
         self.resolve_dependencies(spec, self.enqueue)
 
@@ -472,11 +473,29 @@ class TaskSubmitter:
         elif status == DONE_NEED_FUNCTION:   # its first push never arrived whole
             lease.conn.peer.get("fns", set()).discard(spec.fn_id)
             self.enqueue(spec, front=True)
+        elif status == DONE_ERROR and self._retry_raised(spec, returns, m):
+            self.enqueue(spec, front=True)
         else:
             q.note_exec_time(m[4] if len(m) > 4 else None)
             self.finish(spec, returns)
         self.dispatch(q)
         self._maybe_return_later(q, lease)
+
+    def _retry_raised(self, spec: TaskSpec, returns: list, m: list) -> bool:
+        """The task raised: is it run again (``retry_exceptions``)? Only when
+        every return holds the error (a partial result would be stored twice)."""
+        if (not spec.retry_exceptions or spec.cancelled
+                or any(r[1][0] != ERROR for r in returns)):
+            return False
+        named = m[5] if len(m) > 5 and isinstance(m[5], list) else []
+        classes = [c for c in named if isinstance(c, str)]
+        streamed = self.rt.table.stream_received(spec.tid) if spec.generator else 0
+        decision = self.manager.task_raised(spec.tid, classes, streamed)
+        if isinstance(decision, Fail):
+            return False
+        log.info("retrying task %s (attempt %d) after it raised %s", spec.name,
+                 decision.attempt, classes[0] if classes else "an exception")
+        return True
 
     def finish(self, spec: TaskSpec, returns: list):
         """Record a task's results (values, locations or errors)."""

@@ -262,8 +262,6 @@ def test_runtime_context_inside_actor(cluster):
 def test_unsupported_ray_options_warn(cluster):
     from gdfut import api
     api._warned.clear()
-    with pytest.warns(UserWarning, match="max_restarts"):
-        a = Counter.options(max_restarts=3).remote()
+    with pytest.warns(UserWarning, match="lifetime"):
+        a = Counter.options(lifetime="detached").remote()
     assert gdfut.get(a.incr.remote()) == 1
-    with pytest.warns(UserWarning, match="retry_exceptions"):
-        gdfut.remote(retry_exceptions=True)(lambda: 1)
