@@ -28,6 +28,7 @@ from .exceptions import (GetTimeoutError, ObjectLostError, ObjectStoreFullError,
 from .ids import new_id, object_id_for_put, short, task_of
 from .object_ref import ObjectRef, ObjectRefGenerator
 from . import ownership as own
+from . import parallel_copy
 from . import serialization as ser
 from . import worker_output
 from . import validate
@@ -993,6 +994,7 @@ class CoreWorker:
             pass
         self._closed = True
         self.io.stop()
+        parallel_copy.shutdown()   # the store-copy helper threads (started on demand)
 
     async def _close(self):
         self._closed = True

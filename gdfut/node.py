@@ -38,7 +38,6 @@ log = logging.getLogger("gdfut.node")
 
 HEARTBEAT_S = 1.0
 MEMORY_QUERY_TIMEOUT_S = 5.0
-PREFAULT_AHEAD = 512 * 1024 * 1024   # keep this much arena beyond the high-water mark faulted
 WORKER_KILL_GRACE_S = 2.0
 MAX_START_FAILURES = 5      # worker starts failing in a row before queued requests fail
 START_BACKOFF_S = 0.2       # first retry after a failed start; doubles, at most 5 s
@@ -172,8 +171,7 @@ class NodeDaemon:
 
     # ------------------------------------------------------------ lifecycle
     async def run(self):
-        self.arena = SharedArena.create(self.arena_name, self.capacity, prefault=True,
-                                        prefault_initial=PREFAULT_AHEAD)
+        self.arena = SharedArena.create(self.arena_name, self.capacity, prefault=True)
         self.server = await tcp.listen(self.args.bind, self.args.port, lambda: Conn(self),
                                        self.token)
         self.port = self.server.sockets[0].getsockname()[1]
@@ -591,7 +589,7 @@ class NodeDaemon:
                 self.store.delete(v)
             res = self.store.create(oid, size, holder, primary=primary, now=next(self.clock))
         if res.ok:
-            self.arena.prefault_to(res.offset + size + PREFAULT_AHEAD)
+            self.arena.note_allocation(res.offset, size)
         return res
 
     def create_secondary(self, oid, size) -> int:

@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import cloudpickle
 import msgpack
 
+from . import parallel_copy
 from .exceptions import SerializationError
 
 INLINE_LIMIT = 100 * 1024        # values this size and under travel inline
@@ -123,11 +124,9 @@ def write_into(dst: memoryview, ser: Serialized, layout=None) -> None:
 
 
 def _copy(dst: memoryview, src: memoryview) -> None:
-    try:
-        import numpy as np
-        np.copyto(np.frombuffer(dst, dtype=np.uint8), np.frombuffer(src.cast("B"), dtype=np.uint8))
-    except ImportError:  # pragma: no cover - numpy is a dependency
-        dst[:] = src.cast("B")
+    # Large buffers are copied by several threads (parallel_copy): one
+    # thread reaches only ~0.9x memcpy speed into the arena.
+    parallel_copy.copy_into(dst, src.cast("B"))
 
 
 def loads_inline(data: bytes):

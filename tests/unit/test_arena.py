@@ -277,3 +277,56 @@ def test_context_manager_closes(make_arena) -> None:
     with make_arena() as arena:
         assert not arena.closed
     assert arena.closed
+
+
+# -- how far ahead to fault (the pure decision) --------------------------------------
+
+def test_prefault_target_runs_ahead_of_the_high_water_mark() -> None:
+    from gdfut.devstore.arena import prefault_target
+    step, cap = 32 * MiB, 8192 * MiB
+    assert prefault_target(0, 0, cap, ahead=1024 * MiB, step=step) == 1024 * MiB      # fresh arena
+    assert prefault_target(128 * MiB, 10 * MiB, cap, 1024 * MiB, step) == 1152 * MiB
+    # room for two more of the largest object, when that is more than ``ahead``
+    assert prefault_target(1024 * MiB, 1024 * MiB, cap, 512 * MiB, step) == 3072 * MiB
+    # rounded up to whole steps
+    assert prefault_target(1, 0, cap, 1024 * MiB, step) == 1024 * MiB + step
+    # never past the capacity
+    assert prefault_target(cap - MiB, 1024 * MiB, cap, 1024 * MiB, step) == cap
+    assert prefault_target(0, 0, 5 * MiB, 1024 * MiB, step) == 5 * MiB
+
+
+def test_prefault_target_rejects_bad_input() -> None:
+    from gdfut.devstore.arena import prefault_target
+    with pytest.raises(ValueError, match="step"):
+        prefault_target(0, 0, MiB, MiB, step=0)
+    with pytest.raises(ValueError, match="negative"):
+        prefault_target(-1, 0, MiB, MiB, MiB)
+
+
+def test_note_allocation_raises_the_target_and_never_lowers_it(monkeypatch, make_arena) -> None:
+    from gdfut.devstore.arena import PREFAULT_CHUNK
+    monkeypatch.setattr(arena_module, "PREFAULT_AHEAD", 8 * MiB)
+    arena = make_arena(1024 * MiB, prefault=False)      # decisions only: no thread
+    assert arena.prefault_target_bytes == PREFAULT_CHUNK  # 8 MiB ahead, one whole step
+    arena.note_allocation(0, 100 * MiB)                   # 100 + 2 * 100, rounded to steps
+    assert arena.prefault_target_bytes == 320 * MiB
+    arena.note_allocation(0, MiB)                         # lower: kept
+    assert arena.prefault_target_bytes == 320 * MiB
+    arena.note_allocation(900 * MiB, 100 * MiB)           # capped at the capacity
+    assert arena.prefault_target_bytes == 1024 * MiB
+
+
+def test_prefault_thread_faults_up_to_the_target_then_waits(monkeypatch, make_arena) -> None:
+    monkeypatch.setattr(arena_module, "PREFAULT_CHUNK", 4 * MiB)
+    monkeypatch.setattr(arena_module, "PREFAULT_AHEAD", 4 * MiB)
+    arena = make_arena(64 * MiB)
+    deadline = time.monotonic() + 10
+    while arena.prefaulted_bytes < 4 * MiB and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert arena.prefaulted_bytes == 4 * MiB and not arena.prefault_done.is_set()
+    arena.note_allocation(0, 8 * MiB)                     # 8 + 2 * 8 = 24 MiB
+    while arena.prefaulted_bytes < 24 * MiB and time.monotonic() < deadline:
+        time.sleep(0.01)
+    time.sleep(0.1)
+    assert arena.prefaulted_bytes == 24 * MiB and not arena.prefault_done.is_set()
