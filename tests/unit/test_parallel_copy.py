@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -106,6 +107,7 @@ def test_an_exception_in_the_caller_waits_for_the_helpers(pool, monkeypatch):
     def copyto(d, s):
         if threading.get_ident() == caller:
             raise KeyboardInterrupt
+        time.sleep(0.01)      # slow helpers: the caller surely takes a chunk too
         real_copyto(d, s)
         helper_done.append(len(helper_done))
 
