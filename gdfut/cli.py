@@ -309,7 +309,7 @@ def _spawn_node(args, session_dir, head_addr) -> tuple:
     # num_gpus None: the node counts real GPUs with NVML (0 without a driver)
     node = cluster.spawn_node(session_dir, head_addr, cpus, args.num_gpus,
                               _resources(args.resources), store, bind=args.bind, detach=True,
-                              transport=args.transport)
+                              transport=args.transport, spill_dir=args.spill_dir)
     info = _wait_ready(node, session_dir)
     cluster.record_pid(session_dir, "node", node.popen.pid)
     return node, info, cpus, store
@@ -705,13 +705,22 @@ def cmd_status(args) -> int:
             str(store.get("num_objects", "-")),
             (f"{_bytes(store.get('used_bytes'))}/{_bytes(store.get('capacity'))}"
              if store else "-"),
+            _disk_cell(s.get("tiers")),
             str(s.get("workers", "-")),
             str(n.get("pid", "-")),
         ])
     _table("Nodes (resources in use/total)",
-           ["NODE", "ADDRESS", "STATE", "CPU", "GPU", "OTHER", "OBJECTS", "STORE", "WORKERS",
-            "PID"], rows)
+           ["NODE", "ADDRESS", "STATE", "CPU", "GPU", "OTHER", "OBJECTS", "STORE",
+            "DISK (spilled/restored)", "WORKERS", "PID"], rows)
     return 0
+
+
+def _disk_cell(tiers) -> str:
+    """Bytes on the disk tier, and the spilled/restored totals of a node."""
+    if not tiers:
+        return "-"
+    return (f"{_bytes(tiers.get('disk_bytes'))} "
+            f"({_bytes(tiers.get('spilled_bytes'))}/{_bytes(tiers.get('restored_bytes'))})")
 
 
 # ------------------------------------------------------------------ memory
@@ -765,12 +774,19 @@ def cmd_memory(args) -> int:
     store_rows = []
     for n, reply in listing:
         store = reply.get("store") or []
-        used = sum(o.get("size") or 0 for o in store)
-        pinned = sum(1 for o in store if o.get("pins"))
+        host = [o for o in store if o.get("tier", "host") == "host"]
+        disk = [o for o in store if o.get("tier") == "disk"]
+        used = sum(o.get("size") or 0 for o in host)
+        pinned = sum(1 for o in host if o.get("pins"))
         cap = ((n.get("stats") or {}).get("store") or {}).get("capacity")
-        store_rows.append([_hex(n.get("node_id")), str(len(store)), str(pinned),
-                           f"{_bytes(used)}/{_bytes(cap)}"])
-    _table("Host stores", ["NODE", "OBJECTS", "PINNED", "USED"], store_rows)
+        tiers = reply.get("tiers") or {}
+        store_rows.append([_hex(n.get("node_id")), str(len(host)), str(pinned),
+                           f"{_bytes(used)}/{_bytes(cap)}", str(len(disk)),
+                           _bytes(sum(o.get("size") or 0 for o in disk)),
+                           f"{_bytes(tiers.get('spilled_bytes'))}/"
+                           f"{_bytes(tiers.get('restored_bytes'))}"])
+    _table("Stores by tier", ["NODE", "HOST OBJECTS", "PINNED", "HOST USED", "DISK OBJECTS",
+                              "DISK USED", "SPILLED/RESTORED"], store_rows)
     print(f"\n{_plural(len(rows), 'reference')}, {_bytes(total)} in owned objects of known size")
     return 0
 
@@ -794,6 +810,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="node-to-node data plane (default: $GDFUT_TRANSPORT or tcp)")
     st.add_argument("--resources", default=None, help='custom resources, JSON: \'{"accel": 2}\'')
     st.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES")
+    st.add_argument("--spill-dir", default=None, metavar="DIR",
+                    help="where objects that do not fit in the store are spilled "
+                         "(default: spill/ in the session directory)")
     st.add_argument("--session-dir", default=None,
                     help="with --head: a new (or empty) directory for the session (default: "
                          "a new one under the sessions root); with --address: the session "

@@ -280,12 +280,15 @@ class DiskStore:
 
     def close(self) -> None:
         """The node stops: every spill file and the directory go."""
+        if self._lock_fd is None:
+            return
         self._pool.shutdown(wait=True, cancel_futures=True)
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
         shutil.rmtree(self.path, ignore_errors=True)
         os.close(self._lock_fd)
+        self._lock_fd = None
         try:
             os.rmdir(self.spill_dir)       # only if nothing else lives there
         except OSError:

@@ -25,7 +25,9 @@ and ``disk`` (spill files). Decisions:
 * room is made for the waiting requests (creates and restores, first come
   first served) with at most ``max_spills_in_flight`` spills at a time,
   counting bytes already being spilled, so a create waits for spills in
-  flight instead of failing;
+  flight instead of failing; spilling starts once the host tier is fuller
+  than ``spill_threshold`` (0.8, as Ray's ``object_spilling_threshold``), so
+  writers usually find room made ahead of them;
 * a pin of a spilled object restores it first (``access``), and the restore
   hands the waiting pins over atomically (``restore_done(oid, pins)``) so a
   restored object is never picked for spilling before its reader has it;
@@ -145,16 +147,20 @@ class TierPolicy:
     """Which objects live in which tier of one node, and what moves next."""
 
     def __init__(self, host_capacity: int, disk_capacity: int, *, host_alignment: int = 64,
-                 disk_alignment: int = 4096, max_spills_in_flight: int = 8) -> None:
+                 disk_alignment: int = 4096, max_spills_in_flight: int = 8,
+                 spill_threshold: float = 0.8) -> None:
         if host_capacity < 0 or disk_capacity < 0:
             raise ValueError(f"tier capacities must be >= 0, got host {host_capacity}, "
                              f"disk {disk_capacity}")
+        if not 0 < spill_threshold <= 1:
+            raise ValueError(f"spill_threshold must be in (0, 1], got {spill_threshold}")
         if max_spills_in_flight < 1:
             raise ValueError(f"max_spills_in_flight must be >= 1, got {max_spills_in_flight}")
         self.capacity = {HOST: host_capacity - host_capacity % host_alignment, DISK: disk_capacity}
         self.used = {HOST: 0, DISK: 0}
         self._align = {HOST: host_alignment, DISK: disk_alignment}
         self._max_spills = max_spills_in_flight
+        self._threshold = int(self.capacity[HOST] * spill_threshold)
         self._objects: dict[ObjectId, _Obj] = {}
         self._queue: deque[_Request] = deque()
         # creates still queued: oid -> (primary, last access, sequence)
@@ -417,8 +423,10 @@ class TierPolicy:
         return out
 
     def _make_room(self) -> list:
+        # host bytes that would be in use once the waiting requests got theirs
+        # and the spills in flight ended, over the threshold
         deficit = sum(self.reserved(r.size, HOST) + r.extra for r in self._queue) \
-            - self._free(HOST) - self._spilling_bytes
+            + self.used[HOST] - self._spilling_bytes - self._threshold
         if deficit <= 0:
             return []
         out = []
