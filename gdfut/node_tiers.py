@@ -81,6 +81,9 @@ class TieredStore:
 
     def free(self, oid) -> None:
         self.run(self.policy.freed(oid))
+        if self.policy.tier_of(oid) is None:     # readers waiting for its restore
+            for _, _, done in self.pin_waiters.pop(oid, ()):
+                done(None)
 
     def pin(self, oid, holder):
         """Pin a host-resident object now: (offset, size), or None."""
@@ -185,7 +188,10 @@ class TieredStore:
 
     async def spill(self, oid) -> None:
         loc = self.store.pin(oid, SPILL_HOLDER)
-        assert loc is not None, f"spill of {short(oid)}, not readable in the host table"
+        if loc is None:        # a bug: the policy and the host table disagree
+            log.error("spill of %s, which the host table cannot pin", short(oid))
+            self.run(self.policy.spill_failed(oid))
+            return
         try:
             await self.disk.spill(oid, self.node.arena.view(*loc))
         except Exception as exc:

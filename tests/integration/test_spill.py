@@ -137,3 +137,29 @@ def test_create_fails_only_when_it_can_never_fit(small_store):
     assert time.monotonic() - started >= 4                   # it waited for pins to go first
     del views
     assert gdfut.get(gdfut.put(np.ones(100 * MIB, dtype=np.uint8))).sum() == 100 * MIB
+
+
+def test_spilled_object_is_served_to_another_node():
+    """A node asked for an object it spilled restores it before serving it,
+    and a pulled (secondary) copy makes room by eviction, not spilling."""
+    from gdfut.testing import Cluster
+
+    @gdfut.remote
+    def first_and_sum(a):
+        return int(a[0]), int(a.sum(dtype=np.int64)), gdfut.get_runtime_context().get_node_id()
+
+    c = Cluster()
+    try:
+        c.add_node(num_cpus=1, object_store_memory=HOST, wait=False)
+        b = c.add_node(num_cpus=1, object_store_memory=HOST)
+        c.connect()
+        refs = [gdfut.put(np.full(OBJ, i + 1, dtype=np.uint8)) for i in range(8)]
+        assert tier_of(refs[0]) == "disk"
+        on_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+        results = gdfut.get([first_and_sum.options(scheduling_strategy=on_b).remote(r)
+                             for r in refs[:6]], timeout=60)
+        assert results == [(i + 1, OBJ * (i + 1), b.node_id) for i in range(6)]
+        del refs
+    finally:
+        c.shutdown()
+        assert_no_leaks(c.session_dir)
