@@ -545,6 +545,9 @@ def cmd_stop(args) -> int:
             pass
         except OSError as exc:
             print(f"could not remove {path}: {exc.strerror}", file=sys.stderr)
+    from .devstore.disk_store import remove_dead_node_dirs
+    for path in remove_dead_node_dirs(os.path.join(session_dir, "spill")):
+        print(f"removed leftover spill directory {path}")
     if not stopped and not swept:
         print(f"no gdfut process of session {session_dir} was running")
     with open(os.path.join(session_dir, "pids"), "w") as f:

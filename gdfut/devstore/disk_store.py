@@ -207,13 +207,11 @@ class DiskStore:
     def __init__(self, spill_dir: str, name: str, *, max_file_bytes: int = MAX_FILE_BYTES,
                  io_threads: int = IO_THREADS) -> None:
         self.spill_dir = spill_dir
-        os.makedirs(spill_dir, exist_ok=True)
         for path in remove_dead_node_dirs(spill_dir):
             log.info("removed the spill directory of a dead node: %s", path)
         self.path = os.path.join(spill_dir, DIR_PREFIX + name)
-        os.makedirs(self.path, exist_ok=True)
-        self._lock_fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
-        fcntl.flock(self._lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd: int | None = None     # the directory is made at the first spill
+        self._closed = False
         self.layout = SpillLayout(max_file_bytes)
         self._fds: dict[int, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="gdfut-spill")
@@ -228,7 +226,10 @@ class DiskStore:
     def capacity(self) -> int:
         """Bytes the disk tier may use: the free space of its filesystem now,
         less 5% so the disk is never filled to the last block."""
-        return int(shutil.disk_usage(self.path).free * 0.95)
+        probe = self.spill_dir
+        while not os.path.isdir(probe):          # not made yet: its nearest parent
+            probe = os.path.dirname(probe) or "."
+        return int(shutil.disk_usage(probe).free * 0.95)
 
     def disk_bytes(self) -> int:
         """Bytes the spill files take on disk (allocated blocks)."""
@@ -280,15 +281,17 @@ class DiskStore:
 
     def close(self) -> None:
         """The node stops: every spill file and the directory go."""
-        if self._lock_fd is None:
+        if self._closed:
             return
+        self._closed = True
         self._pool.shutdown(wait=True, cancel_futures=True)
         for fd in self._fds.values():
             os.close(fd)
         self._fds.clear()
         shutil.rmtree(self.path, ignore_errors=True)
-        os.close(self._lock_fd)
-        self._lock_fd = None
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
         try:
             os.rmdir(self.spill_dir)       # only if nothing else lives there
         except OSError:
@@ -330,7 +333,17 @@ class DiskStore:
     def _file_path(self, file_no: int) -> str:
         return os.path.join(self.path, f"spill-{file_no:06d}.bin")
 
+    def _own_directory(self) -> None:
+        """Make the node's directory and hold its lock (first spill only, so
+        a node that never spills leaves nothing behind even when killed)."""
+        os.makedirs(self.path, exist_ok=True)
+        fd = os.open(os.path.join(self.path, "lock"), os.O_RDWR | os.O_CREAT, 0o600)
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        self._lock_fd = fd
+
     def _fd(self, file_no: int) -> int:
+        if self._lock_fd is None:
+            self._own_directory()
         fd = self._fds.get(file_no)
         if fd is None:
             fd = os.open(self._file_path(file_no), os.O_RDWR | os.O_CREAT, 0o600)

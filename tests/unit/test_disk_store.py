@@ -98,12 +98,16 @@ def test_compaction_when_holes_cannot_be_punched(tmp_path, monkeypatch):
 
 def test_dead_node_directory_is_removed_live_one_kept(tmp_path):
     spill = str(tmp_path / "spill")
+    idle = DiskStore(spill, "idle")
+    assert not os.path.exists(idle.path)          # made at the first spill only
     live = DiskStore(spill, "alive")
+    asyncio.run(live.spill("x", memoryview(b"x" * 100)))
     dead = os.path.join(spill, "gdfut-dead")
     os.makedirs(dead)
     open(os.path.join(dead, "lock"), "w").close()
     open(os.path.join(dead, "spill-000001.bin"), "wb").write(b"x" * 4096)
     assert remove_dead_node_dirs(spill) == [dead]
     assert os.path.isdir(live.path)
+    idle.close()
     live.close()
     assert not os.path.exists(spill)

@@ -14,6 +14,7 @@ MB = 1 << 20
 
 
 def policy(host=4 * MB, disk=64 * MB, **kw) -> TierPolicy:
+    kw.setdefault("spill_threshold", 1.0)
     return TierPolicy(host, disk, host_alignment=64, disk_alignment=4096, **kw)
 
 
@@ -168,6 +169,16 @@ def test_wait_queue_is_first_come_first_served_and_cancel():
     p.validate()
 
 
+def test_spilling_starts_above_the_threshold():
+    p = policy(host=4 * MB, spill_threshold=0.5)
+    put(p, "a", now=1)
+    put(p, "b", now=2)
+    # room now: granted at once, and 3 MB > 2 MB: the LRU object goes ahead
+    assert p.create("r", "c", MB, now=3) == [Grant("r", "c", MB), Spill("a", MB)]
+    assert p.sealed("c", 3) == []                      # 2 MB once a is out: enough
+    p.validate()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="capacities"):
         TierPolicy(-1, 0)
@@ -182,7 +193,8 @@ def test_random_events_keep_invariants():
     for seed in range(30):
         rng = random.Random(seed)
         p = TierPolicy(rng.choice([4, 8, 16]) * MB, rng.choice([8, 32, 128]) * MB,
-                       max_spills_in_flight=rng.choice([1, 2, 8]))
+                       max_spills_in_flight=rng.choice([1, 2, 8]),
+                       spill_threshold=rng.choice([0.5, 0.8, 1.0]))
         live, pins, spilling, restoring, waiting = set(), {}, set(), set(), {}
         creating, stuck = set(), set()
         clock = 0
