@@ -40,7 +40,7 @@ and ``disk`` (spill files). Decisions:
 
 from __future__ import annotations
 
-from collections import deque
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Hashable
 
@@ -120,6 +120,7 @@ def _round_up(value: int, alignment: int) -> int:
 
 @dataclass
 class _Obj:
+    oid: ObjectId
     size: int
     primary: bool
     last_access: int
@@ -162,6 +163,10 @@ class TierPolicy:
         self._max_spills = max_spills_in_flight
         self._threshold = int(self.capacity[HOST] * spill_threshold)
         self._objects: dict[ObjectId, _Obj] = {}
+        # objects only in the host tier, least recently touched first (the
+        # shell's clock is monotonic, so touch order is last-access order):
+        # spill victims are found without sorting the table on every event
+        self._host_lru: OrderedDict[ObjectId, _Obj] = OrderedDict()
         self._queue: deque[_Request] = deque()
         # creates still queued: oid -> (primary, last access, sequence)
         self._pending_meta: dict[ObjectId, tuple[bool, int, int]] = {}
@@ -228,6 +233,7 @@ class TierPolicy:
         else:
             del self._objects[oid]
             self._pending_meta[oid] = (obj.primary, obj.last_access, obj.seq)
+        self._sync(obj)
         # ask for the object's size again on top, up to the whole tier
         need = self.reserved(obj.size, HOST)
         extra = min(self.capacity[HOST] - need, prior_extra + need)
@@ -321,6 +327,7 @@ class TierPolicy:
         self._end_spill(obj)
         obj.state, obj.spill_failed = _SEALED, True
         out = self._drop(obj, oid, DISK)
+        self._sync(obj)
         if obj.freed and not obj.pins:
             out += self._remove(oid)
         return out + self._progress()
@@ -357,6 +364,17 @@ class TierPolicy:
             obj.last_access = max(obj.last_access, now)
         self._seq += 1
         obj.seq = self._seq
+        if obj.oid in self._host_lru:
+            self._host_lru.move_to_end(obj.oid)
+
+    def _sync(self, obj: _Obj) -> None:
+        """Keep ``_host_lru`` = the live objects only in the host tier."""
+        if obj.on_host and not obj.on_disk and not obj.spill_failed \
+                and self._objects.get(obj.oid) is obj:
+            if obj.oid not in self._host_lru:
+                self._host_lru[obj.oid] = obj
+        else:
+            self._host_lru.pop(obj.oid, None)
 
     def _free(self, tier: str) -> int:
         return self.capacity[tier] - self.used[tier]
@@ -373,10 +391,12 @@ class TierPolicy:
             assert obj.on_disk
             obj.on_disk = False
         self.used[tier] -= self.reserved(obj.size, tier)
+        self._sync(obj)
         return [Delete(oid, tier)]
 
     def _remove(self, oid: ObjectId) -> list:
         obj = self._objects.pop(oid)
+        self._host_lru.pop(oid, None)
         out = []
         for tier, present in ((HOST, obj.on_host), (DISK, obj.on_disk)):
             if present:
@@ -415,10 +435,12 @@ class TierPolicy:
             if r.restore:
                 obj = self._objects[r.oid]
                 obj.state, obj.on_host = _RESTORING, True
+                self._sync(obj)
                 out.append(Restore(r.oid, r.size, r.extra))
             else:
                 primary, now, seq = self._pending_meta.pop(r.oid)
-                self._objects[r.oid] = _Obj(r.size, primary, now, seq)
+                obj = self._objects[r.oid] = _Obj(r.oid, r.size, primary, now, seq)
+                self._sync(obj)
                 out.append(Grant(r.req, r.oid, r.size, r.extra))
         return out
 
@@ -430,33 +452,43 @@ class TierPolicy:
         if deficit <= 0:
             return []
         out = []
-        for oid, obj in self._candidates():
-            if deficit <= 0:
-                break
+        for oid, obj in self._victims(deficit):
             host = self.reserved(obj.size, HOST)
             if not obj.primary:
                 self._objects.pop(oid)
+                self._host_lru.pop(oid)
                 self.used[HOST] -= host
                 self.totals["evicted_objects"] += 1
                 out.append(Evict(oid))
-            elif self._spilling < self._max_spills and \
-                    self.reserved(obj.size, DISK) <= self._free(DISK):
+            else:
                 obj.state, obj.on_disk = _SPILLING, True
+                self._sync(obj)
                 self.used[DISK] += self.reserved(obj.size, DISK)
                 self._spilling += 1
                 self._spilling_bytes += host
                 out.append(Spill(oid, obj.size))
-            else:
-                continue
-            deficit -= host
         return out
 
-    def _candidates(self):
-        movable = [(obj.last_access, obj.seq, oid, obj) for oid, obj in self._objects.items()
-                   if obj.state == _SEALED and obj.on_host and not obj.on_disk and not obj.pins
-                   and not obj.freed and not obj.spill_failed]
-        movable.sort(key=lambda t: (t[0], t[1]))
-        return [(oid, obj) for _, _, oid, obj in movable]
+    def _victims(self, deficit: int) -> list:
+        """Least recently used movable objects covering ``deficit`` bytes, as
+        far as spill slots and disk room allow (secondaries need neither)."""
+        picked = []
+        slots = self._max_spills - self._spilling
+        disk_free = self._free(DISK)
+        for oid, obj in self._host_lru.items():
+            if deficit <= 0 or slots == 0:
+                break
+            if obj.state != _SEALED or obj.pins or obj.freed:
+                continue
+            if obj.primary:
+                disk = self.reserved(obj.size, DISK)
+                if disk > disk_free:
+                    continue
+                slots -= 1
+                disk_free -= disk
+            picked.append((oid, obj))
+            deficit -= self.reserved(obj.size, HOST)
+        return picked
 
     def _full_message(self, r: _Request) -> str:
         pinned = sum(self.reserved(o.size, HOST) for o in self._objects.values()
@@ -502,3 +534,6 @@ class TierPolicy:
             else:
                 assert r.oid not in self._objects and r.oid in self._pending_meta
         assert set(self._pending_meta) == {r.oid for r in self._queue if not r.restore}
+        assert set(self._host_lru) == {oid for oid, o in self._objects.items()
+                                       if o.on_host and not o.on_disk and not o.spill_failed}
+        assert all(self._objects[oid] is o for oid, o in self._host_lru.items())
