@@ -131,7 +131,9 @@ class TieredStore:
                 "spills_in_flight": s["spills_in_flight"], "waiting": s["waiting_requests"],
                 "spilled_objects": s["spilled_objects"], "spilled_bytes": s["spilled_bytes"],
                 "restored_objects": s["restored_objects"], "restored_bytes": s["restored_bytes"],
-                "evicted_objects": s["evicted_objects"]}
+                "evicted_objects": s["evicted_objects"],
+                "write_busy_s": self.disk.stats["write_busy_s"],
+                "read_busy_s": self.disk.stats["read_busy_s"]}
 
     # -- instructions ------------------------------------------------------------
     def run(self, instructions) -> None:

@@ -21,6 +21,7 @@ objects in flight, off the event loop.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import errno
 import fcntl
@@ -64,15 +65,27 @@ class _File:
 class SpillLayout:
     """Which file and offset each spilled object has; when files go."""
 
-    def __init__(self, max_file_bytes: int = MAX_FILE_BYTES, alignment: int = ALIGNMENT) -> None:
+    def __init__(self, max_file_bytes: int = MAX_FILE_BYTES, alignment: int = ALIGNMENT,
+                 streams: int = 1) -> None:
         if max_file_bytes < alignment:
             raise ValueError(f"max_file_bytes must be >= {alignment}, got {max_file_bytes}")
+        if streams < 1:
+            raise ValueError(f"streams must be >= 1, got {streams}")
         self.max_file_bytes = max_file_bytes
         self.alignment = alignment
         self.files: dict[int, _File] = {}
         self.places: dict = {}
-        self.current: int | None = None     # the file small objects are appended to
+        # files small objects are appended to, one per stream: writes to one
+        # file are serialized by the filesystem (the inode lock), so spills in
+        # flight at once go to different files
+        self.currents: list[int | None] = [None] * streams
+        self._turn = 0
         self._next_file = 0
+
+    @property
+    def current(self) -> int | None:
+        """The file the next small object goes to (if it fits there)."""
+        return self.currents[self._turn]
 
     def place(self, oid, size: int) -> Place:
         if oid in self.places:
@@ -81,9 +94,10 @@ class SpillLayout:
         if need >= self.max_file_bytes:
             file_no = self._new_file()           # a large object: a file of its own
         else:
+            self._turn = (self._turn + 1) % len(self.currents)
             cur = self.files.get(self.current) if self.current is not None else None
             if cur is None or cur.end + need > self.max_file_bytes:
-                self.current = self._new_file()
+                self.currents[self._turn] = self._new_file()
             file_no = self.current
         f = self.files[file_no]
         where = Place(file_no, f.end, size)
@@ -103,8 +117,7 @@ class SpillLayout:
         if f.objects:
             return where, False
         del self.files[where.file_no]
-        if self.current == where.file_no:
-            self.current = None
+        self.currents = [None if n == where.file_no else n for n in self.currents]
         return where, True
 
     def move(self, oid, size: int) -> tuple[Place, Place, bool]:
@@ -117,7 +130,7 @@ class SpillLayout:
         """Files, other than the one being appended to, whose live bytes fell
         under ``below`` of their length."""
         return [n for n, f in self.files.items()
-                if n != self.current and f.end and f.live < below * f.end]
+                if n not in self.currents and f.end and f.live < below * f.end]
 
     def live_bytes(self) -> int:
         return sum(f.live for f in self.files.values())
@@ -212,7 +225,7 @@ class DiskStore:
         self.path = os.path.join(spill_dir, DIR_PREFIX + name)
         self._lock_fd: int | None = None     # the directory is made at the first spill
         self._closed = False
-        self.layout = SpillLayout(max_file_bytes)
+        self.layout = SpillLayout(max_file_bytes, streams=io_threads)
         self._fds: dict[int, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="gdfut-spill")
         self._io_on: dict[int, int] = {}     # file -> reads/writes in flight on it
@@ -221,7 +234,11 @@ class DiskStore:
         self._moving: dict = {}              # oid -> its compaction copy in flight
         self._compacting: set[int] = set()
         self.stats = {"written_bytes": 0, "read_bytes": 0, "punched_bytes": 0,
-                      "files_deleted": 0, "compactions": 0}
+                      "files_deleted": 0, "compactions": 0, "write_busy_s": 0.0,
+                      "read_busy_s": 0.0}
+        # time with at least one write (read) in flight: the tier's own rate
+        # is bytes over busy time, whatever else the node was waiting for
+        self._busy = {"write": [0, 0.0], "read": [0, 0.0]}    # kind -> [in flight, since]
 
     def capacity(self) -> int:
         """Bytes the disk tier may use: the free space of its filesystem now,
@@ -246,7 +263,8 @@ class DiskStore:
         where = self.layout.place(oid, len(view))
         t0 = time.perf_counter()
         try:
-            await self._run_io(where.file_no, _pwrite_all, view, where.offset)
+            with self._timing("write"):
+                await self._run_io(where.file_no, _pwrite_all, view, where.offset)
         except BaseException:
             self._forget(oid)
             raise
@@ -262,7 +280,8 @@ class DiskStore:
         if len(view) != where.size:
             raise ValueError(f"restore of {where.size} bytes into a slot of {len(view)}")
         t0 = time.perf_counter()
-        await self._run_io(where.file_no, _pread_all, view, where.offset)
+        with self._timing("read"):
+            await self._run_io(where.file_no, _pread_all, view, where.offset)
         self.stats["read_bytes"] += len(view)
         self._log_rate("restored", oid, len(view), t0)
 
@@ -298,6 +317,19 @@ class DiskStore:
             pass
 
     # -- internals -------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def _timing(self, kind: str):
+        busy = self._busy[kind]
+        if busy[0] == 0:
+            busy[1] = time.perf_counter()
+        busy[0] += 1
+        try:
+            yield
+        finally:
+            busy[0] -= 1
+            if busy[0] == 0:
+                self.stats[f"{kind}_busy_s"] += time.perf_counter() - busy[1]
 
     def _forget(self, oid) -> None:
         where, empty = self.layout.remove(oid)

@@ -31,6 +31,8 @@ and ``disk`` (spill files). Decisions:
 * a pin of a spilled object restores it first (``access``), and the restore
   hands the waiting pins over atomically (``restore_done(oid, pins)``) so a
   restored object is never picked for spilling before its reader has it;
+  the disk copy is kept, so moving a restored object down again is a
+  ``Delete(oid, "host")`` without a write (as Ray keeps spilled copies);
 * a create fails at once only when the object is larger than the host tier
   (every object is written and read in host memory) or than all tiers
   together; one that cannot be served now, with nothing left to spill and no
@@ -317,8 +319,9 @@ class TierPolicy:
         self.totals["spilled_bytes"] += obj.size
         if obj.freed and not obj.pins:
             return self._remove(oid) + self._progress()
-        if obj.pins or obj.freed:    # pinned while it was written: keep it in memory
-            return self._drop(obj, oid, DISK) + self._progress()
+        if obj.pins or obj.freed:    # pinned while it was written: keep it in memory too
+            self._sync(obj)
+            return self._progress()
         return self._drop(obj, oid, HOST) + self._progress()
 
     def spill_failed(self, oid: ObjectId) -> list:
@@ -341,9 +344,9 @@ class TierPolicy:
         obj.pins += pins
         self.totals["restored_objects"] += 1
         self.totals["restored_bytes"] += obj.size
-        out = self._drop(obj, oid, DISK)
-        if obj.freed and not obj.pins:
-            out += self._remove(oid)
+        # the disk copy stays: moving the object down again costs no write
+        self._sync(obj)
+        out = self._remove(oid) if obj.freed and not obj.pins else []
         return out + self._progress()
 
     def restore_failed(self, oid: ObjectId) -> list:
@@ -368,8 +371,9 @@ class TierPolicy:
             self._host_lru.move_to_end(obj.oid)
 
     def _sync(self, obj: _Obj) -> None:
-        """Keep ``_host_lru`` = the live objects only in the host tier."""
-        if obj.on_host and not obj.on_disk and not obj.spill_failed \
+        """Keep ``_host_lru`` = the live objects readable in the host tier
+        (those with a disk copy too are dropped from memory without a write)."""
+        if obj.on_host and obj.state != _RESTORING and not obj.spill_failed \
                 and self._objects.get(obj.oid) is obj:
             if obj.oid not in self._host_lru:
                 self._host_lru[obj.oid] = obj
@@ -412,7 +416,7 @@ class TierPolicy:
             out += self._grant_waiting()
             made = self._make_room()
             out += made
-            if not any(isinstance(i, Evict) for i in made):
+            if not any(isinstance(i, (Evict, Delete)) for i in made):
                 break
         if not self._spilling:
             for r in self._queue:
@@ -454,7 +458,9 @@ class TierPolicy:
         out = []
         for oid, obj in self._victims(deficit):
             host = self.reserved(obj.size, HOST)
-            if not obj.primary:
+            if obj.on_disk:            # restored earlier: its disk copy is still there
+                out += self._drop(obj, oid, HOST)
+            elif not obj.primary:
                 self._objects.pop(oid)
                 self._host_lru.pop(oid)
                 self.used[HOST] -= host
@@ -480,7 +486,7 @@ class TierPolicy:
                 break
             if obj.state != _SEALED or obj.pins or obj.freed:
                 continue
-            if obj.primary:
+            if obj.primary and not obj.on_disk:
                 disk = self.reserved(obj.size, DISK)
                 if disk > disk_free:
                     continue
@@ -535,5 +541,6 @@ class TierPolicy:
                 assert r.oid not in self._objects and r.oid in self._pending_meta
         assert set(self._pending_meta) == {r.oid for r in self._queue if not r.restore}
         assert set(self._host_lru) == {oid for oid, o in self._objects.items()
-                                       if o.on_host and not o.on_disk and not o.spill_failed}
+                                       if o.on_host and o.state != _RESTORING
+                                       and not o.spill_failed}
         assert all(self._objects[oid] is o for oid, o in self._host_lru.items())

@@ -73,7 +73,7 @@ def test_forty_objects_through_a_quarter_gib_store(small_store):
     for i, ref in alive.items():
         assert (gdfut.get(ref) == i % 251).all()
     tiers = node_status()["tiers"]
-    assert tiers["spilled_objects"] >= 30 and tiers["restored_objects"] > 0
+    assert tiers["spilled_objects"] >= 15 and tiers["restored_objects"] >= 10
     assert most_on_disk > 0
     del ref
     alive.clear()

@@ -31,6 +31,13 @@ def test_layout_fuses_small_objects_and_isolates_large_ones():
         layout.place("c", 1)
 
 
+def test_layout_streams_spread_writes_over_files():
+    layout = SpillLayout(max_file_bytes=64 * KB, streams=2)
+    places = [layout.place(i, 4 * KB) for i in range(4)]
+    assert len({p.file_no for p in places}) == 2          # one file per stream
+    assert [p.offset for p in places] == [0, 0, 4 * KB, 4 * KB]
+
+
 def test_layout_sparse_candidates():
     layout = SpillLayout(max_file_bytes=16 * KB)
     for oid in "abcd":
@@ -50,7 +57,8 @@ def blocks(path):
 
 def test_spill_restore_punch_and_delete(tmp_path):
     async def main():
-        store = DiskStore(str(tmp_path / "spill"), "node-a", max_file_bytes=1 << 20)
+        store = DiskStore(str(tmp_path / "spill"), "node-a", max_file_bytes=1 << 20,
+                          io_threads=1)
         data = {i: np.random.default_rng(i).integers(0, 255, 256 * KB, dtype=np.uint8)
                 for i in range(6)}
         await asyncio.gather(*(store.spill(i, memoryview(d)) for i, d in data.items()))
@@ -77,7 +85,8 @@ def test_compaction_when_holes_cannot_be_punched(tmp_path, monkeypatch):
     monkeypatch.setattr(disk_store, "punch_hole", lambda fd, off, n: False)
 
     async def main():
-        store = DiskStore(str(tmp_path / "spill"), "node-b", max_file_bytes=64 * KB)
+        store = DiskStore(str(tmp_path / "spill"), "node-b", max_file_bytes=64 * KB,
+                          io_threads=1)
         data = {i: bytes([i]) * (16 * KB) for i in range(8)}
         for i, d in data.items():
             await store.spill(i, memoryview(d))

@@ -95,11 +95,17 @@ def test_pin_of_spilled_object_restores_it_first():
     assert p.tier_of("a") == DISK
     assert p.spill_done("b") == [Delete("b", HOST), Restore("a", MB)]
     assert p.tier_of("a") == DISK               # being read back: not readable yet
-    assert p.restore_done("a", pins=2) == [Delete("a", DISK)]
-    assert p.tier_of("a") == HOST
+    assert p.restore_done("a", pins=2) == []        # the disk copy is kept
+    assert p.tier_of("a") == HOST and p.stats()["disk_bytes"] == 2 * MB
     p.validate()
     # its two readers hold it: it is not picked for the next spill
     assert p.create("r2", "d", MB, now=6) == [Wait("r2", "d", MB), Spill("c", MB)]
+    p.spill_done("c")
+    p.sealed("d", 7)
+    # unpinned, it moves down again without a write: its disk copy is there
+    p.unpinned("a", 2)
+    assert p.create("r3", "e", MB, now=8) == [Delete("a", HOST), Grant("r3", "e", MB)]
+    assert p.tier_of("a") == DISK
     p.validate()
 
 
@@ -132,8 +138,10 @@ def test_pinned_during_spill_stays_in_memory():
     put(p, "a")
     p.create("r", "b", MB)
     p.pinned("a")                                  # a reader came while it was written out
-    assert p.spill_done("a") == [Delete("a", DISK), Stuck("r")]
+    assert p.spill_done("a") == [Stuck("r")]
     assert p.tier_of("a") == HOST
+    # once unpinned it leaves memory without another write
+    assert p.unpinned("a") == [Delete("a", HOST), Grant("r", "b", MB)]
     p.validate()
 
 
