@@ -600,6 +600,15 @@ def _oid(oid) -> str:
     return _hex(oid)
 
 
+def _current_tier(loc, oid, tier_at: dict):
+    """A ``[node, tier]`` location with the tier that node reports now."""
+    if isinstance(loc, (list, tuple)) and len(loc) == 2 and isinstance(loc[0], bytes):
+        tier = tier_at.get((bytes(loc[0]), bytes(oid or b"")))
+        if tier:
+            return [loc[0], tier]
+    return loc
+
+
 def _location(loc) -> str:
     if isinstance(loc, (list, tuple)) and loc:
         return ":".join(_hex(x) for x in loc)
@@ -754,6 +763,9 @@ def cmd_memory(args) -> int:
     rows = []
     total = 0
     all_rows = [(n, row) for n, reply in listing for row in reply.get("owners") or []]
+    # where each node's store says a copy is now (an owner records "host")
+    tier_at = {(bytes(reply.get("node_id") or b""), bytes(o["object_id"])): o.get("tier")
+               for _, reply in listing for o in reply.get("store") or []}
     all_rows.sort(key=lambda nr: (bytes(nr[1].get("oid") or b""), not nr[1].get("owned", True)))
     for node, r in all_rows:
         owned = r.get("owned", True)
@@ -768,7 +780,8 @@ def cmd_memory(args) -> int:
         rows.append([
             _oid(r.get("oid")), owner, _bytes(size) if size is not None else "-",
             str(r.get("state", "?")),
-            ", ".join(_location(x) for x in r.get("locations") or []) or "-",
+            ", ".join(_location(_current_tier(x, r.get("oid"), tier_at))
+                      for x in r.get("locations") or []) or "-",
             " ".join(refs) or "none", str(r.get("call_site") or "-"),
         ])
     _table(f"Objects ({_plural(len(rows), 'reference')})",
