@@ -163,3 +163,26 @@ def test_spilled_object_is_served_to_another_node():
     finally:
         c.shutdown()
         assert_no_leaks(c.session_dir)
+
+
+def test_dead_nodes_spill_directory_is_removed_by_the_next_node():
+    from gdfut.testing import Cluster
+
+    c = Cluster()
+    try:
+        a = c.add_node(num_cpus=1, object_store_memory=HOST)
+        c.connect()
+        refs = [gdfut.put(np.full(OBJ, i, dtype=np.uint8)) for i in range(6)]
+        spill_root = os.path.join(c.session_dir, "spill")
+        (dead_dir,) = os.listdir(spill_root)
+        assert spill_bytes(spill_root) > 0
+        gdfut.shutdown()
+        c.connected = False
+        del refs
+        c.remove_node(a)                           # SIGKILL: its spill files stay behind
+        assert os.listdir(os.path.join(spill_root, dead_dir))
+        c.add_node(num_cpus=1, object_store_memory=HOST)
+        assert not os.path.exists(os.path.join(spill_root, dead_dir))
+    finally:
+        c.shutdown()
+        assert_no_leaks(c.session_dir)
