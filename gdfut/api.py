@@ -66,6 +66,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                 return _context()
             raise RuntimeError("gdfut.init() was already called; call gdfut.shutdown() first "
                                "or pass ignore_reinit_error=True")
+        if spill_dir is not None and address not in (None, "local"):
+            raise ValueError("spill_dir= applies to the cluster init() starts; a running "
+                             "cluster's nodes take it from `gdfut start --spill-dir`")
         if address in (None, "local"):
             _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir)
         else:

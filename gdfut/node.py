@@ -610,9 +610,12 @@ class NodeDaemon:
         key = self.tiers.create(oid, size, False, self.transfer_holder, done)
         try:
             offset, message = await fut
-        except BaseException:
-            self.tiers.creates.pop(key, None)
-            self.tiers.run(self.tiers.policy.cancel(key))
+        except BaseException:           # the pull was cancelled while it waited
+            granted = fut.done() and not fut.cancelled() and fut.result()[0] is not None
+            if granted:
+                self.tiers.abort(oid, self.transfer_holder)
+            else:
+                self.tiers.cancel_create(key)
             raise
         if message is not None:
             raise TransferError(f"no room for a copy of object {short(oid)} ({size} bytes) on "

@@ -63,11 +63,15 @@ class TieredStore:
         self.run(self.policy.create(key, oid, size, primary, now=self.node.tick()))
         return key
 
+    def cancel_create(self, key) -> None:
+        """The writer stopped waiting for a queued create."""
+        if self.creates.pop(key, None) is not None:
+            self.run(self.policy.cancel(key))
+
     def cancel_creates_of(self, holder) -> None:
         for key, c in list(self.creates.items()):
             if c.holder == holder:
-                del self.creates[key]
-                self.run(self.policy.cancel(key))
+                self.cancel_create(key)
 
     def seal(self, oid, holder) -> bool:
         res = self.store.seal(oid, holder)

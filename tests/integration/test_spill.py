@@ -188,3 +188,9 @@ def test_dead_nodes_spill_directory_is_removed_by_the_next_node():
     finally:
         c.shutdown()
         assert_no_leaks(c.session_dir)
+
+
+def test_spill_dir_is_refused_when_joining_a_running_cluster():
+    with pytest.raises(ValueError, match="gdfut start --spill-dir"):
+        gdfut.init(address="127.0.0.1:1", spill_dir="/tmp/never-made")
+    assert not os.path.exists("/tmp/never-made")
