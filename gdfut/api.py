@@ -47,10 +47,13 @@ def warn_not_yet(options: dict) -> None:
 def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False,
-         session_dir: str | None = None, log_to_driver: bool = True, **ray_options):
+         session_dir: str | None = None, log_to_driver: bool = True,
+         spill_dir: str | None = None, **ray_options):
     """Start an embedded cluster (head + one node) or join ``address``.
 
     ``log_to_driver``: print what tasks print here, labelled "(fn pid=N)".
+    ``spill_dir``: where the node spills objects that do not fit in
+    ``object_store_memory`` (default: ``spill/`` in the session directory).
     Ray options gdfut has no use for (``namespace``, ``runtime_env``,
     ``include_dashboard``...) are accepted with a warning; others are an error.
     """
@@ -61,8 +64,11 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                 return _context()
             raise RuntimeError("gdfut.init() was already called; call gdfut.shutdown() first "
                                "or pass ignore_reinit_error=True")
+        if spill_dir is not None and address not in (None, "local"):
+            raise ValueError("spill_dir= applies to the cluster init() starts; a running "
+                             "cluster's nodes take it from `gdfut start --spill-dir`")
         if address in (None, "local"):
-            _start_embedded(num_cpus, num_gpus, resources, object_store_memory)
+            _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir)
         else:
             _join(address, session_dir)
         rt = runtime_context.require()
@@ -92,14 +98,14 @@ def _check_ray_options(options: dict) -> None:
                       f"ignored", stacklevel=3)
 
 
-def _start_embedded(num_cpus, num_gpus, resources, object_store_memory):
+def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir=None):
     from .core_worker import CoreWorker
     session_dir = cluster.new_session_dir()
     cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
     store = object_store_memory or cluster.default_object_store_memory()
     head = cluster.spawn_head(session_dir, embedded=True)
     node = cluster.spawn_node(session_dir, None, cpus, num_gpus, resources, store,
-                              embedded=True)
+                              embedded=True, spill_dir=spill_dir)
     daemons = [head, node]
     try:
         info = node.wait_ready()
@@ -266,12 +272,34 @@ def get_actor(name: str, namespace: str | None = None):
 
 
 def memory_summary() -> list[dict]:
-    """Live objects of every owner on this node: id, owner, size, state, refs, call site."""
+    """Live objects of every owner on this node: id, owner, size, state, refs,
+    call site, and where the bytes are: ``node`` (hex id) and ``tier``
+    (``"host"`` or ``"disk"``; values small enough to live in their owner's
+    memory count as ``"host"`` of the owner's node)."""
     from . import protocol as P
     rt = runtime_context.require()
     own_rows = rt.io.run(_own_rows(rt), timeout=30)
     others = rt.node_request(P.NODE_MEMORY, timeout=30)
-    return own_rows + others["owners"]
+    rows = own_rows + others["owners"]
+    _add_tiers(rows, others["store"], others["node_id"])
+    return rows
+
+
+def _add_tiers(rows: list[dict], store: list[dict], node_id: bytes) -> None:
+    """Each row's ``node`` and ``tier``: this node's store listing where the
+    object is here, else the first location its owner recorded."""
+    here = {o["object_id"]: o["tier"] for o in store}
+    for row in rows:
+        oid = row.get("oid")
+        located = [loc for loc in row.get("locations") or () if loc != ["inline"]]
+        if oid in here:
+            row["node"], row["tier"] = node_id.hex(), here[oid]
+        elif located:
+            row["node"], row["tier"] = bytes(located[0][0]).hex(), str(located[0][1])
+        elif row.get("owned", True):
+            row["node"], row["tier"] = node_id.hex(), "host"
+        else:
+            row["node"], row["tier"] = None, None      # borrowed: the owner knows
 
 
 async def _own_rows(rt):

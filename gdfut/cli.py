@@ -309,7 +309,7 @@ def _spawn_node(args, session_dir, head_addr) -> tuple:
     # num_gpus None: the node counts real GPUs with NVML (0 without a driver)
     node = cluster.spawn_node(session_dir, head_addr, cpus, args.num_gpus,
                               _resources(args.resources), store, bind=args.bind, detach=True,
-                              transport=args.transport)
+                              transport=args.transport, spill_dir=args.spill_dir)
     info = _wait_ready(node, session_dir)
     cluster.record_pid(session_dir, "node", node.popen.pid)
     return node, info, cpus, store
@@ -545,6 +545,9 @@ def cmd_stop(args) -> int:
             pass
         except OSError as exc:
             print(f"could not remove {path}: {exc.strerror}", file=sys.stderr)
+    from .devstore.disk_store import remove_dead_node_dirs
+    for path in remove_dead_node_dirs(os.path.join(session_dir, "spill")):
+        print(f"removed leftover spill directory {path}")
     if not stopped and not swept:
         print(f"no gdfut process of session {session_dir} was running")
     with open(os.path.join(session_dir, "pids"), "w") as f:
@@ -595,6 +598,15 @@ def _oid(oid) -> str:
         idx = return_index(bytes(oid))
         return f"{oid[:8].hex()}:{'put' if idx == PUT_INDEX else idx}"
     return _hex(oid)
+
+
+def _current_tier(loc, oid, tier_at: dict):
+    """A ``[node, tier]`` location with the tier that node reports now."""
+    if isinstance(loc, (list, tuple)) and len(loc) == 2 and isinstance(loc[0], bytes):
+        tier = tier_at.get((bytes(loc[0]), bytes(oid or b"")))
+        if tier:
+            return [loc[0], tier]
+    return loc
 
 
 def _location(loc) -> str:
@@ -705,13 +717,22 @@ def cmd_status(args) -> int:
             str(store.get("num_objects", "-")),
             (f"{_bytes(store.get('used_bytes'))}/{_bytes(store.get('capacity'))}"
              if store else "-"),
+            _disk_cell(s.get("tiers")),
             str(s.get("workers", "-")),
             str(n.get("pid", "-")),
         ])
     _table("Nodes (resources in use/total)",
-           ["NODE", "ADDRESS", "STATE", "CPU", "GPU", "OTHER", "OBJECTS", "STORE", "WORKERS",
-            "PID"], rows)
+           ["NODE", "ADDRESS", "STATE", "CPU", "GPU", "OTHER", "OBJECTS", "STORE",
+            "DISK (spilled/restored)", "WORKERS", "PID"], rows)
     return 0
+
+
+def _disk_cell(tiers) -> str:
+    """Bytes on the disk tier, and the spilled/restored totals of a node."""
+    if not tiers:
+        return "-"
+    return (f"{_bytes(tiers.get('disk_bytes'))} "
+            f"({_bytes(tiers.get('spilled_bytes'))}/{_bytes(tiers.get('restored_bytes'))})")
 
 
 # ------------------------------------------------------------------ memory
@@ -742,6 +763,9 @@ def cmd_memory(args) -> int:
     rows = []
     total = 0
     all_rows = [(n, row) for n, reply in listing for row in reply.get("owners") or []]
+    # where each node's store says a copy is now (an owner records "host")
+    tier_at = {(bytes(reply.get("node_id") or b""), bytes(o["object_id"])): o.get("tier")
+               for _, reply in listing for o in reply.get("store") or []}
     all_rows.sort(key=lambda nr: (bytes(nr[1].get("oid") or b""), not nr[1].get("owned", True)))
     for node, r in all_rows:
         owned = r.get("owned", True)
@@ -756,7 +780,8 @@ def cmd_memory(args) -> int:
         rows.append([
             _oid(r.get("oid")), owner, _bytes(size) if size is not None else "-",
             str(r.get("state", "?")),
-            ", ".join(_location(x) for x in r.get("locations") or []) or "-",
+            ", ".join(_location(_current_tier(x, r.get("oid"), tier_at))
+                      for x in r.get("locations") or []) or "-",
             " ".join(refs) or "none", str(r.get("call_site") or "-"),
         ])
     _table(f"Objects ({_plural(len(rows), 'reference')})",
@@ -765,12 +790,19 @@ def cmd_memory(args) -> int:
     store_rows = []
     for n, reply in listing:
         store = reply.get("store") or []
-        used = sum(o.get("size") or 0 for o in store)
-        pinned = sum(1 for o in store if o.get("pins"))
+        host = [o for o in store if o.get("tier", "host") == "host"]
+        disk = [o for o in store if o.get("tier") == "disk"]
+        used = sum(o.get("size") or 0 for o in host)
+        pinned = sum(1 for o in host if o.get("pins"))
         cap = ((n.get("stats") or {}).get("store") or {}).get("capacity")
-        store_rows.append([_hex(n.get("node_id")), str(len(store)), str(pinned),
-                           f"{_bytes(used)}/{_bytes(cap)}"])
-    _table("Host stores", ["NODE", "OBJECTS", "PINNED", "USED"], store_rows)
+        tiers = reply.get("tiers") or {}
+        store_rows.append([_hex(n.get("node_id")), str(len(host)), str(pinned),
+                           f"{_bytes(used)}/{_bytes(cap)}", str(len(disk)),
+                           _bytes(sum(o.get("size") or 0 for o in disk)),
+                           f"{_bytes(tiers.get('spilled_bytes'))}/"
+                           f"{_bytes(tiers.get('restored_bytes'))}"])
+    _table("Stores by tier", ["NODE", "HOST OBJECTS", "PINNED", "HOST USED", "DISK OBJECTS",
+                              "DISK USED", "SPILLED/RESTORED"], store_rows)
     print(f"\n{_plural(len(rows), 'reference')}, {_bytes(total)} in owned objects of known size")
     return 0
 
@@ -794,6 +826,9 @@ def _parser() -> argparse.ArgumentParser:
                     help="node-to-node data plane (default: $GDFUT_TRANSPORT or tcp)")
     st.add_argument("--resources", default=None, help='custom resources, JSON: \'{"accel": 2}\'')
     st.add_argument("--object-store-memory", type=int, default=None, metavar="BYTES")
+    st.add_argument("--spill-dir", default=None, metavar="DIR",
+                    help="where objects that do not fit in the store are spilled "
+                         "(default: spill/ in the session directory)")
     st.add_argument("--session-dir", default=None,
                     help="with --head: a new (or empty) directory for the session (default: "
                          "a new one under the sessions root); with --address: the session "

@@ -652,7 +652,7 @@ class CoreWorker:
             raise ObjectStoreFullError(
                 f"object {short(oid)} of {total} bytes does not fit in the object store "
                 f"(capacity {reply['capacity']} bytes, {reply['used']} in use, largest free "
-                f"block {reply['largest_free']} bytes)")
+                f"block {reply['largest_free']} bytes): {reply.get('message', '')}")
         try:
             ser.write_into(self.arena.view(reply["offset"], total), s, layout)
         except BaseException:

@@ -22,11 +22,13 @@ from . import cluster
 from . import protocol as P
 from . import validate
 from .devstore.arena import SharedArena
+from .devstore.disk_store import DiskStore
 from .devstore.host_store import HostStoreState
 from .ids import new_id, short
 from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager, QueueFull,
                                 Reject, RequestCancelled, StartWorker)
 from .node_pgs import NodeBundles
+from .node_tiers import TieredStore, log_totals
 from .object_transfer import ObjectTransfer, TransferError
 from .sched import policy
 from .sched.resources import GPU_MEMORY, MEMORY, ResourceSet, actor_resources
@@ -126,6 +128,8 @@ class NodeDaemon:
         self.capacity = args.object_store_memory
         self.store = HostStoreState(self.capacity)
         self.arena_name = f"gdfut-{os.path.basename(self.session_dir)}-{self.node_id[:4].hex()}"
+        self.spill_dir = args.spill_dir or os.path.join(self.session_dir, "spill")
+        self.tiers = TieredStore(self, self.store, DiskStore(self.spill_dir, self.arena_name[6:]))
         self.arena = None
         self.workers: dict[bytes, WorkerProc] = {}
         self.peers: dict[bytes, Conn] = {}            # wid -> connection of that process
@@ -209,8 +213,14 @@ class NodeDaemon:
             if p.poll() is None:
                 _signal(p, signal.SIGKILL)
                 p.wait()
+        log_totals(self.tiers)
+        self.tiers.close()
         self.arena.close()
         self.arena.unlink()
+
+    def tick(self) -> int:
+        """The store's logical clock (last access, for least-recently-used)."""
+        return next(self.clock)
 
     def start_workers(self, count: int):
         for _ in range(count):
@@ -354,7 +364,8 @@ class NodeDaemon:
     def stats(self):
         lease = self.leases.stats()
         return {"resources_total": lease["total"], "resources_available": lease["available"],
-                "leases": lease, "store": self.store.stats(), "transfer": self.transfer.stats,
+                "leases": lease, "store": self.store.stats(), "tiers": self.tiers.stats(),
+                "transfer": self.transfer.stats,
                 "workers": len(self.workers), "prefaulted_bytes": self.arena.prefaulted_bytes}
 
     # ---------------------------------------------------------- instructions
@@ -566,42 +577,47 @@ class NodeDaemon:
         self.run_instructions(self.leases.worker_unblocked(peer.wid))
 
     def on_store_create(self, peer, m):
+        """A slot for a new object; when the host tier is full the answer
+        comes once spilling made room (or says why it never can)."""
         _, req_id, oid, size, primary, owner = m
-        res = self.create_with_eviction(oid, size, peer.wid, primary)
-        if res.ok:
+
+        def done(offset, message):
+            if peer.closed:
+                return
+            if message is not None:
+                space = self.store.stats()
+                peer.conn.reply(req_id, {"error": "full", "message": message, "needed": size,
+                                         "capacity": space["capacity"],
+                                         "used": space["used_bytes"],
+                                         "largest_free": space["largest_free"]})
+                return
             self.object_owner[oid] = owner
             self.objects_of_owner.setdefault(owner, set()).add(oid)
-            peer.conn.reply(req_id, {"offset": res.offset})
-        else:
-            peer.conn.reply(req_id, {"error": str(res.error), "needed": res.needed,
-                                     "capacity": res.capacity, "used": res.used,
-                                     "largest_free": res.largest_free})
+            peer.conn.reply(req_id, {"offset": offset})
+        self.tiers.create(oid, size, primary, peer.wid, done)
 
-    def create_with_eviction(self, oid, size, holder, primary):
-        """Create; when full, evict unpinned secondary copies (LRU) and retry."""
-        res = self.store.create(oid, size, holder, primary=primary, now=next(self.clock))
-        while not res.ok and str(res.error) == "full":
-            victims = [v for v in self.store.lru_unpinned(64)
-                       if not self.store.get(v).primary]
-            if not victims:
-                break
-            for v in victims:
-                self.store.delete(v)
-            res = self.store.create(oid, size, holder, primary=primary, now=next(self.clock))
-        if res.ok:
-            self.arena.note_allocation(res.offset, size)
-        return res
+    async def create_secondary(self, oid, size) -> int:
+        """A slot for a copy pulled from another node (evicted, not spilled,
+        when room is needed later)."""
+        fut = asyncio.get_running_loop().create_future()
 
-    def create_secondary(self, oid, size) -> int:
-        res = self.create_with_eviction(oid, size, self.transfer_holder, False)
-        if not res.ok:
-            raise TransferError(
-                f"no room for a copy of object {short(oid)} ({size} bytes) on node "
-                f"{short(self.node_id)}: store capacity {res.capacity}, {res.used} in use")
-        return res.offset
-
-    def after_unpin(self, oid):
-        pass
+        def done(offset, message):
+            if not fut.done():
+                fut.set_result((offset, message))
+        key = self.tiers.create(oid, size, False, self.transfer_holder, done)
+        try:
+            offset, message = await fut
+        except BaseException:           # the pull was cancelled while it waited
+            granted = fut.done() and not fut.cancelled() and fut.result()[0] is not None
+            if granted:
+                self.tiers.abort(oid, self.transfer_holder)
+            else:
+                self.tiers.cancel_create(key)
+            raise
+        if message is not None:
+            raise TransferError(f"no room for a copy of object {short(oid)} ({size} bytes) on "
+                                f"node {short(self.node_id)}: {message}")
+        return offset
 
     def on_pull(self, peer, m):
         self.tasks.spawn("pull", self._pull_for(peer, m))
@@ -623,7 +639,7 @@ class NodeDaemon:
             return
         if peer.closed:            # it went while we pulled: nobody to hold the pin
             return
-        loc = self.store.pin(oid, peer.wid, now=next(self.clock))
+        loc = self.tiers.pin(oid, peer.wid)
         peer.conn.reply(req_id, list(loc) if loc is not None else None)
 
     def on_cluster_view(self, peer, m):
@@ -634,11 +650,10 @@ class NodeDaemon:
 
     def on_store_seal(self, peer, m):
         _, req_id, oid = m
-        res = self.store.seal(oid, peer.wid)
-        peer.conn.reply(req_id, res.ok)
+        peer.conn.reply(req_id, self.tiers.seal(oid, peer.wid))
 
     def on_store_abort(self, peer, m):
-        self.store.abort(m[1], peer.wid)
+        self.tiers.abort(m[1], peer.wid)
         self.forget_owner(m[1])
 
     def forget_owner(self, oid):
@@ -651,17 +666,21 @@ class NodeDaemon:
                     del self.objects_of_owner[owner]
 
     def delete_object(self, oid):
-        self.store.delete(oid)
+        self.tiers.free(oid)
         self.forget_owner(oid)
 
     def on_store_pin(self, peer, m):
+        """Pin for a reader; a spilled object is restored first (answered then)."""
         _, req_id, oid = m
-        loc = self.store.pin(oid, peer.wid, now=next(self.clock))
-        peer.conn.reply(req_id, list(loc) if loc is not None else None)
+
+        def done(loc):
+            if not peer.closed:
+                peer.conn.reply(req_id, list(loc) if loc is not None else None)
+        self.tiers.pin_or_restore(oid, peer.wid, lambda: not peer.closed, done)
 
     def on_store_unpin(self, peer, m):
         for oid, count in m[1]:
-            self.store.unpin(oid, peer.wid, count)
+            self.tiers.unpin(oid, peer.wid, count)
 
     def on_store_free(self, peer, m):
         for oid in m[1]:
@@ -690,9 +709,14 @@ class NodeDaemon:
             if isinstance(r, list):
                 rows.extend(r)
         store = [{"object_id": o.object_id, "size": o.size, "state": o.state,
-                  "pins": sum(o.pins.values()), "primary": o.primary}
+                  "pins": sum(o.pins.values()), "primary": o.primary, "tier": "host"}
                  for o in self.store.objects()]
-        peer.conn.reply(req_id, {"owners": rows, "store": store, "node_id": self.node_id})
+        store += [{"object_id": oid, "size": where.size, "state": "SEALED", "pins": 0,
+                   "primary": True, "tier": "disk"}
+                  for oid, where in self.tiers.disk.layout.places.items()
+                  if self.tiers.policy.tier_of(oid) == "disk"]
+        peer.conn.reply(req_id, {"owners": rows, "store": store, "node_id": self.node_id,
+                                 "tiers": self.tiers.stats()})
 
     def on_peer_closed(self, peer: Conn):
         """Release everything the connection held: its queued lease requests
@@ -704,7 +728,7 @@ class NodeDaemon:
             return
         if self.peers.get(peer.wid) is peer:
             del self.peers[peer.wid]
-        self.store.release_holder(peer.wid)
+        self.tiers.release_holder(peer.wid)
         self.free_objects_of(peer.wid)
         if peer.kind != "remote-client":
             self.tell_head([P.HEAD_PROCESSES_DIED, [peer.wid]])   # tell the other nodes
@@ -821,6 +845,8 @@ def main(argv=None):
                          "N declares emulated GPUs for CPU mode)")
     ap.add_argument("--resources", default="{}")
     ap.add_argument("--object-store-memory", type=int, default=2 * 1024**3)
+    ap.add_argument("--spill-dir", default=None,
+                    help="directory for spill files (default: <session-dir>/spill)")
     ap.add_argument("--embedded", action="store_true")
     ap.add_argument("--transport", default=None, help="data plane: tcp (default) or ucx")
     args = ap.parse_args(argv)
@@ -838,6 +864,7 @@ def main(argv=None):
     finally:
         if daemon.arena is not None:
             daemon.arena.unlink()
+        daemon.tiers.close()
     sys.exit(daemon.exit_code)
 
 

@@ -87,7 +87,7 @@ class ObjectTransfer:
     # ------------------------------------------------------------- serving
     async def serve(self, ep) -> None:
         holder = ("transfer", next(self._serve_ids))
-        store, arena = self.node.store, self.node.arena
+        arena = self.node.arena
         try:
             while True:
                 msg = await ep.recv_frame()
@@ -95,7 +95,7 @@ class ObjectTransfer:
                     log.warning("bad data-plane request %r", msg[:1] if msg else msg)
                     return
                 _, oid, offset, length = msg
-                loc = store.pin(oid, holder)
+                loc = await self.node.tiers.pin_async(oid, holder)   # restored if spilled
                 if loc is None:
                     await ep.send_frame(["missing", 0])
                     continue
@@ -107,12 +107,11 @@ class ObjectTransfer:
                         await ep.send_buffer(arena.view(start + offset, length))
                     self.stats["served_bytes"] += length
                 finally:
-                    store.unpin(oid, holder)
-                    self.node.after_unpin(oid)
+                    self.node.tiers.unpin(oid, holder)
         except (ConnectionError, asyncio.IncompleteReadError, EOFError, OSError):
             return
         finally:
-            self.node.store.release_holder(holder)
+            self.node.tiers.release_holder(holder)
 
     # -------------------------------------------------------------- pulling
     async def pull(self, oid: bytes, size: int, source_addr: tuple) -> None:
@@ -139,14 +138,14 @@ class ObjectTransfer:
     async def _pull(self, oid, size, source_addr):
         node = self.node
         t0 = time.perf_counter()
-        offset = node.create_secondary(oid, size)
+        offset = await node.create_secondary(oid, size)
         holder = node.transfer_holder
         try:
             await self._receive(oid, size, source_addr, offset)
         except BaseException:
-            node.store.abort(oid, holder)
+            node.tiers.abort(oid, holder)
             raise
-        node.store.seal(oid, holder)
+        node.tiers.seal(oid, holder)
         self.stats["pulls"] += 1
         self.stats["pulled_bytes"] += size
         secs = time.perf_counter() - t0

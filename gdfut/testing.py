@@ -120,6 +120,8 @@ class Cluster:
         self.head.stop()
         for path in glob.glob(f"/dev/shm/gdfut-{os.path.basename(self.session_dir)}-*"):
             os.unlink(path)
+        from .devstore.disk_store import remove_dead_node_dirs    # of nodes killed mid-test
+        remove_dead_node_dirs(os.path.join(self.session_dir, "spill"))
 
     def _unlink_arena(self, node: NodeHandle) -> None:
         try:

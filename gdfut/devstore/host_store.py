@@ -230,6 +230,13 @@ class HostStoreState:
 
     # -- queries ----------------------------------------------------------------
 
+    def holdings(self, holder: HolderId) -> list[tuple[ObjectId, str, int]]:
+        """``(object id, state, pins)`` of everything ``holder`` pins (write
+        pins of unsealed objects included), for the shell to tell its tiering
+        policy what a ``release_holder`` is about to release."""
+        return [(oid, self._records[oid].state, self._records[oid].pins[holder])
+                for oid in self._by_holder.get(holder, ())]
+
     def contains(self, object_id: ObjectId) -> bool:
         """True if the object is sealed and readable (not being deleted)."""
         record = self._records.get(object_id)
