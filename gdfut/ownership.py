@@ -179,9 +179,11 @@ class OwnerDied:
 
 @dataclass(frozen=True)
 class ObjectLost:
-    """A READY owned object lost its last copy: rebuild from lineage or fail."""
+    """A READY owned object lost its last copy: rebuild from lineage or fail.
+    ``where``: the location that went last."""
     oid: ObjectId
     lineage: TaskId | None
+    where: Any = None
 
 
 @dataclass(frozen=True)
@@ -391,10 +393,30 @@ class ReferenceTable:
         if o is None:
             self._stats["stale_events"] += 1
             return []
+        if location not in o.locations:     # removed already (another reader saw it)
+            return []
         o.locations.discard(location)
         if o.state is ObjState.READY and not o.locations:
-            return [ObjectLost(oid, o.lineage)]
+            return [ObjectLost(oid, o.lineage, location)]
         return []
+
+    def object_rebuilding(self, oid: ObjectId) -> list[Instruction]:
+        """Lineage reconstruction: the task that made oid runs again, so the
+        object is pending until its new value lands (``object_ready``)."""
+        o = self._owned.get(oid)
+        if o is None:
+            self._stats["stale_events"] += 1
+            return []
+        o.state, o.error = ObjState.PENDING, None
+        return []
+
+    def object_revived(self, oid: ObjectId, *, lineage: TaskId | None,
+                       call_site: str = "") -> list[Instruction]:
+        """Lineage reconstruction: oid was freed, but a task being re-run takes
+        it as an argument, so it is made again: a fresh PENDING entry (the
+        re-run task's ``task_submitted`` holds it)."""
+        self._freed.pop(oid, None)
+        return self.add_owned(oid, lineage=lineage, call_site=call_site)
 
     def object_failed(self, oid: ObjectId, error: Any) -> list[Instruction]:
         o = self._owned.get(oid)

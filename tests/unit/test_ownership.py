@@ -345,7 +345,7 @@ def test_num_returns_lineage_released_after_all_returns():
     assert s.task_finished(T1) == []
     assert s.remove_local_ref(O) == [free(O, 1)]
     assert s.lineage_of(O2) == T1
-    assert s.remove_location(O2, LOC) == [ObjectLost(O2, T1)]
+    assert s.remove_location(O2, LOC) == [ObjectLost(O2, T1, LOC)]
     assert s.add_location(O2, LOC) == []
     assert s.remove_local_ref(O2) == [free(O2, 2, [LOC]), ReleaseLineage(T1)]
 
