@@ -67,7 +67,7 @@ class ForgetSpec:
 Decision = Union[Rebuild, Unrecoverable, None]
 
 
-@dataclass
+@dataclass(slots=True)
 class _Entry:
     upstream: tuple          # tasks that made its owned arguments (linked while kept)
     size: int
@@ -94,15 +94,18 @@ class Lineage:
                  max_retries: int) -> list[ForgetSpec]:
         """Task tid was submitted; ``upstream``: the tasks that made the
         arguments it takes that this process owns."""
-        if tid in self._entries:
+        entries = self._entries
+        if tid in entries:
             raise ValueError(f"lineage of task {tid!r} recorded twice")
-        links = tuple(u for u in dict.fromkeys(upstream) if u in self._entries and u != tid)
-        for u in links:
-            self._entries[u].dependents += 1
-        self._entries[tid] = _Entry(links, size, max_retries)
+        links = ()
+        if upstream:       # (most tasks have none: this runs once per task)
+            links = tuple(u for u in dict.fromkeys(upstream) if u in entries and u != tid)
+            for u in links:
+                entries[u].dependents += 1
+        entries[tid] = _Entry(links, size, max_retries)
         self._kept[tid] = None
         self._bytes += size
-        return self._evict()
+        return self._evict() if self._bytes > self.max_bytes else []
 
     def returns_released(self, tid: TaskId) -> list[ForgetSpec]:
         """No object task tid returned is alive any more (ReleaseLineage)."""
@@ -110,6 +113,11 @@ class Lineage:
         if e is None:              # not recorded (an actor call, a generator)
             return []
         e.returns_alive = False
+        if not (e.upstream or e.dependents or e.rebuilding or e.evicted):
+            del self._entries[tid]             # the common case, without the worklist
+            del self._kept[tid]
+            self._bytes -= e.size
+            return [ForgetSpec(tid)]
         return self._drop_unneeded([tid])
 
     def object_lost(self, oid: ObjectId, tid: TaskId | None) -> Decision:
