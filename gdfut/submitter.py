@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from . import protocol as P
 from .exceptions import (TaskCancelledError, UnschedulableError, WorkerCrashedError,
                          ObjectLostError, ObjectStoreFullError)
-from .ids import (MAX_GENERATOR_ITEMS, is_put_object, new_task_id, object_id_for_return,
+from .ids import (MAX_GENERATOR_ITEMS, OBJECT_ID_LEN, is_put_object, new_task_id, object_id_for_return,
                   object_id_for_yield, short, task_of)
 from . import lineage as lin
 from .object_ref import ObjectRef
@@ -599,7 +599,8 @@ class TaskSubmitter:
         refs = spec.deps + spec.nested
         if refs:
             is_owned = self.rt.table.is_owned
-            spec.owned_deps = tuple(o for o in dict.fromkeys(refs) if is_owned(o))
+            spec.owned_deps = tuple(o for o in dict.fromkeys(refs)   # (not actor handles)
+                                    if len(o) == OBJECT_ID_LEN and is_owned(o))
         upstream = [task_of(o) for o in spec.owned_deps if not is_put_object(o)]
         self.lineage[spec.tid] = spec
         self._forget(self.lineages.recorded(spec.tid, upstream, lineage_bytes(spec),
