@@ -200,6 +200,7 @@ class TaskSubmitter:
         self.lineage: dict[bytes, TaskSpec] = {}     # tid -> spec kept to re-run it
         self.lineages = lin.Lineage(getattr(rt, "max_lineage_bytes",
                                             lin.DEFAULT_MAX_LINEAGE_BYTES))
+        self.keep_lineage = True    # off: nothing is re-made (to measure what lineage costs)
         self.stream_conns: dict[bytes, object] = {}   # running generator tid -> its worker
         self._closed = False
 
@@ -252,7 +253,8 @@ class TaskSubmitter:
         self.open_stream(spec, call_site)
         self.specs[spec.tid] = spec
         self.manager.submitted(spec.tid, spec.max_retries)
-        self.record_lineage(spec)
+        if self.keep_lineage:
+            self.record_lineage(spec)
         self.resolve_dependencies(spec, self.enqueue)
 
     def resolve_dependencies(self, spec: TaskSpec, then):

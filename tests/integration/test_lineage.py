@@ -28,12 +28,14 @@ def lossy():
         assert_no_leaks(c.session_dir)
 
 
-@gdfut.remote(resources={"b": 1})
+# A fraction of "b": a task blocked reading a lost argument lends its CPU
+# (not its other resources), and the re-run of that argument's task needs one.
+@gdfut.remote(resources={"b": 0.01})
 def first(n):
     return np.arange(n, dtype=np.int64)
 
 
-@gdfut.remote(resources={"b": 1})
+@gdfut.remote(resources={"b": 0.01})
 def step(arr, k):
     return arr + k
 
@@ -123,3 +125,45 @@ def test_evicted_lineage_gives_a_clear_error(lossy):
     c.remove_node(b)
     with pytest.raises(ObjectLostError, match=r"lineage was evicted \(max_lineage_bytes=1000\)"):
         gdfut.get(keep, timeout=60)
+
+
+def test_chain_with_every_ref_held_is_rebuilt_through_its_readers(lossy):
+    # The intermediate results are alive but lost: the re-run of each step
+    # finds its argument lost when it reads it and asks the driver for it.
+    c, a, b = lossy
+    c.connect()
+    r1 = first.remote(N)
+    r2 = step.remote(r1, 1)
+    r3 = step.remote(r2, 2)
+    gdfut.wait([r1, r2, r3], num_returns=3, timeout=60)
+    c.remove_node(b)
+    c.add_node(num_cpus=1, resources={"b": 1})
+    out = gdfut.get(r3, timeout=90)
+    assert out[0] == 3 and out[-1] == N - 1 + 3
+    assert lineage_stats()["rebuilds"] == 3
+    assert int(gdfut.get(r1, timeout=30)[-1]) == N - 1     # rebuilt on the way
+
+
+def test_task_submitted_after_the_loss_has_its_argument_rebuilt(lossy):
+    c, a, b = lossy
+    c.connect()
+    r1 = first.remote(N)
+    gdfut.wait([r1], timeout=60)
+    c.remove_node(b)
+    c.add_node(num_cpus=1, resources={"b": 1})
+
+    @gdfut.remote          # runs on node a; its argument's only copy was on b
+    def total(arr):
+        return int(arr.sum())
+    assert gdfut.get(total.remote(r1), timeout=90) == N * (N - 1) // 2
+    assert lineage_stats()["rebuilds"] == 1
+
+
+def test_rebuilds_are_bounded_by_max_retries(lossy):
+    c, a, b = lossy
+    c.connect()
+    ref = first.options(max_retries=0).remote(N)
+    gdfut.wait([ref], timeout=60)
+    c.remove_node(b)
+    with pytest.raises(ObjectLostError, match="already re-run max_retries=0 times"):
+        gdfut.get(ref, timeout=60)
