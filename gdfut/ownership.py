@@ -72,6 +72,15 @@ as Ray does). Backpressure: with a bound B, the executor stops while B items
 it made are not known to be consumed; the table says when to tell it
 (``StreamAck``) so that it never waits on consumption it was not told about.
 
+Lineage reconstruction (the decisions are ``gdfut/lineage.py``'s): a READY
+object whose last location is removed (``remove_location``: a reader could
+not read that copy) yields ``ObjectLost`` with its task; while that task runs
+again the object is PENDING (``object_rebuilding``), and an argument of it
+that was freed meanwhile gets a fresh entry (``object_revived``), held by the
+re-run task's ``task_submitted``. ``ReleaseLineage`` says only that no
+result of a task is alive; whether its spec may go is the lineage machine's
+call (a kept descendant may still need it).
+
 Known gaps (failure paths only; nothing is freed early in failure-free runs):
 
 * Reference cycles between objects are never freed (plain counting).
