@@ -30,7 +30,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Hashable, Iterable
 from dataclasses import dataclass
-from typing import Union
+from typing import NamedTuple, Union
 
 TaskId = Hashable
 ObjectId = Hashable
@@ -58,9 +58,9 @@ class Unrecoverable:
     reason: str
 
 
-@dataclass(frozen=True)
-class ForgetSpec:
-    """Drop the kept spec of task tid (released, or evicted)."""
+class ForgetSpec(NamedTuple):
+    """Drop the kept spec of task tid (released, or evicted). A named tuple,
+    not a dataclass: one is made per task, on the hot path."""
     tid: TaskId
 
 
@@ -85,7 +85,9 @@ class Lineage:
             raise ValueError(f"max_lineage_bytes must be an int >= 0, got {max_bytes!r}")
         self.max_bytes = max_bytes
         self._entries: dict[TaskId, _Entry] = {}
-        self._kept: OrderedDict = OrderedDict()     # tids with a spec, oldest first
+        # tids with a spec, oldest first. An OrderedDict: deleting from the front
+        # of a plain dict leaves holes that every later scan walks over.
+        self._kept: OrderedDict = OrderedDict()
         self._bytes = 0
         self._stats = {"evicted": 0, "rebuilds": 0, "unrecoverable": 0}
 
@@ -169,12 +171,16 @@ class Lineage:
         out: list[ForgetSpec] = []
         if self._bytes <= self.max_bytes:
             return out
-        for tid in list(self._kept):          # oldest first
-            if self._bytes <= self.max_bytes:
+        victims, freeing = [], 0
+        for tid in self._kept:                # oldest first; only the prefix it needs
+            if self._bytes - freeing <= self.max_bytes:
                 break
             e = self._entries[tid]
-            if e.rebuilding:                  # its spec is running again
-                continue
+            if not e.rebuilding:              # (a spec running again stays)
+                victims.append(tid)
+                freeing += e.size
+        for tid in victims:
+            e = self._entries[tid]
             e.evicted = True
             del self._kept[tid]
             self._bytes -= e.size
