@@ -596,17 +596,22 @@ class TaskSubmitter:
         would yield their items again)."""
         if spec.generator is not None:
             return
-        spec.orig_args = list(spec.args)
-        spec.orig_kwargs = [list(kv) for kv in spec.kwargs]
-        refs = spec.deps + spec.nested
-        if refs:
+        upstream = ()
+        if spec.deps:      # resolution replaces ref entries in place: keep the originals
+            spec.orig_args = list(spec.args)
+            spec.orig_kwargs = [list(kv) for kv in spec.kwargs]
+        else:
+            spec.orig_args, spec.orig_kwargs = spec.args, spec.kwargs
+        if spec.deps or spec.nested:
             is_owned = self.rt.table.is_owned
-            spec.owned_deps = tuple(o for o in dict.fromkeys(refs)   # (not actor handles)
-                                    if len(o) == OBJECT_ID_LEN and is_owned(o))
-        upstream = [task_of(o) for o in spec.owned_deps if not is_put_object(o)]
+            spec.owned_deps = tuple(o for o in dict.fromkeys(spec.deps + spec.nested)
+                                    if len(o) == OBJECT_ID_LEN and is_owned(o))  # not actors
+            upstream = [task_of(o) for o in spec.owned_deps if not is_put_object(o)]
         self.lineage[spec.tid] = spec
-        self._forget(self.lineages.recorded(spec.tid, upstream, lineage_bytes(spec),
-                                            spec.max_retries))
+        forget = self.lineages.recorded(spec.tid, upstream, lineage_bytes(spec),
+                                        spec.max_retries)
+        if forget:
+            self._forget(forget)
 
     def release_lineage(self, tid: bytes):
         """The ownership table's ReleaseLineage: no result of tid is alive."""
