@@ -48,16 +48,21 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False,
          session_dir: str | None = None, log_to_driver: bool = True,
-         spill_dir: str | None = None, **ray_options):
+         spill_dir: str | None = None, max_lineage_bytes: int | None = None, **ray_options):
     """Start an embedded cluster (head + one node) or join ``address``.
 
     ``log_to_driver``: print what tasks print here, labelled "(fn pid=N)".
     ``spill_dir``: where the node spills objects that do not fit in
     ``object_store_memory`` (default: ``spill/`` in the session directory).
+    ``max_lineage_bytes``: how many bytes of task specs this driver keeps to
+    re-make lost objects (oldest evicted first; default 256 MiB).
     Ray options gdfut has no use for (``namespace``, ``runtime_env``,
     ``include_dashboard``...) are accepted with a warning; others are an error.
     """
     _check_ray_options(ray_options)
+    if max_lineage_bytes is not None and (not isinstance(max_lineage_bytes, int) or isinstance(
+            max_lineage_bytes, bool) or max_lineage_bytes < 0):
+        raise ValueError(f"max_lineage_bytes must be an int >= 0, got {max_lineage_bytes!r}")
     with _lock:
         if runtime_context.current() is not None:
             if ignore_reinit_error:
@@ -68,9 +73,10 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
             raise ValueError("spill_dir= applies to the cluster init() starts; a running "
                              "cluster's nodes take it from `gdfut start --spill-dir`")
         if address in (None, "local"):
-            _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir)
+            _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir,
+                            max_lineage_bytes)
         else:
-            _join(address, session_dir)
+            _join(address, session_dir, max_lineage_bytes)
         rt = runtime_context.require()
         if rt.job_id is None:
             where = "{}:{}".format(*rt.head_addr) if rt.head_addr else "(unknown address)"
@@ -98,7 +104,8 @@ def _check_ray_options(options: dict) -> None:
                       f"ignored", stacklevel=3)
 
 
-def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir=None):
+def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir=None,
+                    max_lineage_bytes=None):
     from .core_worker import CoreWorker
     session_dir = cluster.new_session_dir()
     cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
@@ -111,7 +118,8 @@ def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_di
         info = node.wait_ready()
         token = open(os.path.join(session_dir, "token"), "rb").read()
         rt = CoreWorker(mode="driver", node_host="127.0.0.1", node_port=info["port"],
-                        token=token, session_dir=session_dir, head_addr=None)
+                        token=token, session_dir=session_dir, head_addr=None,
+                        max_lineage_bytes=max_lineage_bytes)
         rt.start()
     except BaseException:
         for d in daemons:
@@ -121,7 +129,7 @@ def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_di
     runtime_context.set_runtime(rt)
 
 
-def _join(address, session_dir):
+def _join(address, session_dir, max_lineage_bytes=None):
     from .core_worker import CoreWorker
     if address != "auto":
         _join_address(address, None)          # a bad address is named before a missing token
@@ -129,7 +137,8 @@ def _join(address, session_dir):
     head_addr = _join_address(address, session_dir)
     node = _local_node(session_dir, head_addr, token)
     rt = CoreWorker(mode="driver", node_host=node[0], node_port=node[1], token=token,
-                    session_dir=session_dir, head_addr=head_addr)
+                    session_dir=session_dir, head_addr=head_addr,
+                    max_lineage_bytes=max_lineage_bytes)
     rt.start()
     _state.update(rt=rt, daemons=[], session_dir=session_dir)
     runtime_context.set_runtime(rt)

@@ -128,9 +128,12 @@ class CoreWorker:
 
     def __init__(self, *, mode: str, node_host: str, node_port: int, token: bytes,
                  session_dir: str, head_addr: tuple | None, listen_host: str | None = None,
-                 worker_id: bytes | None = None):
+                 worker_id: bytes | None = None, max_lineage_bytes: int | None = None):
         assert mode in ("driver", "worker")
         self.mode = mode
+        from .lineage import DEFAULT_MAX_LINEAGE_BYTES
+        self.max_lineage_bytes = (DEFAULT_MAX_LINEAGE_BYTES if max_lineage_bytes is None
+                                  else max_lineage_bytes)
         self.wid = worker_id or new_id()
         self.token = token
         self.session_dir = session_dir
@@ -367,8 +370,7 @@ class CoreWorker:
             elif kind is own.ReleaseLineage:
                 self.submitter.release_lineage(ins.tid)
             elif kind is own.ObjectLost:
-                err = ObjectLostError(f"object {short(ins.oid)} lost its last copy")
-                self.set_value(ins.oid, [ERROR, pickle.dumps(err)])
+                self.submitter.object_lost(ins.oid, ins.lineage, ins.where)
             elif kind is own.StreamAck:
                 self.submitter.send_stream_ack(ins.tid, ins.consumed)
             else:
@@ -472,8 +474,9 @@ class CoreWorker:
         for cb in self.waiters.pop(oid, ()):
             cb(entry)
 
-    def when_available(self, oid: bytes, cb) -> None:
-        """Call cb(entry) once the object's value entry is known (io thread)."""
+    def when_available(self, oid: bytes, cb, lost: bytes | None = None) -> None:
+        """Call cb(entry) once the object's value entry is known (io thread).
+        ``lost``: a node whose copy could not be read, told to the owner."""
         entry = self.values.get(oid)
         if entry is not None:
             cb(entry)
@@ -481,9 +484,9 @@ class CoreWorker:
         first = not self.waiters.get(oid)
         self.waiters[oid].append(cb)
         if first and not self.table.is_owned(oid):
-            self.io.loop.create_task(self._fetch_from_owner(oid))
+            self.io.loop.create_task(self._fetch_from_owner(oid, lost))
 
-    async def _fetch_from_owner(self, oid: bytes):
+    async def _fetch_from_owner(self, oid: bytes, lost: bytes | None = None):
         addr = self.owner_addr_of(oid)
         if addr is None:
             err = ObjectLostError(f"object {short(oid)} is unknown to this process (freed?)")
@@ -491,7 +494,8 @@ class CoreWorker:
             return
         try:
             conn = await self.connect_peer(addr)
-            entry = await conn.request(P.GET_OBJECT, oid)
+            entry = await (conn.request(P.GET_OBJECT, oid) if lost is None else
+                           conn.request(P.GET_OBJECT, oid, lost))
         except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
             owner = self.table.owner_of(oid)
             err = OwnerDiedError(f"the owner {short(owner)} (at {addr[0]}:{addr[1]}) of object "
@@ -504,9 +508,14 @@ class CoreWorker:
             self.set_value(oid, entry)
 
     def _on_get_object(self, conn, m):
-        _, req_id, oid = m
-        if self.table.is_owned(oid) or oid in self.values:
-            self.when_available(oid, lambda entry: conn.reply(req_id, entry))
+        req_id, oid = m[1], m[2]
+        lost = m[3] if len(m) > 3 else None   # a node whose copy the asker could not read
+        if isinstance(lost, bytes):
+            self.copy_unreadable(oid, lost)
+        if self.table.is_owned(oid) or oid in self.values or (
+                isinstance(lost, bytes) and self.table.status(oid) is own.Status.BORROWED):
+            self.when_available(oid, lambda entry: conn.reply(req_id, entry),
+                                lost if isinstance(lost, bytes) else None)
             return
         err = ObjectLostError(f"object {short(oid)} was freed by its owner (all references "
                               f"were dropped) and cannot be rebuilt")
@@ -632,12 +641,23 @@ class CoreWorker:
         self.io.post(self._put_done, oid, entry, [r.id for r in s.nested], self.call_site(), size)
         return ref
 
-    def read_stored(self, oid: bytes, node_id: bytes, size: int):
+    def read_stored(self, oid: bytes, node_id: bytes, size: int, ask=None):
         """Pin a stored object (pulled to this node if needed) and rebuild it
-        without copying. Any user thread."""
-        reply = self.io.run(self.pin_local_copy(oid, node_id, size))
-        region = self.arena.readonly_pinned(reply[0], reply[1], _Unpin(self, oid))
-        return ser.loads_from_store(region)
+        without copying. Any user thread. A lost copy is re-made first (see
+        ``pin_or_recover``; ``ask``: the submitter of the running task),
+        while this worker lends its CPU as in a blocking get."""
+        try:
+            reply = self.io.run(self.pin_local_copy(oid, node_id, size))
+            entry = ["pinned", reply[0], reply[1]]
+        except ObjectLostError:
+            if self.mode == "worker":
+                self.io.post(self._notify_blocked, True)
+            try:
+                entry = self.io.run(self.pin_or_recover(oid, node_id, size, ask))
+            finally:
+                if self.mode == "worker":
+                    self.io.post(self._notify_blocked, False)
+        return self._materialize(oid, entry)
 
     def store_serialized(self, oid: bytes, s: ser.Serialized, owner: bytes | None = None) -> list:
         """Inline entry for small values, else write into the local store.
@@ -762,12 +782,66 @@ class CoreWorker:
         self.io.loop.create_task(self._pin(oid, entry, i, done))
 
     async def _pin(self, oid, entry, i, done):
+        done(i, await self.pin_or_recover(oid, entry[1], entry[2]))
+
+    async def pin_or_recover(self, oid: bytes, node_id: bytes, size: int, ask=None) -> list:
+        """Pin a stored copy: ``["pinned", offset, size]``. A copy that cannot
+        be read (its node died, or its store dropped it) is reported to the
+        owner, which re-makes the object from its lineage or names another
+        copy; then this reads that one. Returns an INLINE or ERROR entry
+        when that is what the owner answers. ``ask``: where to report it if
+        this process does not know the owner (a worker reading an argument
+        asks the task's submitter, which forwards)."""
+        err = None
+        for _ in range(MAX_RECOVERIES):
+            try:
+                reply = await self.pin_local_copy(oid, node_id, size)
+                return ["pinned", reply[0], reply[1]]
+            except ObjectLostError as exc:
+                err = exc
+            entry = await self.recover(oid, node_id, ask)
+            if entry is None:
+                break
+            if entry[0] != STORE:
+                return entry
+            node_id, size = entry[1], entry[2]
+        return [ERROR, pickle.dumps(err)]
+
+    async def recover(self, oid: bytes, node_id: bytes, ask=None) -> list | None:
+        """The copy of oid at node_id cannot be read: tell its owner, and
+        return the entry it answers with (None: nobody to ask)."""
+        if self.table.is_owned(oid):
+            self.copy_unreadable(oid, node_id)
+            fut = self.io.loop.create_future()
+            self.when_available(oid, lambda e: fut.done() or fut.set_result(e))
+            return await fut
+        addr = self.owner_addr_of(oid) or (tuple(ask) if ask else None)
+        if addr is None:
+            return None
+        if self.values.get(oid, [None, None])[1:2] == [node_id]:
+            self.values.pop(oid, None)       # a cached entry naming the lost copy
         try:
-            reply = await self.pin_local_copy(oid, entry[1], entry[2])
-        except ObjectLostError as err:
-            done(i, [ERROR, pickle.dumps(err)])
+            conn = await self.connect_peer(addr)
+            return await conn.request(P.GET_OBJECT, oid, node_id)
+        except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError):
+            return None
+
+    def copy_unreadable(self, oid: bytes, node_id: bytes) -> None:
+        """A reader could not read oid's copy on node_id. Owned: drop that
+        location (the last one gone: ObjectLost, which re-runs its task);
+        borrowed: forget the cached entry, so the next read asks the owner."""
+        entry = self.values.get(oid)
+        stale = entry is not None and entry[0] == STORE and entry[1] == node_id
+        if not self.table.is_owned(oid):
+            if stale:
+                self.values.pop(oid, None)
             return
-        done(i, ["pinned", reply[0], reply[1]])
+        if stale:
+            left = [loc for loc in self.table.locations(oid)
+                    if isinstance(loc, tuple) and loc[0] != node_id]
+            if left:
+                self.values[oid] = [STORE, left[0][0], entry[2]]
+        self.run_instructions(self.table.remove_location(oid, (node_id, "host")))
 
     async def pin_local_copy(self, oid: bytes, node_id: bytes, size: int):
         """Pin a copy in this node's store, pulling it from ``node_id`` first
@@ -1014,6 +1088,10 @@ class CoreWorker:
             if conn is not None:
                 conn.close()
         await asyncio.sleep(0)
+
+
+MAX_RECOVERIES = 8
+"""How many times one read reports a lost copy to the owner and tries again."""
 
 
 def _location_text(loc) -> list:

@@ -470,8 +470,10 @@ class Executor:
         kind = entry[0]
         if kind == INLINE:
             return ser.loads_inline(entry[1])
-        if kind == STORE:
-            return self.rt.read_stored(entry[3], entry[1], entry[2])
+        if kind == STORE:     # a lost copy is re-made by asking the task's submitter
+            task = CURRENT_TASK.get(None)
+            return self.rt.read_stored(entry[3], entry[1], entry[2],
+                                       task.owner_addr if task is not None else None)
         raise AssertionError(f"unexpected argument entry kind {kind}")
 
     # ----------------------------------------------------------- returns

@@ -72,6 +72,15 @@ as Ray does). Backpressure: with a bound B, the executor stops while B items
 it made are not known to be consumed; the table says when to tell it
 (``StreamAck``) so that it never waits on consumption it was not told about.
 
+Lineage reconstruction (the decisions are ``gdfut/lineage.py``'s): a READY
+object whose last location is removed (``remove_location``: a reader could
+not read that copy) yields ``ObjectLost`` with its task; while that task runs
+again the object is PENDING (``object_rebuilding``), and an argument of it
+that was freed meanwhile gets a fresh entry (``object_revived``), held by the
+re-run task's ``task_submitted``. ``ReleaseLineage`` says only that no
+result of a task is alive; whether its spec may go is the lineage machine's
+call (a kept descendant may still need it).
+
 Known gaps (failure paths only; nothing is freed early in failure-free runs):
 
 * Reference cycles between objects are never freed (plain counting).
@@ -179,9 +188,11 @@ class OwnerDied:
 
 @dataclass(frozen=True)
 class ObjectLost:
-    """A READY owned object lost its last copy: rebuild from lineage or fail."""
+    """A READY owned object lost its last copy: rebuild from lineage or fail.
+    ``where``: the location that went last."""
     oid: ObjectId
     lineage: TaskId | None
+    where: Any = None
 
 
 @dataclass(frozen=True)
@@ -391,10 +402,30 @@ class ReferenceTable:
         if o is None:
             self._stats["stale_events"] += 1
             return []
+        if location not in o.locations:     # removed already (another reader saw it)
+            return []
         o.locations.discard(location)
         if o.state is ObjState.READY and not o.locations:
-            return [ObjectLost(oid, o.lineage)]
+            return [ObjectLost(oid, o.lineage, location)]
         return []
+
+    def object_rebuilding(self, oid: ObjectId) -> list[Instruction]:
+        """Lineage reconstruction: the task that made oid runs again, so the
+        object is pending until its new value lands (``object_ready``)."""
+        o = self._owned.get(oid)
+        if o is None:
+            self._stats["stale_events"] += 1
+            return []
+        o.state, o.error = ObjState.PENDING, None
+        return []
+
+    def object_revived(self, oid: ObjectId, *, lineage: TaskId | None,
+                       call_site: str = "") -> list[Instruction]:
+        """Lineage reconstruction: oid was freed, but a task being re-run takes
+        it as an argument, so it is made again: a fresh PENDING entry (the
+        re-run task's ``task_submitted`` holds it)."""
+        self._freed.pop(oid, None)
+        return self.add_owned(oid, lineage=lineage, call_site=call_site)
 
     def object_failed(self, oid: ObjectId, error: Any) -> list[Instruction]:
         o = self._owned.get(oid)

@@ -17,11 +17,12 @@ from dataclasses import dataclass, field
 
 from . import protocol as P
 from .exceptions import (TaskCancelledError, UnschedulableError, WorkerCrashedError,
-                         ObjectStoreFullError)
-from .ids import (MAX_GENERATOR_ITEMS, new_task_id, object_id_for_return, object_id_for_yield,
-                  short)
+                         ObjectLostError, ObjectStoreFullError)
+from .ids import (MAX_GENERATOR_ITEMS, OBJECT_ID_LEN, is_put_object, new_task_id, object_id_for_return,
+                  object_id_for_yield, short, task_of)
+from . import lineage as lin
 from .object_ref import ObjectRef
-from .ownership import INLINE as INLINE_LOCATION
+from .ownership import INLINE as INLINE_LOCATION, Status
 from . import serialization as ser
 from .task_manager import TaskManager, Retry, Fail
 from .transport import tcp
@@ -73,6 +74,11 @@ class TaskSpec:
     generator: str | None = None  # STREAMING | DYNAMIC: one return (index 0), items stream
     backpressure: int = 0         # STREAMING: bound on items made and not consumed
     retry_exceptions: object = False   # True, or names of exception classes (task_manager)
+    # lineage (kept to re-run the task when its results are lost)
+    orig_args: list | None = None     # args/kwargs before resolution replaced the refs
+    orig_kwargs: list | None = None
+    owned_deps: tuple = ()            # of deps + nested, those this process owned
+    rebuild: bool = False             # this run re-makes lost results
 
     def return_ids(self) -> list[bytes]:
         return [object_id_for_return(self.tid, i) for i in range(self.num_returns)]
@@ -192,7 +198,10 @@ class TaskSubmitter:
         self.specs: dict[bytes, TaskSpec] = {}        # tid -> spec, pending tasks
         self.lease_of_task: dict[bytes, Lease] = {}
         self.lease_of_conn: dict[object, Lease] = {}
-        self.lineage: dict[bytes, TaskSpec] = {}
+        self.lineage: dict[bytes, TaskSpec] = {}     # tid -> spec kept to re-run it
+        self.lineages = lin.Lineage(getattr(rt, "max_lineage_bytes",
+                                            lin.DEFAULT_MAX_LINEAGE_BYTES))
+        self.keep_lineage = True    # off: nothing is re-made (to measure what lineage costs)
         self.stream_conns: dict[bytes, object] = {}   # running generator tid -> its worker
         self._closed = False
 
@@ -245,7 +254,8 @@ class TaskSubmitter:
         self.open_stream(spec, call_site)
         self.specs[spec.tid] = spec
         self.manager.submitted(spec.tid, spec.max_retries, spec.retry_exceptions)
-        self.lineage[spec.tid] = spec
+        if self.keep_lineage:
+            self.record_lineage(spec)
         self.resolve_dependencies(spec, self.enqueue)
 
     def resolve_dependencies(self, spec: TaskSpec, then):
@@ -517,6 +527,9 @@ class TaskSubmitter:
         self.manager.finished(spec.tid)
         spec.held = []
         rt.run_instructions(rt.table.task_finished(spec.tid))
+        if spec.rebuild:
+            spec.rebuild = False
+            self._forget(self.lineages.rebuilt(spec.tid))
 
     def _fail(self, spec: TaskSpec, err: BaseException):
         entry = [ERROR, pickle.dumps(err)]
@@ -595,8 +608,102 @@ class TaskSubmitter:
         for spec in children:
             self.cancel(spec.tid, force and spec.actor_id is None, True)
 
+    # ------------------------------------------------ lineage reconstruction
+    # Decisions are the pure lin.Lineage's; this section carries them out.
+    def record_lineage(self, spec: TaskSpec):
+        """Keep what a re-run of the task needs (not for generators: a re-run
+        would yield their items again)."""
+        if spec.generator is not None:
+            return
+        upstream = ()
+        if spec.deps:      # resolution replaces ref entries in place: keep the originals
+            spec.orig_args = list(spec.args)
+            spec.orig_kwargs = [list(kv) for kv in spec.kwargs]
+        else:
+            spec.orig_args, spec.orig_kwargs = spec.args, spec.kwargs
+        if spec.deps or spec.nested:
+            is_owned = self.rt.table.is_owned
+            spec.owned_deps = tuple(o for o in dict.fromkeys(spec.deps + spec.nested)
+                                    if len(o) == OBJECT_ID_LEN and is_owned(o))  # not actors
+            upstream = [task_of(o) for o in spec.owned_deps if not is_put_object(o)]
+        self.lineage[spec.tid] = spec
+        forget = self.lineages.recorded(spec.tid, upstream, lineage_bytes(spec),
+                                        spec.max_retries)
+        if forget:
+            self._forget(forget)
+
     def release_lineage(self, tid: bytes):
-        self.lineage.pop(tid, None)
+        """The ownership table's ReleaseLineage: no result of tid is alive."""
+        self._forget(self.lineages.returns_released(tid))
+
+    def _forget(self, instructions):
+        for ins in instructions:
+            self.lineage.pop(ins.tid, None)
+
+    def object_lost(self, oid: bytes, tid: bytes | None, where) -> None:
+        """Every copy of owned oid is gone (``where``: the last location) and a
+        reader needs it: re-run the task that made it, or fail it saying why."""
+        rt = self.rt
+        rt.values.pop(oid, None)            # its entry names a copy that is gone
+        rt.run_instructions(rt.table.object_rebuilding(oid))
+        decision = self.lineages.object_lost(oid, tid)
+        if isinstance(decision, lin.Rebuild):
+            log.info("object %s lost %s: re-running task %s (re-run %d)", short(oid),
+                     lost_where(where), self.lineage[decision.tid].name, decision.attempt)
+            self._rebuild(self.lineage[decision.tid])
+        elif isinstance(decision, lin.Unrecoverable):
+            self._fail_lost(oid, lost_error(oid, decision.reason, lost_where(where)))
+
+    def _fail_lost(self, oid: bytes, err: BaseException):
+        rt = self.rt
+        rt.run_instructions(rt.table.object_failed(oid, "lost"))
+        if rt.table.is_owned(oid):
+            rt.set_value(oid, [ERROR, pickle.dumps(err)])
+
+    def _rebuild(self, spec: TaskSpec):
+        """Run a finished task again. Its arguments this process owned and
+        freed meanwhile are re-made first (each asks the lineage again);
+        one that is alive but lost is found lost by the worker reading it,
+        which asks us for it (``CoreWorker.recover``)."""
+        rt = self.rt
+        table = rt.table
+        gone = [d for d in spec.deps + spec.nested
+                if d not in spec.owned_deps and table.status(d) not in
+                (Status.BORROWED, Status.OWNER_DIED)]
+        if gone:
+            self._forget(self.lineages.rebuilt(spec.tid))
+            why = (f"its task {spec.name} needs object {short(gone[0])}, borrowed from another "
+                   f"process and no longer held here")
+            for oid in spec.return_ids():
+                if table.is_owned(oid) and oid not in rt.values:
+                    self._fail_lost(oid, lost_error(oid, why, "(it was needed again)"))
+            return
+        revived = [d for d in spec.owned_deps if not table.is_owned(d)]
+        for dep in revived:       # freed meanwhile: an entry again, held by this task
+            table.object_revived(dep, lineage=None if is_put_object(dep) else task_of(dep))
+        spec.args = list(spec.orig_args)
+        spec.kwargs = [list(kv) for kv in spec.orig_kwargs]
+        spec.cancelled = spec.force_cancel = False
+        spec.rebuild = True
+        table.task_submitted(spec.tid, spec.deps + spec.nested)
+        self.specs[spec.tid] = spec
+        self.manager.submitted(spec.tid, spec.max_retries)
+        for dep in revived:
+            self._remake(dep)
+        self.resolve_dependencies(spec, self.enqueue)
+
+    def _remake(self, oid: bytes):
+        """A freed argument of a task being re-run, revived: run its task again."""
+        tid = None if is_put_object(oid) else task_of(oid)
+        decision = self.lineages.object_lost(oid, tid)
+        if isinstance(decision, lin.Rebuild):
+            self._rebuild(self.lineage[decision.tid])
+        elif isinstance(decision, lin.Unrecoverable):
+            self._fail_lost(oid, lost_error(oid, decision.reason,
+                                            "(it was freed, and a re-run task needs it)"))
+
+    def lineage_stats(self) -> dict:
+        return dict(self.lineages.stats(), specs=len(self.lineage))
 
     def close(self):
         self._closed = True
@@ -606,6 +713,33 @@ def cancelled_error(name: str, tid: bytes, force: bool = False) -> TaskCancelled
     """What the caller's get raises for a cancelled task: which task it was."""
     how = " (force=True: its worker was killed)" if force else ""
     return TaskCancelledError(f"task {name} (task id {short(tid)}) was cancelled{how}")
+
+
+def lineage_bytes(spec: TaskSpec) -> int:
+    """What keeping the spec costs: its inline argument bytes and an overhead."""
+    n = lin.SPEC_OVERHEAD_BYTES
+    for e in spec.args:
+        if e[0] == INLINE:
+            n += len(e[1])
+    for kv in spec.kwargs:
+        if kv[1][0] == INLINE:
+            n += len(kv[1][1])
+    return n
+
+
+def lost_where(where) -> str:
+    if isinstance(where, tuple):
+        return f"with node {short(where[0])} (the node died or its store dropped it)"
+    return "from its store"
+
+
+def lost_error(oid: bytes, reason: str, where: str) -> ObjectLostError:
+    """The error of a lost object that cannot be re-made, saying why."""
+    if reason == lin.PUT:
+        return ObjectLostError(f"object {short(oid)} was made by put() and its only copy was "
+                               f"lost {where}; it cannot be rebuilt")
+    return ObjectLostError(f"object {short(oid)} lost its only copy {where} and cannot be "
+                           f"rebuilt: {reason}")
 
 
 def entry_location(entry) -> tuple:

@@ -102,9 +102,9 @@ class Cluster:
         if node in self.nodes:
             self.nodes.remove(node)
 
-    def connect(self) -> dict:
+    def connect(self, **init_options) -> dict:
         import gdfut
-        info = gdfut.init(address=self.address, session_dir=self.session_dir)
+        info = gdfut.init(address=self.address, session_dir=self.session_dir, **init_options)
         self.connected = True
         return info
 

@@ -345,7 +345,7 @@ def test_num_returns_lineage_released_after_all_returns():
     assert s.task_finished(T1) == []
     assert s.remove_local_ref(O) == [free(O, 1)]
     assert s.lineage_of(O2) == T1
-    assert s.remove_location(O2, LOC) == [ObjectLost(O2, T1)]
+    assert s.remove_location(O2, LOC) == [ObjectLost(O2, T1, LOC)]
     assert s.add_location(O2, LOC) == []
     assert s.remove_local_ref(O2) == [free(O2, 2, [LOC]), ReleaseLineage(T1)]
 
@@ -425,3 +425,36 @@ def test_summary():
                        "call_site": ""}
     qrow = q.summary()[0]
     assert (qrow["local"], qrow["borrowed"], qrow["state"]) == (1, 1, "READY")
+
+
+# ------------------------------------------------------ lineage reconstruction
+def test_lost_object_rebuilding_then_ready_again():
+    s = Table(S)
+    submit(s, T1, [])
+    assert s.object_ready(O, 8, LOC) == []
+    assert s.task_finished(T1) == []
+    assert s.remove_location(O, LOC) == [ObjectLost(O, T1, LOC)]
+    assert s.remove_location(O, LOC) == []            # a second reader saw it too
+    assert s.object_rebuilding(O) == []
+    assert s.status(O) is Status.OWNED_PENDING
+    assert s.object_ready(O, 8, (b"n2", "host")) == []
+    assert s.status(O) is Status.OWNED_READY
+    assert s.remove_local_ref(O) == [free(O, 8, [(b"n2", "host")]), ReleaseLineage(T1)]
+
+
+def test_freed_argument_revived_for_a_rerun_and_freed_again():
+    s = Table(S)
+    submit(s, T1, [], returns=(A,))
+    assert s.object_ready(A, 8, LOC) == []
+    assert s.task_finished(T1) == []
+    submit(s, b"t2", [A])
+    assert s.remove_local_ref(A) == []                # t2 holds it
+    assert s.task_finished(b"t2") == [free(A, 8, [LOC]), ReleaseLineage(T1)]
+    assert s.status(A) is Status.FREED
+    assert s.object_revived(A, lineage=T1) == []      # t2 runs again: a needed again
+    assert s.task_submitted(b"t2", [A]) == []
+    assert s.status(A) is Status.OWNED_PENDING
+    assert s.object_ready(A, 8, LOC) == []
+    assert s.task_finished(b"t2") == [free(A, 8, [LOC]), ReleaseLineage(T1)]
+    with pytest.raises(OwnershipError):
+        s.object_revived(O, lineage=b"t2")            # o is alive: not freed
