@@ -301,7 +301,7 @@ def test_malformed_task_message_fails_the_task_not_hangs(cluster):
     from gdfut.submitter import TaskSpec
     rt = runtime_context.require()
     original = TaskSpec.wire
-    TaskSpec.wire = lambda self, rt, include_fn, gpu_ids=(): original(self, rt, include_fn)[:5]
+    TaskSpec.wire = lambda self, rt, include_fn, gpu_ids=(): original(self, rt, include_fn)[:12]
     try:
         with pytest.raises(gdfut.exceptions.GdfutError, match="could not read the task"):
             gdfut.get(add.remote(1, 2), timeout=30)
