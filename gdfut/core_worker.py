@@ -1010,12 +1010,8 @@ class CoreWorker:
                              f"({exc or 'no answer in %d s' % CANCEL_TIMEOUT_S})") from None
 
     def _on_cancel_owned(self, conn, m):
-        req_id = m[1]
-        if not (len(m) == 5 and isinstance(m[2], bytes) and isinstance(m[3], bool)
-                and isinstance(m[4], bool)):
-            conn.reply_error(req_id, "malformed cancel request")
-            return
-        conn.reply(req_id, self.submitter.cancel(m[2], m[3], m[4]))
+        _, req_id, tid, force, recursive = m       # checked by validate (CANCEL_OWNED_TASK)
+        conn.reply(req_id, self.submitter.cancel(tid, bool(force), bool(recursive)))
 
     def interrupt_blocked(self, thread_id: int, exc: BaseException) -> bool:
         """Make a get/wait that ``thread_id`` is blocked in raise ``exc``

@@ -661,13 +661,9 @@ class Executor:
 
     def on_generator_ack(self, conn, m):
         """io thread: the owner says how many items its caller took."""
-        try:
-            _, tid, consumed = m
-            window = self.windows.get(tid)
-        except (TypeError, ValueError):
-            log.warning("malformed generator ack: %r", m[:4])
-            return
-        if window is not None and isinstance(consumed, int) and not isinstance(consumed, bool):
+        _, tid, consumed = m        # checked by validate (GENERATOR_ACK)
+        window = self.windows.get(tid)
+        if window is not None:
             window.acked(consumed)
 
     def send_item(self, task: Task, index: int, item: list, nbytes: int):

@@ -82,8 +82,8 @@ class Conn:
             if handler is None:
                 log.warning("unknown message type %s", m[0])
                 continue
-            from_head = m[0] in _FROM_HEAD and conn is self.node.head_conn
-            if self.wid is None and m[0] not in _BEFORE_REGISTER and not from_head:
+            if (self.wid is None and m[0] not in _BEFORE_REGISTER
+                    and not (m[0] in _FROM_HEAD and conn is self.node.head_conn)):
                 self.refuse(m, "this connection has not registered its process "
                                "(REGISTER_WORKER or REGISTER_CLIENT first)")
                 continue

@@ -404,6 +404,7 @@ SCHEMAS: dict[int, Schema] = {
     P.KILL_ACTOR: _schema("KILL_ACTOR", ("req_id", REQ_ID), ("actor_id", ID),
                           ("no_restart", Bool())),
     P.OWNER_MEMORY: _schema("OWNER_MEMORY", ("req_id", REQ_ID)),
+    P.GENERATOR_ACK: _schema("GENERATOR_ACK", ("task_id", ID), ("consumed", Int(-1, MAX_INT))),
     P.CANCEL_OWNED_TASK: _schema("CANCEL_OWNED_TASK", ("req_id", REQ_ID), ("task_id", ID),
                                  ("force", Bool()), ("recursive", Bool())),
     P.ADD_LOCATION: _schema("ADD_LOCATION", ("object_id", ID), ("node_id", ID)),

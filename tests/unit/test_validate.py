@@ -204,3 +204,14 @@ def test_dead_and_unreadable_nodes_never_feed_placement():
     alive = _node_view(b"a", {"state": "ALIVE", "resources": {"CPU": 2},
                               "stats": {"resources_available": {"CPU": 1}}})
     assert alive.alive and alive.total.quantity("CPU") == 2
+
+
+def test_owner_plane_generator_ack_and_cancel_are_checked():
+    tid = b"t" * 16
+    assert validate.problem([P.GENERATOR_ACK, tid, 3]) is None
+    assert validate.problem([P.GENERATOR_ACK, tid, -1]) is None        # stop waiting
+    assert "consumed" in validate.problem([P.GENERATOR_ACK, tid, "3"])
+    assert "consumed" in validate.problem([P.GENERATOR_ACK, tid, -2])
+    assert validate.problem([P.CANCEL_OWNED_TASK, 1, tid, False, True]) is None
+    assert "force" in validate.problem([P.CANCEL_OWNED_TASK, 1, tid, "yes", True])
+    assert "fields" in validate.problem([P.CANCEL_OWNED_TASK, 1, tid, False])
