@@ -35,8 +35,10 @@ def remote_sleeper():
     ``path.exc`` what interrupted it. (Made here, not at module level: workers
     cannot import the test module, so it must pickle by value.)"""
     def write(path, text):
-        with open(path, "w") as f:
+        # atomically: the test polls for the file and reads it at once
+        with open(f"{path}.tmp", "w") as f:
             f.write(text)
+        os.replace(f"{path}.tmp", path)
 
     @gdfut.remote
     def sleeper(path):
@@ -338,8 +340,10 @@ def test_cancel_interrupts_a_streaming_generator_in_its_own_code(cluster, tmp_pa
     # The generator's body runs below the executor's item loop: the interrupt
     # must land there too, so the worker stops sleeping and its CPU comes back.
     def write(path, text):
-        with open(path, "w") as f:
+        # atomically: the test polls for the file and reads it at once
+        with open(f"{path}.tmp", "w") as f:
             f.write(text)
+        os.replace(f"{path}.tmp", path)
 
     @gdfut.remote
     def stream(path):
