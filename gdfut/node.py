@@ -298,14 +298,18 @@ class NodeDaemon:
             self.head_conn.send(message)
 
     async def refresh_cluster(self):
-        """Fetch the head's view; concurrent callers share one request."""
-        if self._refreshing is None:
+        """Fetch the head's view; concurrent callers share one request.
+        A refresh that has finished is never shared, even before its done
+        callback has run: awaiting a done future does not yield, so a caller
+        looping until the view is fresh would spin forever on it."""
+        if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._refresh_cluster())
             self._refreshing.add_done_callback(self._refresh_done)
         await asyncio.shield(self._refreshing)
 
     def _refresh_done(self, fut):
-        self._refreshing = None
+        if self._refreshing is fut:
+            self._refreshing = None
         if not fut.cancelled():
             fut.exception()        # retrieved: the awaiting callers re-raise it
 
