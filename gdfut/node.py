@@ -122,7 +122,7 @@ class NodeDaemon:
         self.token = open(os.path.join(self.session_dir, "token"), "rb").read()
         self.total = ResourceSet.from_options(args.num_cpus, args.num_gpus,
                                               json.loads(args.resources or "{}"))
-        self.leases = LeaseManager(self.node_id, self.total, max_queue=100_000,
+        self.leases = LeaseManager(self.node_id, self.total, max_queue=max_lease_queue(),
                                    max_workers=max(1, int(args.num_cpus)),
                                    max_starting=max_concurrent_starts())
         self.capacity = args.object_store_memory
@@ -382,7 +382,7 @@ class NodeDaemon:
                 self.start_workers(ins.count)
             elif kind is Reject or kind is QueueFull:
                 conn, req_id = self.pop_pending(ins.request_id)
-                text = ins.message if kind is Reject else f"lease queue full ({ins.max_queue})"
+                text = ins.message if kind is Reject else f"{P.LEASE_QUEUE_FULL} ({ins.max_queue})"
                 conn.conn.reply_error(req_id, text)
             elif kind is KillWorker:
                 self.kill_worker(ins.worker_id, ins.reason)
@@ -800,6 +800,20 @@ def declared_resources(num_gpus, resources_json: str | None) -> tuple[float, dic
         if num_gpus and memory and GPU_MEMORY not in resources:
             resources[GPU_MEMORY] = memory
     return num_gpus, resources
+
+
+def max_lease_queue() -> int:
+    """Bound on lease requests waiting at this node (``GDFUT_MAX_LEASE_QUEUE``);
+    a request beyond it is refused with ``LEASE_QUEUE_FULL`` and its sender
+    backs off and asks again."""
+    raw = os.environ.get("GDFUT_MAX_LEASE_QUEUE", "100000")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"GDFUT_MAX_LEASE_QUEUE must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise SystemExit(f"GDFUT_MAX_LEASE_QUEUE must be >= 1, got {value}")
+    return value
 
 
 def max_concurrent_starts() -> int:

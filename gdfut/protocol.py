@@ -96,6 +96,9 @@ NODE_RETURN_BUNDLES = 87    # req: group hex, [index, ...] | None (all) -> True
 # Start of the lease-request error a node sends when its workers cannot start
 # (the owner then fails the tasks with WorkerCrashedError, not Unschedulable).
 WORKERS_FAIL_TO_START = "workers fail to start"
+# error text of a lease request refused because the node's bounded queue is full:
+# back-pressure, not a verdict on the task; the requester waits and asks again
+LEASE_QUEUE_FULL = "lease queue full"
 
 
 def pack_frame(messages: list) -> bytes:
