@@ -396,8 +396,26 @@ def get_runtime_context() -> RuntimeContext:
 
 
 def nodes() -> list[dict]:
+    """One dict per node the head knows, dead ones included: Ray's keys
+    (``NodeID`` hex, ``Alive``, ``NodeManagerAddress``, ``NodeManagerPort``,
+    ``ObjectManagerPort``, ``Resources`` ...) beside gdfut's own."""
     from . import protocol as P
-    return runtime_context.require().head_request(P.HEAD_LIST_NODES)
+    return [_ray_node_row(n) for n in runtime_context.require().head_request(P.HEAD_LIST_NODES)]
+
+
+def _ray_node_row(n: dict) -> dict:
+    addr = n.get("addr") or [None, None]
+    data_addr = n.get("data_addr") or [None, None]
+    alive = n.get("state") == "ALIVE"
+    row = {"NodeID": n["node_id"].hex() if isinstance(n.get("node_id"), bytes) else None,
+           "Alive": alive, "alive": alive,
+           "NodeManagerAddress": addr[0], "NodeManagerHostname": addr[0],
+           "NodeManagerPort": addr[1], "ObjectManagerPort": data_addr[1],
+           "NodeName": addr[0],
+           "Resources": dict(n.get("resources") or {}) if alive else {},
+           "ObjectStoreSocketName": n.get("arena")}
+    row.update(n)
+    return row
 
 
 # ------------------------------------------------------------------ remote
