@@ -25,4 +25,7 @@ class UserCodeException(DataError):
 
     def __init__(self, operator: str, message: str):
         super().__init__(f"{operator}: {message}")
-        self.operator = operator
+        self.operator, self.message = operator, message
+
+    def __reduce__(self):
+        return (type(self), (self.operator, self.message))

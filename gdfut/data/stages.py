@@ -15,8 +15,7 @@ from .errors import DataError, UserCodeException
 
 
 def fn_name(fn) -> str:
-    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or \
-        type(fn).__name__
+    return getattr(fn, "__name__", None) or type(fn).__name__     # as Ray: MapBatches(<lambda>)
 
 
 def _user_error(where: str, exc: BaseException) -> UserCodeException:
