@@ -144,10 +144,15 @@ class Pipeline:
 
     # ------------------------------------------------------------ decisions
     def step(self) -> list:
-        out, self._pending = self._pending, []
+        out = []
         for i in reversed(range(len(self.ops))):      # downstream first: drain before filling
             out += self._launches(i)
             out += self._scale(i)
+        # The first actors start after the first launches: the tasks take the
+        # node's idle workers and the actors' processes start meanwhile, instead
+        # of the tasks waiting for new workers while idle ones host actors.
+        out += self._pending
+        self._pending = []
         out += self._emits()
         return out
 
