@@ -3,9 +3,8 @@ transforms and consumers. Nothing runs until a consumer asks; each consumer
 run builds stages (``plan.py``) and streams them through the executor."""
 from __future__ import annotations
 
-import math
 import os
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa

@@ -95,7 +95,8 @@ def test_write_parquet_round_trip(tmp_path):
     ds.write_parquet(str(tmp_path / "out"))
     assert len(os.listdir(tmp_path / "out")) == 3
     back = pd.read_parquet(tmp_path / "out").sort_values("id").reset_index(drop=True)
-    pd.testing.assert_frame_equal(back, pd.DataFrame({"id": np.arange(30), "sq": np.arange(30) ** 2}))
+    expected = pd.DataFrame({"id": np.arange(30), "sq": np.arange(30) ** 2})
+    pd.testing.assert_frame_equal(back, expected)
 
 
 # ------------------------------------------------------------ transforms
@@ -262,7 +263,8 @@ def test_error_in_batch_function_names_operator():
             raise ValueError("boom at ten")
         return batch
 
-    with pytest.raises(gd.UserCodeException, match=r"MapBatches\(.*boom\).*ValueError: boom at ten"):
+    with pytest.raises(gd.UserCodeException,
+                       match=r"MapBatches\(.*boom\).*ValueError: boom at ten"):
         for _ in gd.range(40, override_num_blocks=4).map_batches(boom).iter_batches():
             pass
 
@@ -301,3 +303,23 @@ def test_take_stops_pipeline_early():
     ds = gd.range(400, override_num_blocks=20).map_batches(slow)
     assert ds.take(3) == [{"id": 0}, {"id": 1}, {"id": 2}]
     assert ds.stats().operators[0]["blocks"] < 20        # it did not run to the end
+
+
+def test_function_stage_options_and_bad_arguments():
+    def scale(batch, k, *, offset=0):
+        return {"id": batch["id"] * k + offset,
+                "gpu": np.full(len(batch["id"]), (gdfut.get_gpu_ids() or [-1])[0])}
+
+    ds = gd.range(30, override_num_blocks=3).map_batches(
+        scale, fn_args=(3,), fn_kwargs={"offset": 1}, num_gpus=1, concurrency=1)
+    out = df_of(ds)
+    np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(30) * 3 + 1)
+    assert set(out["gpu"]) <= {0, 1}                     # a GPU task sees its GPU
+    with pytest.raises(ValueError, match=r"concurrency must be an int >= 1 \(a \(min, max\)"):
+        gd.range(3).map_batches(scale, concurrency=(1, 2))
+    with pytest.raises(ValueError, match="num_gpus must be a number >= 0"):
+        gd.range(3).map_batches(scale, num_gpus=-1)
+    with pytest.raises(ValueError, match="fn_constructor_args/kwargs are for a class"):
+        gd.range(3).map_batches(scale, fn_constructor_kwargs={"a": 1})
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        gd.range(3).map_batches(scale, batch_size=0)

@@ -47,7 +47,7 @@ def test_slow_consumer_stays_under_budget_and_never_spills(small_store):
     ds = (gd.range(BLOCKS * BLOCK_ROWS, override_num_blocks=BLOCKS)
           .map_batches(as_float, batch_size=None)
           .map_batches(plus_one, batch_size=None, num_cpus=0.5))
-    peak_used, total, expect = 0, 0.0, 0
+    peak_used, total = 0, 0.0
     for i, batch in enumerate(ds.iter_batches(batch_size=BLOCK_ROWS, prefetch_batches=2)):
         time.sleep(0.02)                           # the consumer is the bottleneck
         total += float(batch["x"].sum())
