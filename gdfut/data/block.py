@@ -141,3 +141,65 @@ def slices(table: pa.Table, batch_size: int | None):
 
 def metadata(table: pa.Table) -> dict:
     return {"num_rows": table.num_rows, "size_bytes": int(table.nbytes)}
+
+
+def rebatch(tables, batch_size: int | None, drop_last: bool = False):
+    """Tables of exactly ``batch_size`` rows cut across the input tables'
+    boundaries (the last one shorter unless ``drop_last``); None: each
+    non-empty input table as it is."""
+    carry: list = []
+    carried = 0
+    for table in tables:
+        if batch_size is None:
+            if table.num_rows:
+                yield table
+            continue
+        start = 0
+        if carried:
+            need = batch_size - carried
+            carry.append(table.slice(0, need))
+            carried += min(need, table.num_rows)
+            start = need
+            if carried < batch_size:
+                continue
+            yield concat(carry)
+            carry, carried = [], 0
+        while start + batch_size <= table.num_rows:
+            yield table.slice(start, batch_size)
+            start += batch_size
+        if start < table.num_rows:
+            carry, carried = [table.slice(start)], table.num_rows - start
+    if carried and not drop_last:
+        yield concat(carry)
+
+
+def shuffle_rebatch(tables, batch_size: int, buffer_size: int, seed, drop_last: bool = False):
+    """Batches drawn at random from a buffer of at least ``buffer_size`` rows
+    (Ray's ``local_shuffle_buffer_size``): each time the buffer is full it is
+    permuted and batches are cut off until it holds fewer than
+    ``buffer_size`` rows; at the end, the rest, permuted."""
+    rng = np.random.default_rng(seed)
+    buffer: list = []
+    rows = 0
+
+    def cut(final: bool):
+        nonlocal buffer, rows
+        table = concat(buffer)
+        table = table.take(rng.permutation(table.num_rows))
+        start = 0
+        while table.num_rows - start >= batch_size and (final or
+                                                         table.num_rows - start >= buffer_size):
+            yield table.slice(start, batch_size)
+            start += batch_size
+        rest = table.slice(start)
+        buffer, rows = [rest], rest.num_rows
+
+    for table in tables:
+        buffer.append(table)
+        rows += table.num_rows
+        if rows >= buffer_size + batch_size:
+            yield from cut(final=False)
+    if rows:
+        yield from cut(final=True)
+        if rows and not drop_last:
+            yield concat(buffer)

@@ -165,41 +165,23 @@ class Dataset:
         if not isinstance(prefetch_batches, int) or prefetch_batches < 0:
             raise ValueError(f"iter_batches: prefetch_batches must be an int >= 0, "
                              f"got {prefetch_batches!r}")
-        if local_shuffle_buffer_size is not None:
-            raise NotImplementedError("iter_batches: local_shuffle_buffer_size is not "
-                                      "supported yet; use random_shuffle()")
-        return self._batches(batch_size, fmt, prefetch_batches, drop_last)
+        if local_shuffle_buffer_size is not None and (
+                not isinstance(local_shuffle_buffer_size, int) or local_shuffle_buffer_size < 1):
+            raise ValueError(f"iter_batches: local_shuffle_buffer_size must be an int >= 1, "
+                             f"got {local_shuffle_buffer_size!r}")
+        if local_shuffle_buffer_size is not None and batch_size is None:
+            raise ValueError("iter_batches: local_shuffle_buffer_size needs a batch_size")
+        return _Batches(self, batch_size, fmt, prefetch_batches, drop_last,
+                        local_shuffle_buffer_size, local_shuffle_seed)
 
-    def _batches(self, batch_size, fmt, prefetch, drop_last):
-        carry: list[pa.Table] = []
-        carried = 0
+    def _tables(self, prefetch: int):
         for ref, _ in self._run_blocks(prefetch_blocks=prefetch):
-            table = api.get(ref)
-            if batch_size is None:
-                if table.num_rows:
-                    yield B.to_batch(table, fmt)
-                continue
-            start = 0
-            if carried:
-                need = batch_size - carried
-                carry.append(table.slice(0, need))
-                carried += min(need, table.num_rows)
-                start = need
-                if carried < batch_size:
-                    continue
-                yield B.to_batch(B.concat(carry), fmt)
-                carry, carried = [], 0
-            while start + batch_size <= table.num_rows:
-                yield B.to_batch(table.slice(start, batch_size), fmt)
-                start += batch_size
-            if start < table.num_rows:
-                carry, carried = [table.slice(start)], table.num_rows - start
-        if carried and not drop_last:
-            yield B.to_batch(B.concat(carry), fmt)
+            yield api.get(ref)
 
     def iter_torch_batches(self, *, batch_size: int | None = 256, dtypes=None,
                            device: str = "auto", collate_fn=None, prefetch_batches: int = 1,
-                           drop_last: bool = False):
+                           drop_last: bool = False, local_shuffle_buffer_size=None,
+                           local_shuffle_seed=None):
         """Batches as dicts of torch tensors on ``device`` ("auto": CUDA when
         torch sees a GPU, else CPU); ``dtypes`` a torch dtype or a dict of them."""
         try:
@@ -210,7 +192,9 @@ class Dataset:
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
         for batch in self.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                       prefetch_batches=prefetch_batches, drop_last=drop_last):
+                                       prefetch_batches=prefetch_batches, drop_last=drop_last,
+                                       local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                       local_shuffle_seed=local_shuffle_seed):
             if collate_fn is not None:
                 yield collate_fn(batch)
                 continue
@@ -301,6 +285,28 @@ class Dataset:
         as attributes)."""
         return self._last_run.snapshot() if self._last_run is not None else \
             DatasetStats.empty()
+
+
+class _Batches:
+    """What ``iter_batches`` returns: an iterable (as Ray's), each iteration a
+    fresh run of the dataset."""
+
+    def __init__(self, ds, batch_size, fmt, prefetch, drop_last, buffer_size, seed):
+        self._ds, self._args = ds, (batch_size, fmt, prefetch, drop_last, buffer_size, seed)
+
+    def __iter__(self):
+        batch_size, fmt, prefetch, drop_last, buffer_size, seed = self._args
+        tables = self._ds._tables(prefetch)
+        if buffer_size is None:
+            pieces = B.rebatch(tables, batch_size, drop_last)
+        else:
+            pieces = B.shuffle_rebatch(tables, batch_size, buffer_size, seed, drop_last)
+        try:
+            for piece in pieces:
+                yield B.to_batch(piece, fmt)
+        finally:
+            pieces.close()
+            tables.close()                 # stops the pipeline if the caller stopped early
 
 
 class MaterializedDataset(Dataset):

@@ -323,3 +323,18 @@ def test_function_stage_options_and_bad_arguments():
         gd.range(3).map_batches(scale, fn_constructor_kwargs={"a": 1})
     with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
         gd.range(3).map_batches(scale, batch_size=0)
+
+
+def test_iter_batches_is_reiterable_local_shuffle_and_early_break():
+    ds = gd.range(64, override_num_blocks=4)
+    batches = ds.iter_batches(batch_size=16)
+    assert [len(b["id"]) for b in batches] == [16] * 4
+    assert [len(b["id"]) for b in batches] == [16] * 4        # iterable again, as Ray's
+    mixed = np.concatenate([b["id"] for b in ds.iter_batches(
+        batch_size=8, local_shuffle_buffer_size=20, local_shuffle_seed=3)])
+    assert sorted(mixed.tolist()) == list(range(64)) and mixed.tolist() != list(range(64))
+    slow = gd.range(200, override_num_blocks=20).map_batches(make_tagger(), num_gpus=1,
+                                                             concurrency=2,
+                                                             fn_constructor_kwargs={"offset": 0})
+    for batch in slow.iter_batches(batch_size=5):
+        break                      # no_leftovers then checks the pool's actors are gone

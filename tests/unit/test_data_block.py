@@ -72,3 +72,32 @@ def test_progress_off_without_a_terminal(monkeypatch):
     assert progress.wanted(True) is False
     assert progress.wanted(False) is False
     assert progress.fmt_bytes(3 * 2**20) == "3.0 MiB"
+
+
+def _tables(sizes):
+    start = 0
+    for n in sizes:
+        yield pa.table({"a": np.arange(start, start + n)})
+        start += n
+
+
+def test_rebatch_cuts_across_tables():
+    out = list(B.rebatch(_tables([3, 5, 1, 7]), 4))
+    assert [t.num_rows for t in out] == [4, 4, 4, 4]
+    assert np.concatenate([t.column("a").to_numpy() for t in out]).tolist() == list(range(16))
+    assert [t.num_rows for t in B.rebatch(_tables([3, 4]), 5)] == [5, 2]
+    assert [t.num_rows for t in B.rebatch(_tables([3, 4]), 5, drop_last=True)] == [5]
+    assert [t.num_rows for t in B.rebatch(_tables([3, 0, 4]), None)] == [3, 4]
+
+
+def test_shuffle_rebatch_keeps_every_row_once_and_mixes_them():
+    out = list(B.shuffle_rebatch(_tables([10] * 10), 8, 30, seed=1))
+    rows = np.concatenate([t.column("a").to_numpy() for t in out])
+    assert sorted(rows.tolist()) == list(range(100))
+    assert rows.tolist() != list(range(100))
+    assert all(t.num_rows == 8 for t in out[:-1]) and out[-1].num_rows == 100 % 8
+    again = np.concatenate([t.column("a").to_numpy()
+                            for t in B.shuffle_rebatch(_tables([10] * 10), 8, 30, seed=1)])
+    assert again.tolist() == rows.tolist()             # seeded: the same order
+    dropped = list(B.shuffle_rebatch(_tables([10] * 10), 8, 30, seed=1, drop_last=True))
+    assert all(t.num_rows == 8 for t in dropped) and len(dropped) == 12
