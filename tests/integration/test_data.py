@@ -338,3 +338,13 @@ def test_iter_batches_is_reiterable_local_shuffle_and_early_break():
                                                              fn_constructor_kwargs={"offset": 0})
     for batch in slow.iter_batches(batch_size=5):
         break                      # no_leftovers then checks the pool's actors are gone
+
+
+def test_dead_actor_names_its_stage_and_nothing_is_left():
+    class Crash:
+        def __call__(self, batch):
+            os._exit(1)
+
+    ds = gd.range(20, override_num_blocks=4).map_batches(Crash, num_gpus=1, concurrency=2)
+    with pytest.raises(gd.DataError, match=r"MapBatches\(Crash\): ActorDiedError"):
+        ds.count()
