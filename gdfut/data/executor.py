@@ -70,8 +70,10 @@ class StreamingExecutor:
         self.metas: dict = {}          # (level, seq) -> metadata of that block
         self.pending: dict = {}        # meta ref -> (op, seq, block ref)
         self.actors: dict = {}         # (op, actor id) -> handle
-        self.out: queue.Queue = queue.Queue()     # bounded by the planner's emit rule
-        self.consumed: queue.SimpleQueue = queue.SimpleQueue()
+        # The planner hands out at most prefetch_blocks + 1 blocks not yet
+        # consumed, plus the end (or an error): put() never blocks.
+        self.out: queue.Queue = queue.Queue(maxsize=prefetch_blocks + 3)
+        self.consumed: queue.SimpleQueue = queue.SimpleQueue()   # as many as were handed out
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._progress = ProgressBars([s.name for s in stages]) if progress else None
@@ -140,6 +142,8 @@ class StreamingExecutor:
                 self._take_consumer_events(block=False)
                 for ins in self.machine.step():
                     self._carry_out(ins)
+                if __debug__:
+                    self.machine.validate()
                 if self.machine.finished():
                     self.out.put(_END)
                     break
