@@ -4,6 +4,7 @@ run builds stages (``plan.py``) and streams them through the executor."""
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Callable
 
 import numpy as np
@@ -201,7 +202,12 @@ class Dataset:
             out = {}
             for name, values in batch.items():
                 dtype = dtypes.get(name) if isinstance(dtypes, dict) else dtypes
-                tensor = torch.as_tensor(np.ascontiguousarray(values))
+                values = np.ascontiguousarray(values)
+                if not values.flags.writeable and str(device).startswith("cpu"):
+                    values = values.copy()   # a view of the store: torch wants to own it
+                with warnings.catch_warnings():   # a read-only view copied to the device
+                    warnings.simplefilter("ignore", UserWarning)
+                    tensor = torch.as_tensor(values)
                 out[name] = tensor.to(device=device, dtype=dtype) if dtype is not None else \
                     tensor.to(device=device)
             yield out
