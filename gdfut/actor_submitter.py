@@ -76,6 +76,7 @@ class ActorClient:
         self.init_held: list = []   # creator only: refs its arguments need for a restart
         self.kill_cause = ""        # why the worker was killed with no_restart=False
         self.detached = False       # creator only: lifetime="detached" (handed over once placed)
+        self.handed_over = None     # creator of a detached actor: done once handed over (or dead)
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -130,6 +131,8 @@ class ActorSubmitter:
         client = ActorClient(spec.actor_id, rt.wid, rt.addr, class_name, is_creator=True)
         client.named = pinned
         client.detached = detached
+        if detached:
+            client.handed_over = rt.io.loop.create_future()
         client.restarts = restarts
         client.init_spec = spec
         if restarts.max_restarts != 0:     # finish() lets go of them after the first run
@@ -206,7 +209,19 @@ class ActorSubmitter:
                 pass     # unnamed, or killed meanwhile: the head has no row for it
             except (OSError, tcp.ConnectionLost, asyncio.TimeoutError, GdfutError) as exc:
                 log.warning("could not hand %s over to the head: %s", client.describe(), exc)
+            finally:
+                _settle(client.handed_over)
         rt.io.loop.create_task(tell_head())
+
+    async def wait_hand_overs(self, timeout: float) -> None:
+        """Shutdown: let detached actors still being placed be handed over
+        first (else they would die with this process), for at most ``timeout``."""
+        pending = [c.handed_over for c in self.clients.values()
+                   if c.handed_over is not None and not c.handed_over.done()]
+        if pending:
+            log.info("waiting up to %g s for %d detached actor(s) to be placed", timeout,
+                     len(pending))
+            await asyncio.wait(pending, timeout=timeout)
 
     def _submit_in_loop(self, spec, actor_id, owner_wid, owner_addr, class_name, call_site):
         rt = self.rt
@@ -420,6 +435,7 @@ class ActorSubmitter:
             cb()
         client.location_waiters.clear()
         client.init_held = []       # no restart will need its arguments now
+        _settle(client.handed_over)
         if client.is_creator and client.named and not client.killed:
             self.rt.io.loop.create_task(self._free_name(client.actor_id))   # Ray frees it too
         if client.is_creator and client.worker_id is not None:
@@ -603,3 +619,8 @@ class ActorSubmitter:
             client.location_waiters.append(answer)
         else:
             answer()
+
+
+def _settle(fut) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)

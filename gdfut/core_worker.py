@@ -1075,6 +1075,11 @@ class CoreWorker:
         if self._closed:
             return
         try:
+            self.io.run(self.actors.wait_hand_overs(HAND_OVER_WAIT_S),
+                        timeout=HAND_OVER_WAIT_S + 1)
+        except Exception:
+            pass
+        try:
             self.io.run(self._close(), timeout=5)
         except Exception:
             pass
@@ -1103,6 +1108,8 @@ class CoreWorker:
 
 
 MAX_RECOVERIES = 8
+HAND_OVER_WAIT_S = 30.0
+"""How long shutdown waits for detached actors still being placed."""
 """How many times one read reports a lost copy to the owner and tries again."""
 
 

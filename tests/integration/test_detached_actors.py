@@ -90,6 +90,34 @@ def test_detached_actor_survives_its_driver(cli_cluster):
     wait_until(lambda: lookup_fails("plain"), timeout=10, what="the plain actor's name to go")
 
 
+QUICK_CREATOR = r"""
+import sys
+import gdfut
+gdfut.init(address=sys.argv[1], session_dir=sys.argv[2], namespace="app")
+
+@gdfut.remote
+class Box:
+    def __init__(self, v):
+        self.v = v
+    def get(self):
+        return self.v
+
+Box.options(name="box", lifetime="detached").remote("kept")    # no call: exits at once
+"""
+
+
+def test_a_detached_actor_created_just_before_its_driver_exits_is_kept(cli_cluster):
+    out = subprocess.run([sys.executable, "-c", QUICK_CREATOR, cli_cluster.address,
+                          cli_cluster.session_dir], cwd=REPO, capture_output=True, text=True,
+                         timeout=90)
+    assert out.returncode == 0, out.stderr
+    gdfut.init(address=cli_cluster.address, session_dir=cli_cluster.session_dir,
+               namespace="app")
+    box = gdfut.get_actor("box")
+    assert gdfut.get(box.get.remote(), timeout=30) == "kept"
+    gdfut.kill(box)
+
+
 def test_namespaces_isolate_names(cli_cluster):
     run_creator(cli_cluster)
     gdfut.init(address=cli_cluster.address, session_dir=cli_cluster.session_dir)
