@@ -43,6 +43,10 @@ HEARTBEAT_S = 1.0
 # Reconnecting to an unreachable head: the wait doubles from HEARTBEAT_S up to
 # this, so a restarted head is found again within this long.
 HEAD_RETRY_MAX_S = 2.0
+# A node that cannot reach its head for this long stops (as Ray's raylet does
+# after its GCS reconnect timeout), so nodes of a cluster whose head is gone
+# for good do not run forever. GDFUT_HEAD_RECONNECT_TIMEOUT_S: tests, operators.
+HEAD_RECONNECT_TIMEOUT_S = float(os.environ.get("GDFUT_HEAD_RECONNECT_TIMEOUT_S", "120"))
 MAX_UNSENT_DEATHS = 100_000  # deaths kept for the head while it is unreachable
 MEMORY_QUERY_TIMEOUT_S = 5.0
 WORKER_KILL_GRACE_S = 2.0
@@ -278,17 +282,24 @@ class NodeDaemon:
             if not self.head_addr:
                 await asyncio.sleep(0.02)
         failures = 0
+        unreachable_since = None
         while True:
             try:
                 if self.head_conn is None or self.head_conn.closed:
                     await self.register_with_head()
                 self.tell_head([P.HEAD_HEARTBEAT, self.node_id, self.stats()])
                 await self.refresh_cluster()
-                failures = 0
+                failures, unreachable_since = 0, None
             except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
                 if failures == 0:
                     log.warning("head not reachable: %s", exc)
+                    unreachable_since = time.monotonic()
                 failures += 1
+                if time.monotonic() - unreachable_since > HEAD_RECONNECT_TIMEOUT_S:
+                    self.fatal(f"the head at {self.head_addr[0]}:{self.head_addr[1]} was "
+                               f"unreachable for {HEAD_RECONNECT_TIMEOUT_S:g} s "
+                               f"(GDFUT_HEAD_RECONNECT_TIMEOUT_S): {exc}")
+                    return
             await asyncio.sleep(HEARTBEAT_S if failures == 0 else
                                 reconnect_delay(failures - 1, HEARTBEAT_S / 4, HEAD_RETRY_MAX_S))
 

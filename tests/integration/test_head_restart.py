@@ -171,3 +171,28 @@ def _lookup_fails(name) -> bool:
     except ValueError:
         return True
     return False
+
+
+def test_a_node_whose_head_stays_away_stops(tmp_path):
+    """Nodes retry the head for a bounded time (GDFUT_HEAD_RECONNECT_TIMEOUT_S),
+    then stop cleanly: their workers and shared memory go with them."""
+    from helpers import session_processes, shm_files
+    cluster = CliCluster(tmp_path / "session", env={"GDFUT_HEAD_RECONNECT_TIMEOUT_S": "3"})
+    try:
+        node_pid = _first_node_pid(cluster)
+        gdfut.init(address=cluster.address, session_dir=cluster.session_dir)
+        assert gdfut.get(slow_square.remote(4, 0)) == 16
+        gdfut.shutdown()
+        assert shm_files(cluster.session_dir)              # the node's arena
+        kill_head(cluster)
+        time.sleep(1.5)
+        assert pid_alive(node_pid)                         # still retrying
+        wait_until(lambda: not pid_alive(node_pid), timeout=20, what="the node to give up")
+        wait_until(lambda: not session_processes(cluster.session_dir), timeout=10,
+                   what="its workers to exit")
+        assert not shm_files(cluster.session_dir)
+        log = open(os.path.join(cluster.session_dir, "logs", f"node-{node_pid}.log")).read()
+        assert "unreachable for 3 s" in log
+    finally:
+        gdfut.shutdown()
+        cluster.stop()
