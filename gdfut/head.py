@@ -56,6 +56,7 @@ class HeadConn:
         self.conn = None
         self.node_id: bytes | None = None     # the node that registered on this connection
         self.owned_actor_names: dict[tuple, bytes] = {}   # (namespace, name) -> actor id
+        self.driver_wid: bytes | None = None   # the driver that registered its job here
 
     def on_messages(self, conn, messages):
         self.conn = conn
@@ -147,6 +148,7 @@ class Head:
         self.pgs = PlacementGroups(self)
         self.dispatch.update(self.pgs.handlers())
         self.restarted = False
+        self.driver_conns: dict[bytes, HeadConn] = {}   # driver wid -> its open connection
         self.load()
 
     def load(self) -> None:
@@ -157,6 +159,7 @@ class Head:
         self.processes_of_node: dict[bytes, set] = {}   # live drivers/workers by node
         for wid, node_id in db.execute("SELECT wid, node_id FROM processes"):
             self.processes_of_node.setdefault(node_id, set()).add(wid)
+        self.pgs.load()
         states = dict(db.execute("SELECT node_id, state FROM nodes").fetchall())
         self.restarted = bool(states)
         self.recovery = NodeRecovery.after_restart(states, time.monotonic(), NODE_REREGISTER_S)
@@ -221,7 +224,10 @@ class Head:
         added = self.dead.add(wids)
         for live in self.processes_of_node.values():
             live.difference_update(wids)
-        gone, creator_gone = actors_after_deaths(self.actor_rows(), wids)
+        # A driver still connected here is alive (its node may have died under
+        # it): what it owns stays until its connection closes (``on_closed``).
+        owners = [w for w in wids if w not in self.driver_conns]
+        gone, creator_gone = actors_after_deaths(self.actor_rows(), owners)
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO dead VALUES (?,?)", added)
             self.db.execute("DELETE FROM dead WHERE seq < ?", (self.dead.oldest_seq,))
@@ -231,6 +237,7 @@ class Head:
                                 [(a,) for a in creator_gone])
         for actor_id in gone:
             log.info("actor %s: its owner died; its name is free", short(actor_id))
+        self.pgs.owners_died(owners)
 
     # --------------------------------------------------------------- nodes
     def on_register_node(self, peer, m):
@@ -320,6 +327,8 @@ class Head:
                                "awaited_nodes": len(self.recovery.awaited)})
 
     def on_closed(self, peer):
+        if peer.driver_wid is not None and self.driver_conns.get(peer.driver_wid) is peer:
+            del self.driver_conns[peer.driver_wid]
         self.pgs.conn_closed(peer)
         node_id = peer.node_id
         if node_id is not None:
@@ -391,6 +400,9 @@ class Head:
     # ---------------------------------------------------------------- jobs
     def on_register_job(self, peer, m):
         _, req_id, info = m
+        if isinstance(info.get("driver_wid"), bytes) and peer.driver_wid is None:
+            peer.driver_wid = info["driver_wid"]
+            self.driver_conns[peer.driver_wid] = peer
         with self.db:
             cur = self.db.execute("INSERT INTO jobs (info, started) VALUES (?, ?)",
                                   (json.dumps(_jsonable(info)), time.time()))

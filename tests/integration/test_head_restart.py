@@ -116,6 +116,8 @@ class A:
 
 a = A.options(name="ephemeral").remote()
 assert gdfut.get(a.ping.remote()) == "pong"
+from gdfut.util import placement_group
+assert placement_group([{"CPU": 0.5}], name="theirs").wait(30)
 print("READY", flush=True)
 sys.stdin.readline()
 """
@@ -138,6 +140,7 @@ def test_what_died_during_the_outage_is_noticed(cli_cluster):
                    what="two nodes")
         second = [n for n in c.status()["nodes"] if n["pid"] != _first_node_pid(c)][0]
 
+        assert _group_state("theirs") == "CREATED"
         kill_head(c)
         owner.kill()                                      # dies unseen by the head
         owner.wait()
@@ -153,6 +156,8 @@ def test_what_died_during_the_outage_is_noticed(cli_cluster):
         assert list(states().values()).count("ALIVE") == 1
         wait_until(lambda: _lookup_fails("ephemeral"), timeout=15,
                    what="the dead driver's actor name to go")
+        wait_until(lambda: _group_state("theirs") is None, timeout=15,
+                   what="the dead driver's placement group to go")
         assert gdfut.get(slow_square.remote(5, 0)) == 25
     finally:
         if owner.poll() is None:
@@ -196,3 +201,33 @@ def test_a_node_whose_head_stays_away_stops(tmp_path):
     finally:
         gdfut.shutdown()
         cluster.stop()
+
+
+def _group_state(name):
+    from gdfut.util import get_placement_group, placement_group_table
+    try:
+        return placement_group_table(get_placement_group(name))["state"]
+    except Exception:       # no such group (any more)
+        return None
+
+
+def test_placement_groups_survive_a_head_restart(cli_cluster):
+    from gdfut.util import get_placement_group, placement_group, remove_placement_group
+    from gdfut.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+    c = cli_cluster
+    gdfut.init(address=c.address, session_dir=c.session_dir)
+    pg = placement_group([{"CPU": 1}], name="pg1")
+    assert pg.wait(30)
+    in_group = slow_square.options(
+        scheduling_strategy=PlacementGroupSchedulingStrategy(pg), num_cpus=1)
+    assert gdfut.get(in_group.remote(6, 0)) == 36
+    kill_head(c)
+    restart_head(c)
+    wait_until(lambda: len(alive_nodes(c)) == 1, timeout=20, what="the node to register again")
+    assert get_placement_group("pg1") == pg
+    assert _group_state("pg1") == "CREATED"
+    assert gdfut.get(in_group.remote(8, 0), timeout=30) == 64
+    remove_placement_group(pg)
+    wait_until(lambda: _group_state("pg1") is None, timeout=10, what="the group to go")
+    # its bundle was returned to the node: a 2-CPU task fits again
+    assert gdfut.get(slow_square.options(num_cpus=2).remote(9, 0), timeout=30) == 81
