@@ -129,6 +129,11 @@ class Head:
         self.token = open(os.path.join(self.session_dir, "token"), "rb").read()
         self.db = sqlite3.connect(os.path.join(self.session_dir, "head.sqlite"))
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(actors)")}
+        if "creator_wid" not in columns:
+            raise SystemExit(f"head.sqlite in {self.session_dir} was written by an older "
+                             f"gdfut (no namespaces); this head cannot restart on it: start "
+                             f"a new session")
         self.stats: dict[bytes, dict] = {}
         self.last_seen: dict[bytes, float] = {}
         self.stopping = asyncio.Event()

@@ -2,10 +2,11 @@
 who owns a detached actor, and what a node's registration means after the
 head restarted.
 
-The head (``head.py``) keeps nodes, named and detached actors, jobs, the
-processes each node runs and the dead-process log in SQLite in the session
-directory, written on control-plane events only (registrations, deaths),
-never per task. A restarted head reads them back; then:
+The head (``head.py``) keeps nodes, named and detached actors, jobs,
+placement groups (``head_pgs.py``), the processes each node runs and the
+dead-process log in SQLite in the session directory, written on
+control-plane events only (registrations, deaths), never per task. A
+restarted head reads them back; then:
 
 * every node that was ALIVE is *awaited*: it stays listed ALIVE until it
   registers again or ``grace_s`` passes, then it is DEAD (its processes
