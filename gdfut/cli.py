@@ -348,6 +348,8 @@ def _restart_head(args) -> int:
             and _belongs(previous["pid"], session_dir):
         raise CliError(f"the head of session {session_dir} still runs (pid {previous['pid']}); "
                        f"stop it first, or give a new --session-dir")
+    # the same port, so that nodes and drivers (who know only that address) find it;
+    # if it is taken the head fails to start and says so
     port = args.port or int(previous.get("port") or 0)
     head = cluster.spawn_head(session_dir, port=port, bind=args.bind, detach=True)
     hinfo = _wait_ready(head, session_dir)
@@ -358,9 +360,6 @@ def _restart_head(args) -> int:
     print(f"gdfut head restarted at {address} on its previous state")
     print(f"  session dir: {session_dir}")
     print(f"  head:        pid {hinfo['pid']}")
-    if port and hinfo["port"] != port:
-        print(f"  note: port {port} was taken; nodes started with the old address will not "
-              f"find this head")
     print("Nodes still running register again within a few seconds "
           "(`gdfut status` lists them).")
     return 0

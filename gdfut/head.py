@@ -128,6 +128,10 @@ class Head:
         self.session_dir = args.session_dir
         self.token = open(os.path.join(self.session_dir, "token"), "rb").read()
         self.db = sqlite3.connect(os.path.join(self.session_dir, "head.sqlite"))
+        # WAL without an fsync per commit: the state must survive the head's
+        # process dying (SIGKILL), not the machine; the loop must not stall.
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
         columns = {row[1] for row in self.db.execute("PRAGMA table_info(actors)")}
         if "creator_wid" not in columns:
@@ -229,14 +233,20 @@ class Head:
         added = self.dead.add(wids)
         for live in self.processes_of_node.values():
             live.difference_update(wids)
-        # A driver still connected here is alive (its node may have died under
-        # it): what it owns stays until its connection closes (``on_closed``).
-        owners = [w for w in wids if w not in self.driver_conns]
-        gone, creator_gone = actors_after_deaths(self.actor_rows(), owners)
         with self.db:
             self.db.executemany("INSERT OR REPLACE INTO dead VALUES (?,?)", added)
             self.db.execute("DELETE FROM dead WHERE seq < ?", (self.dead.oldest_seq,))
             self.db.executemany("DELETE FROM processes WHERE wid=?", [(w,) for w in wids])
+        # A driver still connected here is alive (its node may have died under
+        # it): what it owns stays until its connection closes (``on_closed``).
+        self.owners_died([w for w in wids if w not in self.driver_conns])
+
+    def owners_died(self, owners) -> None:
+        """Names and placement groups of dead owners go (``head_state``)."""
+        if not owners:
+            return
+        gone, creator_gone = actors_after_deaths(self.actor_rows(), owners)
+        with self.db:
             self.db.executemany("DELETE FROM actors WHERE actor_id=?", [(a,) for a in gone])
             self.db.executemany("UPDATE actors SET creator_wid=NULL WHERE actor_id=?",
                                 [(a,) for a in creator_gone])
@@ -334,6 +344,8 @@ class Head:
     def on_closed(self, peer):
         if peer.driver_wid is not None and self.driver_conns.get(peer.driver_wid) is peer:
             del self.driver_conns[peer.driver_wid]
+            if peer.driver_wid in self.dead.known:   # its death was reported while connected
+                self.owners_died([peer.driver_wid])
         self.pgs.conn_closed(peer)
         node_id = peer.node_id
         if node_id is not None:
