@@ -266,7 +266,7 @@ class Head:
             peer.conn.reply_error(req_id, f"node registration refused: {problem}")
             return
         peer.node_id = info["node_id"]
-        again = info["node_id"] in self.recovery.awaited
+        again = self.recovery.node_back(info["node_id"])
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?)",
                             (info["node_id"], json.dumps(_jsonable(info)), "ALIVE", time.time()))

@@ -113,12 +113,16 @@ class NodeRecovery:
         assert grace_s > 0
         return cls({n: now + grace_s for n, state in node_states.items() if state == "ALIVE"})
 
+    def node_back(self, node_id: bytes) -> bool:
+        """The node registered: no longer awaited. True if it was."""
+        return self.awaited.pop(node_id, None) is not None
+
     def registered(self, node_id: bytes, recorded: set, live: set) -> set:
-        """The node registered with ``live`` processes; the head had
-        ``recorded`` for it. Returns the processes that died unseen (always
-        computed: a node that registers again on a new connection to a head
-        that never stopped reports the same way)."""
-        self.awaited.pop(node_id, None)
+        """After registering, the node listed its ``live`` processes; the
+        head had ``recorded`` for it. Returns the processes that died unseen
+        (always computed: a node that registers again on a new connection to
+        a head that never stopped reports the same way)."""
+        self.node_back(node_id)
         return set(recorded) - set(live)
 
     def expired(self, now: float) -> list:

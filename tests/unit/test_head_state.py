@@ -67,6 +67,7 @@ def test_nodes_alive_before_a_restart_are_awaited_then_dead():
     rec = NodeRecovery.after_restart({b"n1": "ALIVE", b"n2": "ALIVE", b"n3": "DEAD"},
                                      now=100.0, grace_s=5.0)
     assert set(rec.awaited) == {b"n1", b"n2"}
+    assert rec.node_back(b"n1") and not rec.node_back(b"n1")
     assert rec.registered(b"n1", recorded={b"w1", b"w2"}, live={b"w2", b"w3"}) == {b"w1"}
     assert rec.expired(104.9) == []
     assert rec.expired(105.0) == [b"n2"]
