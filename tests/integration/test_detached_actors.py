@@ -169,3 +169,39 @@ def test_detached_actor_in_an_embedded_cluster_ends_with_the_cluster():
     finally:
         gdfut.shutdown()
         assert_no_leaks(info["session_dir"])
+
+
+@gdfut.remote
+def inc_by_name(name):
+    """Runs in a worker: looks the name up in the submitting job's namespace."""
+    try:
+        actor = gdfut.get_actor(name)
+    except ValueError:
+        return None
+    return gdfut.get(actor.inc.remote())
+
+
+@gdfut.remote
+class Finder:
+    def find(self, name):
+        return gdfut.get(inc_by_name.remote(name))      # a task the actor submits
+
+    def namespace(self):
+        return gdfut.get_runtime_context().namespace
+
+
+def test_tasks_and_actors_use_their_jobs_namespace():
+    from helpers import assert_no_leaks
+    info = gdfut.init(num_cpus=2, object_store_memory=64 * 1024 * 1024, namespace="jobns")
+    try:
+        Counter.options(name="c").remote(0)
+        assert gdfut.get(inc_by_name.remote("c")) == 1
+        finder = Finder.remote()
+        assert gdfut.get(finder.namespace.remote()) == "jobns"
+        assert gdfut.get(finder.find.remote("c")) == 2
+        elsewhere = Finder.options(namespace="other").remote()
+        assert gdfut.get(elsewhere.namespace.remote()) == "other"
+        assert gdfut.get(elsewhere.find.remote("c")) is None     # not in "other"
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"])
