@@ -346,8 +346,8 @@ def _restart_head(args) -> int:
     previous = cluster.read_head_info(session_dir) or {}
     if isinstance(previous.get("pid"), int) and cluster.pid_alive(previous["pid"]) \
             and _belongs(previous["pid"], session_dir):
-        raise CliError(f"the head of session {session_dir} still runs (pid {previous['pid']}); "
-                       f"stop it first, or give a new --session-dir")
+        raise CliError(f"a head already runs in session {session_dir} (pid "
+                       f"{previous['pid']}); stop it first, or give a new --session-dir")
     # the same port, so that nodes and drivers (who know only that address) find it;
     # if it is taken the head fails to start and says so
     port = args.port or int(previous.get("port") or 0)

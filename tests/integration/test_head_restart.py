@@ -82,7 +82,7 @@ def test_head_restart_keeps_nodes_and_named_actors(cli_cluster):
     time.sleep(0.5)
 
     refused = gdfut_cli("start", "--head", "--session-dir", c.session_dir, check=False)
-    assert refused.returncode == 1 and "still runs" in refused.stderr, refused.stderr
+    assert refused.returncode == 1 and "already runs" in refused.stderr, refused.stderr
 
     old = kill_head(c)
     # during the outage: what does not need the head goes on
