@@ -87,7 +87,7 @@ class TaskSpec:
         return [self.tid, self.fn_id, self.fn_bytes if include_fn else None, self.name,
                 self.args, self.kwargs, self.wire_returns(), rt.wid, list(rt.addr),
                 self.actor_id, self.method, self.actor_options, list(gpu_ids),
-                self.strategy if is_placement_group(self.strategy) else None]
+                self.strategy if is_placement_group(self.strategy) else None, rt.namespace]
 
     def wire_returns(self):
         """num_returns on the wire: an int, or [mode, backpressure] for a generator."""

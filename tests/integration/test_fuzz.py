@@ -137,6 +137,7 @@ class Fuzzer:
             (2, [P.KILL_WORKER, r.choice([0, rid]), os.urandom(16), "fuzz"]),
             (3, [P.NODE_STATUS, rid]), (1, [P.NODE_MEMORY, rid]), (2, [P.NODE_CLUSTER_VIEW, rid]),
             (1, [P.NODE_PULL, rid, oid, 100, os.urandom(16)]),
+            (1, [P.DETACH_LEASE, r.randint(0, 5)]),
             (2, [P.REPLY, rid, None]), (2, [P.ERROR, rid, "fuzz"]),
             (2, [r.randint(-5, 300), rid, self.value()]),
         ]
@@ -155,9 +156,11 @@ class Fuzzer:
             (2, [P.HEAD_PROCESSES_DIED, [os.urandom(16)]]),
             (2, [P.HEAD_DEAD_PROCESSES, rid, r.randint(0, 10)]),
             (3, [P.HEAD_LIST_NODES, rid]), (2, [P.HEAD_STATUS, rid]),
-            (2, [P.HEAD_REGISTER_ACTOR, rid, name, os.urandom(16), self.wid, ["127.0.0.1", 9],
-                 {"class_name": "F"}]),
-            (2, [P.HEAD_LOOKUP_ACTOR, rid, name]), (2, [P.HEAD_REMOVE_ACTOR, os.urandom(16)]),
+            (2, [P.HEAD_REGISTER_ACTOR, rid, name, r.choice(["ns", "fuzz"]), os.urandom(16),
+                 self.wid, ["127.0.0.1", 9], {"class_name": "F"}, r.random() < 0.5]),
+            (2, [P.HEAD_LOOKUP_ACTOR, rid, name, "ns"]), (2, [P.HEAD_REMOVE_ACTOR, os.urandom(16)]),
+            (1, [P.HEAD_ACTOR_PLACED, rid, os.urandom(16), os.urandom(16), ["127.0.0.1", 9]]),
+            (1, [P.HEAD_PROCESSES_STARTED, self.fake_node, [os.urandom(16)], True]),
             (1, [P.HEAD_REGISTER_JOB, rid, {"pid": 1}]),
             (2, [P.REPLY, rid, None]), (2, [r.randint(-5, 300), rid, self.value()]),
         ]
