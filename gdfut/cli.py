@@ -309,7 +309,8 @@ def _spawn_node(args, session_dir, head_addr) -> tuple:
     # num_gpus None: the node counts real GPUs with NVML (0 without a driver)
     node = cluster.spawn_node(session_dir, head_addr, cpus, args.num_gpus,
                               _resources(args.resources), store, bind=args.bind, detach=True,
-                              transport=args.transport, spill_dir=args.spill_dir)
+                              transport=args.transport, spill_dir=args.spill_dir,
+                              device_store_memory=args.device_store_memory)
     info = _wait_ready(node, session_dir)
     cluster.record_pid(session_dir, "node", node.popen.pid)
     return node, info, cpus, store
@@ -318,6 +319,8 @@ def _spawn_node(args, session_dir, head_addr) -> tuple:
 def cmd_start(args) -> int:
     if args.object_store_memory is not None and args.object_store_memory <= 0:
         raise CliError("--object-store-memory must be a positive number of bytes")
+    if args.device_store_memory is not None and args.device_store_memory < 0:
+        raise CliError("--device-store-memory must be >= 0 bytes (per GPU)")
     if args.num_cpus is not None and args.num_cpus < 0:
         raise CliError("--num-cpus must be >= 0")
     if args.num_gpus is not None and args.num_gpus < 0:
@@ -829,6 +832,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--spill-dir", default=None, metavar="DIR",
                     help="where objects that do not fit in the store are spilled "
                          "(default: spill/ in the session directory)")
+    st.add_argument("--device-store-memory", type=int, default=None, metavar="BYTES",
+                    help="device tier bytes per GPU, where GPU tasks' results stay (default: "
+                         "half of each GPU's memory; emulated GPUs: 1 GiB or half the store)")
     st.add_argument("--session-dir", default=None,
                     help="with --head: a new (or empty) directory for the session (default: "
                          "a new one under the sessions root); with --address: the session "

@@ -176,6 +176,8 @@ class CoreWorker:
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
         self.actors = ActorSubmitter(self)
+        from .device_objects import DeviceObjects
+        self.device = DeviceObjects(self)       # device objects this worker made
         self._register_handlers()
 
     # ------------------------------------------------------------------ start
@@ -645,7 +647,12 @@ class CoreWorker:
         """Pin a stored object (pulled to this node if needed) and rebuild it
         without copying. Any user thread. A lost copy is re-made first (see
         ``pin_or_recover``; ``ask``: the submitter of the running task),
-        while this worker lends its CPU as in a blocking get."""
+        while this worker lends its CPU as in a blocking get. A device
+        object this worker holds is the value itself (pinned for the task)."""
+        if node_id == self.node_id and self.device.held:
+            found, value = self.device.local_value(oid, self.submitting_task_id())
+            if found:
+                return value
         try:
             reply = self.io.run(self.pin_local_copy(oid, node_id, size))
             entry = ["pinned", reply[0], reply[1]]
@@ -682,7 +689,7 @@ class CoreWorker:
         return [STORE, self.node_id, total]
 
     # ------------------------------------------------------------------ get
-    def get(self, refs, timeout: float | None = None):
+    def get(self, refs, timeout: float | None = None, device: str | None = None):
         single = isinstance(refs, ObjectRef)
         if not single and not isinstance(refs, (list, tuple)):
             raise TypeError(f"get() takes an ObjectRef or a list of ObjectRefs, "
@@ -694,11 +701,22 @@ class CoreWorker:
         entries = self._entries(ref_list, timeout)
         seen = self.borrowed_refs_seen
         values = [self._materialize(r.id, e) for r, e in zip(ref_list, entries)]
+        if device != "cpu" and self.mode == "driver":
+            values = self._on_device(ref_list, values)
         if self.borrowed_refs_seen != seen:
             # refs read out of objects: register with their owners before the
             # outer refs can go (the outer object is what keeps them alive now)
             self.io.run(self._register_held())
         return values[0] if single else values
+
+    def _on_device(self, refs, values):
+        """Device objects (made on a GPU) as cupy arrays in the driver, where
+        a real GPU is usable; numpy in CPU mode."""
+        from .device_objects import real_gpu, to_device
+        made_on_gpu = [len(self.values.get(r.id) or ()) > 3 for r in refs]
+        if not any(made_on_gpu) or not real_gpu():
+            return values
+        return [to_device(v) if gpu else v for v, gpu in zip(values, made_on_gpu)]
 
     async def _register_held(self):
         await asyncio.sleep(0)   # let the posted add_local_ref calls run first
@@ -841,7 +859,8 @@ class CoreWorker:
                     if isinstance(loc, tuple) and loc[0] != node_id]
             if left:
                 self.values[oid] = [STORE, left[0][0], entry[2]]
-        self.run_instructions(self.table.remove_location(oid, (node_id, "host")))
+        for tier in ("device", "host"):
+            self.run_instructions(self.table.remove_location(oid, (node_id, tier)))
 
     async def pin_local_copy(self, oid: bytes, node_id: bytes, size: int):
         """Pin a copy in this node's store, pulling it from ``node_id`` first

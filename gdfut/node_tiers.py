@@ -9,8 +9,9 @@ spilled object restores it first, and a free deletes the object from every
 tier. All pins of readers go through here so the policy knows what is in
 use; the spill and restore I/O hold pins of their own in the host table only.
 
-The device tier (GPU memory per worker) is not built yet: it will be a third
-table above the host one, fed to the same policy.
+The device tier (``node_device.DeviceTier``, objects in the memory of the
+worker that made them) sits above: a reader of a device object here waits
+until its holder wrote a host copy, and a free reaches the device tier too.
 """
 from __future__ import annotations
 
@@ -51,6 +52,7 @@ class TieredStore:
         self.creates: dict[tuple, _Create] = {}
         self.pin_waiters: dict[bytes, list] = {}   # oid -> [(holder, alive, done)] during restore
         self.stuck_armed: set = set()
+        self.device = None          # node_device.DeviceTier, set by the node
         self._ids = 0
 
     # -- events from the node --------------------------------------------------
@@ -83,6 +85,8 @@ class TieredStore:
             self.run(self.policy.freed(oid))
 
     def free(self, oid) -> None:
+        if self.device is not None:
+            self.device.free(oid)
         self.run(self.policy.freed(oid))
         if self.policy.tier_of(oid) is None:     # readers waiting for its restore
             for _, _, done in self.pin_waiters.pop(oid, ()):
@@ -100,7 +104,11 @@ class TieredStore:
 
     def pin_or_restore(self, oid, holder, alive: Callable[[], bool], done: Callable) -> None:
         """Pin, restoring the object from disk first if it was spilled;
-        ``done(loc or None)`` once known."""
+        ``done(loc or None)`` once known. A device object gets its host copy
+        written by its holder first."""
+        if self.device is not None and self.device.when_host_ready(
+                oid, lambda: self.pin_or_restore(oid, holder, alive, done)):
+            return
         if self.policy.tier_of(oid) == tp.DISK:
             self.pin_waiters.setdefault(oid, []).append((holder, alive, done))
             self.run(self.policy.access(oid, now=self.node.tick()))
@@ -128,7 +136,8 @@ class TieredStore:
 
     def stats(self) -> dict:
         s = self.policy.stats()
-        return {"host_bytes": s["host_bytes"], "disk_bytes": s["disk_bytes"],
+        device = self.device.stats() if self.device is not None else {}
+        return {**device, "host_bytes": s["host_bytes"], "disk_bytes": s["disk_bytes"],
                 "host_capacity": s["host_capacity"], "disk_capacity": s["disk_capacity"],
                 "disk_file_bytes": self.disk.disk_bytes(), "spill_dir": self.disk.path,
                 "spills_in_flight": s["spills_in_flight"], "waiting": s["waiting_requests"],
