@@ -184,14 +184,17 @@ class DeviceTierPolicy:
         obj = self._objects.get(oid)
         if obj is None or obj.freed or obj.host_copy or obj.moving:
             return []
-        self._touch(obj)
-        return [self._start_move(obj, drop=False)]
+        self._touch(obj)     # readers bound these moves (not max_moves_in_flight)
+        return [self._start_move(obj, drop=False, limit=False)]
 
     def move_done(self, oid: ObjectId) -> list:
         obj = self._objects[oid]
         assert obj.moving
         self._end_move(obj)
         obj.host_copy = True
+        if obj.move_failed and not obj.freed:     # a reader's retry worked: movable again
+            obj.move_failed = False
+            self._lru[obj.gpu][oid] = obj
         self.totals["moved_down_objects"] += 1
         self.totals["moved_down_bytes"] += obj.size
         if obj.freed or (obj.drop_after and not obj.pins):
@@ -235,12 +238,12 @@ class DeviceTierPolicy:
             obj.pins = 0
             if obj.freed:
                 continue
-            if obj.host_copy or obj.move_failed:
-                out += self._remove(obj)
-            elif obj.moving:
+            if obj.moving:
                 if not obj.drop_after:
                     obj.drop_after = True
                     self._dropping[obj.gpu] += obj.size
+            elif obj.host_copy or obj.move_failed:
+                out += self._remove(obj)
             else:
                 out.append(self._start_move(obj, drop=True, limit=False))
         for gpu in gpus:
