@@ -720,14 +720,24 @@ def cmd_status(args) -> int:
             str(store.get("num_objects", "-")),
             (f"{_bytes(store.get('used_bytes'))}/{_bytes(store.get('capacity'))}"
              if store else "-"),
+            _device_cell(s.get("tiers")),
             _disk_cell(s.get("tiers")),
             str(s.get("workers", "-")),
             str(n.get("pid", "-")),
         ])
     _table("Nodes (resources in use/total)",
            ["NODE", "ADDRESS", "STATE", "CPU", "GPU", "OTHER", "OBJECTS", "STORE",
-            "DISK (spilled/restored)", "WORKERS", "PID"], rows)
+            "DEVICE (moved to host)", "DISK (spilled/restored)", "WORKERS", "PID"], rows)
     return 0
+
+
+def _device_cell(tiers) -> str:
+    """Bytes in the device tier (all GPUs of the node) of its budget, and
+    the bytes moved down to host so far."""
+    if not tiers or not tiers.get("device_capacity"):
+        return "-"
+    return (f"{_bytes(tiers.get('device_bytes'))}/{_bytes(tiers.get('device_capacity'))} "
+            f"({_bytes(tiers.get('moved_down_bytes'))})")
 
 
 def _disk_cell(tiers) -> str:
@@ -795,16 +805,22 @@ def cmd_memory(args) -> int:
         store = reply.get("store") or []
         host = [o for o in store if o.get("tier", "host") == "host"]
         disk = [o for o in store if o.get("tier") == "disk"]
+        device = [o for o in store if o.get("tier") == "device"]
         used = sum(o.get("size") or 0 for o in host)
         pinned = sum(1 for o in host if o.get("pins"))
         cap = ((n.get("stats") or {}).get("store") or {}).get("capacity")
         tiers = reply.get("tiers") or {}
-        store_rows.append([_hex(n.get("node_id")), str(len(host)), str(pinned),
+        store_rows.append([_hex(n.get("node_id")), str(len(device)),
+                           (f"{_bytes(tiers.get('device_bytes'))}/"
+                            f"{_bytes(tiers.get('device_capacity'))}"
+                            if tiers.get("device_capacity") else "-"),
+                           str(len(host)), str(pinned),
                            f"{_bytes(used)}/{_bytes(cap)}", str(len(disk)),
                            _bytes(sum(o.get("size") or 0 for o in disk)),
                            f"{_bytes(tiers.get('spilled_bytes'))}/"
                            f"{_bytes(tiers.get('restored_bytes'))}"])
-    _table("Stores by tier", ["NODE", "HOST OBJECTS", "PINNED", "HOST USED", "DISK OBJECTS",
+    _table("Stores by tier", ["NODE", "DEVICE OBJECTS", "DEVICE USED", "HOST OBJECTS",
+                              "PINNED", "HOST USED", "DISK OBJECTS",
                               "DISK USED", "SPILLED/RESTORED"], store_rows)
     print(f"\n{_plural(len(rows), 'reference')}, {_bytes(total)} in owned objects of known size")
     return 0

@@ -207,3 +207,24 @@ def _alive(pid: int) -> bool:
             return f.read().split()[2] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_status_and_memory_show_the_device_tier(gpu_cluster):
+    import subprocess
+    import sys
+    refs = [make.remote(i) for i in range(4)]            # 64 MiB: one moves down
+    gdfut.wait(refs, num_returns=4, timeout=60)
+    session = gpu_cluster["session_dir"]
+    env = {**os.environ, "PYTHONPATH": os.path.dirname(os.path.dirname(gdfut.__file__))}
+
+    def cli(*args):
+        return subprocess.run([sys.executable, "-m", "gdfut.cli", *args, "--session-dir", session],
+                              capture_output=True, text=True, timeout=60, env=env,
+                              stdin=subprocess.DEVNULL, check=True).stdout
+    # status reads the heartbeat's stats (once a second)
+    wait_until(lambda: "48.0 MiB/48.0 MiB (16.0 MiB)" in cli("status"), timeout=15,
+               what="the device tier in gdfut status")
+    assert "DEVICE (moved to host)" in cli("status")
+    memory = cli("memory")
+    assert "DEVICE OBJECTS" in memory and "48.0 MiB/48.0 MiB" in memory, memory
+    assert memory.count("device") >= 3, memory
