@@ -14,9 +14,9 @@ or a restore finished — and carries out the instructions it answers:
 * ``Restore(oid)``: allocate a host slot for a spilled object and read it back;
 * ``Delete(oid, tier)``: free the object's bytes in that tier.
 
-Tiers, top down: ``device`` (reserved for GPU memory, not built yet: it will
-sit above ``host`` with a capacity per GPU and spill into ``host`` the same
-way ``host`` spills into ``disk``), ``host`` (the node's shared-memory arena)
+Tiers, top down: ``device`` (GPU memory of the producing workers, a budget
+per GPU, kept by ``device_policy.DeviceTierPolicy``: it moves objects into
+``host`` through ordinary creates here), ``host`` (the node's shared-memory arena)
 and ``disk`` (spill files). Decisions:
 
 * least-recently-used unpinned sealed objects move down first (``now`` is a
@@ -46,7 +46,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Hashable
 
-DEVICE = "device"   # reserved: the device tier comes later
+DEVICE = "device"   # the device tier: device_policy.py
 HOST = "host"
 DISK = "disk"
 
