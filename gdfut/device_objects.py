@@ -181,7 +181,7 @@ class DeviceObjects:
         gpu = int(gpus[0])
         with self.lock:         # held before asking: a DEVICE_SPILL may follow the grant at once
             self.held[oid] = _Held(value, gpu, owner, layout[2])
-        reply = self.rt.node_request(P.DEVICE_CREATE, oid, nbytes, gpu, owner)
+        reply = self.rt.node_request(P.DEVICE_CREATE, oid, nbytes, layout[2], gpu, owner)
         if not reply.get("ok"):
             with self.lock:
                 self.held.pop(oid, None)

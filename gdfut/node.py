@@ -619,8 +619,8 @@ class NodeDaemon:
 
     # device tier: device objects live in the worker that made them
     def on_device_create(self, peer, m):
-        _, req_id, oid, size, gpu, owner = m
-        self.device.create(peer, req_id, oid, size, gpu, owner)
+        _, req_id, oid, size, host_size, gpu, owner = m
+        self.device.create(peer, req_id, oid, size, host_size, gpu, owner)
 
     def on_device_pin(self, peer, m):
         _, req_id, oid = m

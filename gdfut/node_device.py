@@ -54,7 +54,16 @@ class DeviceTier:
         self._ids = 0
 
     # -- events from workers -------------------------------------------------
-    def create(self, peer, req_id, oid, size, gpu, owner) -> None:
+    def create(self, peer, req_id, oid, size, host_size, gpu, owner) -> None:
+        """A device object of ``size`` bytes whose host copy takes
+        ``host_size``: one whose host copy could never be written (larger
+        than the host tier) is refused, so it takes the host path and fails
+        there with the sizes, instead of being stuck on the device."""
+        host_capacity = self.node.tiers.policy.capacity["host"]
+        if host_size > host_capacity:
+            peer.conn.reply(req_id, {"fallback": f"its host copy ({host_size} bytes) would not "
+                                                 f"fit in the host tier ({host_capacity} bytes)"})
+            return
         self._ids += 1
         key = ("device", self._ids)
         self.creates[key] = (peer, req_id, oid, owner)
@@ -73,8 +82,13 @@ class DeviceTier:
 
     def when_host_ready(self, oid, then) -> bool:
         """False when the host tier can serve ``oid`` now; else True, and
-        ``then()`` runs once the host copy exists (or the device copy is gone)."""
+        ``then()`` runs once the host copy exists (or the device copy is gone,
+        or its host copy could not be written: the pin finds nothing then)."""
         if self.policy.host_ready(oid):
+            return False
+        if self.policy.move_refused(oid):
+            log.warning("device object %s has no host copy (writing it failed); a reader in "
+                        "another process cannot have it", short(oid))
             return False
         self.host_waiters.setdefault(oid, []).append(then)
         self.run(self.policy.access(oid))
@@ -149,7 +163,10 @@ class DeviceTier:
         self._check_evacuated(holder)
 
     def _wake(self, oid) -> None:
-        if not self.policy.host_ready(oid) and self.policy.holds(oid):
+        """Readers waiting for a host copy: it exists, or the device copy is
+        gone, or writing it failed (their pin finds no host copy then)."""
+        if not self.policy.host_ready(oid) and self.policy.holds(oid) \
+                and not self.policy.move_refused(oid):
             return
         for then in self.host_waiters.pop(oid, ()):
             then()

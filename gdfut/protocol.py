@@ -53,7 +53,7 @@ CANCEL_LEASE_REQUEST = 25
 NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, size)
 NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
 # device tier: worker <-> node (device objects live in the worker that made them)
-DEVICE_CREATE = 50        # req: oid, device bytes, gpu, owner -> {"ok"} | {"fallback": why}
+DEVICE_CREATE = 50        # req: oid, device bytes, host bytes, gpu, owner -> {"ok"} | {"fallback": why}
 DEVICE_PIN = 51           # req: oid -> True (the caller's device copy is pinned) | False
 DEVICE_UNPIN = 52         # [(oid, count)...]
 DEVICE_EVACUATE = 53      # req: move every device object of the caller to host -> True

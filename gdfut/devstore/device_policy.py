@@ -125,6 +125,11 @@ class DeviceTierPolicy:
         obj = self._objects.get(oid)
         return obj is None or obj.host_copy
 
+    def move_refused(self, oid: ObjectId) -> bool:
+        """Writing its host copy failed: not tried again."""
+        obj = self._objects.get(oid)
+        return obj is not None and obj.move_failed and not obj.moving
+
     def location(self, oid: ObjectId):
         obj = self._objects.get(oid)
         return None if obj is None or obj.freed else (obj.gpu, obj.holder, obj.size)
@@ -182,7 +187,7 @@ class DeviceTierPolicy:
     def access(self, oid: ObjectId) -> list:
         """A reader in another process needs a host copy."""
         obj = self._objects.get(oid)
-        if obj is None or obj.freed or obj.host_copy or obj.moving:
+        if obj is None or obj.freed or obj.host_copy or obj.moving or obj.move_failed:
             return []
         self._touch(obj)     # readers bound these moves (not max_moves_in_flight)
         return [self._start_move(obj, drop=False, limit=False)]
@@ -192,9 +197,6 @@ class DeviceTierPolicy:
         assert obj.moving
         self._end_move(obj)
         obj.host_copy = True
-        if obj.move_failed and not obj.freed:     # a reader's retry worked: movable again
-            obj.move_failed = False
-            self._lru[obj.gpu][oid] = obj
         self.totals["moved_down_objects"] += 1
         self.totals["moved_down_bytes"] += obj.size
         if obj.freed or (obj.drop_after and not obj.pins):
