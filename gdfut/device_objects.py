@@ -204,6 +204,8 @@ class DeviceObjects:
         return True, held.value
 
     def release_task(self, task_id: bytes) -> None:
+        if not self.task_pins:       # the common case, without the lock: only this
+            return                   # task's own thread adds pins for it
         with self.lock:
             oids = self.task_pins.pop(task_id, None)
         if oids:

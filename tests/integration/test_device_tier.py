@@ -248,3 +248,33 @@ def test_a_device_object_whose_host_copy_can_never_fit_fails_with_the_sizes(tmp_
     finally:
         gdfut.shutdown()
         assert_no_leaks(info["session_dir"], spill_dir)
+
+
+def test_a_device_object_is_served_to_another_node(monkeypatch):
+    """Another node pulls a device object through the data plane: the
+    holder writes its host copy first, the pull reads that."""
+    from gdfut.testing import Cluster
+    monkeypatch.setenv("GDFUT_CPU_MODE", "1")
+
+    @gdfut.remote
+    def first_and_node(a):
+        return int(a[0]), bool((a == a[0]).all()), gdfut.get_runtime_context().get_node_id()
+
+    c = Cluster()
+    try:
+        c.add_node(num_cpus=1, num_gpus=1, object_store_memory=HOST, wait=False)
+        b = c.add_node(num_cpus=1, object_store_memory=HOST)
+        c.connect()
+        refs = [make.remote(i) for i in range(3)]
+        gdfut.wait(refs, num_returns=3, timeout=60)
+        tiers_now = {bytes(r["oid"]): r["tier"] for r in gdfut.memory_summary() if r.get("owned")}
+        assert [tiers_now[r.id] for r in refs] == ["device"] * 3
+        on_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+        results = gdfut.get([first_and_node.options(scheduling_strategy=on_b).remote(r)
+                             for r in refs], timeout=60)
+        assert results == [(i, True, b.node_id) for i in range(3)]
+        assert [int(gdfut.get(r)[0]) for r in refs] == [0, 1, 2]
+        del refs
+    finally:
+        c.shutdown()
+        assert_no_leaks(c.session_dir)
