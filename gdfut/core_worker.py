@@ -655,7 +655,7 @@ class CoreWorker:
                 return value
         try:
             reply = self.io.run(self.pin_local_copy(oid, node_id, size))
-            entry = ["pinned", reply[0], reply[1]]
+            entry = _pinned_entry(reply)
         except ObjectLostError:
             if self.mode == "worker":
                 self.io.post(self._notify_blocked, True)
@@ -681,7 +681,10 @@ class CoreWorker:
                 f"(capacity {reply['capacity']} bytes, {reply['used']} in use, largest free "
                 f"block {reply['largest_free']} bytes): {reply.get('message', '')}")
         try:
-            ser.write_into(self.arena.view(reply["offset"], total), s, layout)
+            if "file" in reply:     # larger than the host tier: into its spill file
+                _write_file(reply["file"], reply["file_offset"], total, s, layout)
+            else:
+                ser.write_into(self.arena.view(reply["offset"], total), s, layout)
         except BaseException:
             self.io.post(self.node_conn.send, [P.STORE_ABORT, oid])
             raise
@@ -773,7 +776,7 @@ class CoreWorker:
 
         def done(i, entry):
             if fut.done():   # the reader gave up (timeout, cancel): release its pin
-                if entry[0] == "pinned":
+                if entry[0] in PINNED:
                     self._send_unpin(oids[i])
                 return
             results[i] = entry
@@ -789,7 +792,7 @@ class CoreWorker:
         (what comes later is unpinned as it comes, in _resolve_many)."""
         oids, results = getattr(fut, "gdfut_pins", ((), ()))
         for i, entry in enumerate(results):
-            if entry is not None and entry[0] == "pinned":
+            if entry is not None and entry[0] in PINNED:
                 results[i] = None
                 self._send_unpin(oids[i])
 
@@ -814,7 +817,7 @@ class CoreWorker:
         for _ in range(MAX_RECOVERIES):
             try:
                 reply = await self.pin_local_copy(oid, node_id, size)
-                return ["pinned", reply[0], reply[1]]
+                return _pinned_entry(reply)
             except ObjectLostError as exc:
                 err = exc
             entry = await self.recover(oid, node_id, ask)
@@ -901,6 +904,10 @@ class CoreWorker:
             raise load_error(entry[1])
         if kind == "pinned":
             region = self.arena.readonly_pinned(entry[1], entry[2], _Unpin(self, oid))
+            return ser.loads_from_store(region)
+        if kind == "mapped":         # lives in a spill file (larger than the host tier)
+            from .devstore.arena import map_file_readonly
+            region = map_file_readonly(entry[1], entry[2], entry[3], _Unpin(self, oid))
             return ser.loads_from_store(region)
         raise AssertionError(f"bad entry {entry!r}")
 
@@ -1107,6 +1114,33 @@ class CoreWorker:
 
 MAX_RECOVERIES = 8
 """How many times one read reports a lost copy to the owner and tries again."""
+
+
+PINNED = ("pinned", "mapped")
+
+
+def _pinned_entry(reply) -> list:
+    """The entry of a node's pin reply: ``["pinned", offset, size]`` in the
+    arena, or ``["mapped", path, offset, size]`` for an object that lives in
+    a spill file of its own (larger than the host tier)."""
+    if len(reply) == 3:
+        return ["mapped", reply[0], reply[1], reply[2]]
+    return ["pinned", reply[0], reply[1]]
+
+
+def _write_file(path: str, offset: int, total: int, s, layout) -> None:
+    """Write a serialized value into the spill file its node made for it."""
+    import mmap
+    fd = os.open(path, os.O_RDWR)
+    try:
+        mm = mmap.mmap(fd, total, offset=offset)
+    finally:
+        os.close(fd)
+    try:
+        with memoryview(mm) as view:
+            ser.write_into(view, s, layout)
+    finally:
+        mm.close()
 
 
 def _location_text(loc) -> list:

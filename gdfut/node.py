@@ -609,6 +609,9 @@ class NodeDaemon:
                                          "largest_free": space["largest_free"]})
                 return
             self.note_owner(oid, owner)
+            if isinstance(offset, tuple):    # larger than the host tier: into a file
+                peer.conn.reply(req_id, {"file": offset[0], "file_offset": offset[1]})
+                return
             peer.conn.reply(req_id, {"offset": offset})
         self.tiers.create(oid, size, primary, peer.wid, done)
 
@@ -751,8 +754,8 @@ class NodeDaemon:
         store = [{"object_id": o.object_id, "size": o.size, "state": o.state,
                   "pins": sum(o.pins.values()), "primary": o.primary, "tier": "host"}
                  for o in self.store.objects()]
-        store += [{"object_id": oid, "size": where.size, "state": "SEALED", "pins": 0,
-                   "primary": True, "tier": "disk"}
+        store += [{"object_id": oid, "size": where.size, "state": "SEALED",
+                   "pins": self.tiers.disk_pins(oid), "primary": True, "tier": "disk"}
                   for oid, where in self.tiers.disk.layout.places.items()
                   if self.tiers.policy.tier_of(oid) == "disk"]
         store += self.device.rows()
