@@ -42,13 +42,33 @@ def gpu_usable() -> bool:
     return usable()
 
 
-_REAL: list = []
+REAL, EMULATED = "real", "emulated"
+_MODE: list = []
+
+
+def device_mode() -> str | None:
+    """``real``: cupy sees a GPU (device arrays are cupy/DLPack CUDA
+    objects); ``emulated``: CPU mode (``GDFUT_CPU_MODE=1``) or a machine
+    without NVIDIA GPUs, where numpy arrays and Arrow tables of GPU tasks
+    are device objects; None: real GPUs but no usable cupy here, so there
+    is no device array to keep (numpy results take the host path, rather
+    than filling this process's memory up to the GPU's budget)."""
+    if not _MODE:
+        from .kernels.dispatch import cpu_mode
+        from .node import detect_gpus
+        if gpu_usable():
+            _MODE.append(REAL)
+        elif cpu_mode() or detect_gpus()[0] == 0:
+            _MODE.append(EMULATED)
+        else:
+            log.warning("this machine has GPUs but cupy cannot use them here: results of GPU "
+                        "tasks are stored in the host tier")
+            _MODE.append(None)
+    return _MODE[0]
 
 
 def real_gpu() -> bool:
-    if not _REAL:
-        _REAL.append(gpu_usable())
-    return _REAL[0]
+    return device_mode() == REAL
 
 
 def array_module():
@@ -167,7 +187,10 @@ class DeviceObjects:
         gpus = self.rt.gpu_ids
         if not gpus:
             return None
-        real = real_gpu()
+        mode = device_mode()
+        if mode is None:
+            return None
+        real = mode == REAL
         nbytes = device_bytes(value, real)
         if nbytes < DEVICE_MIN_BYTES:
             return None
