@@ -57,8 +57,9 @@ class DeviceTier:
     def create(self, peer, req_id, oid, size, host_size, gpu, owner) -> None:
         """A device object of ``size`` bytes whose host copy takes
         ``host_size``: one whose host copy could never be written (larger
-        than the host tier) is refused, so it takes the host path and fails
-        there with the sizes, instead of being stuck on the device."""
+        than the host tier) is refused: it takes the host path (a spill file
+        of its own, or ObjectStoreFullError with the sizes) instead of being
+        stuck on the device where no other process could read it."""
         host_capacity = self.node.tiers.policy.capacity["host"]
         if host_size > host_capacity:
             peer.conn.reply(req_id, {"fallback": f"its host copy ({host_size} bytes) would not "
