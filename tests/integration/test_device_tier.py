@@ -277,3 +277,24 @@ def test_a_device_object_is_served_to_another_node(monkeypatch):
     finally:
         c.shutdown()
         assert_no_leaks(c.session_dir)
+
+
+@gdfut.remote(num_gpus=1)
+def make_and_tell(i, marker):
+    with open(marker, "a") as f:
+        f.write(f"{os.getpid()}\n")
+    return np.full(OBJ, i, dtype=np.uint8)
+
+
+def test_a_killed_producer_loses_its_device_objects_and_lineage_rebuilds_them(gpu_cluster,
+                                                                              tmp_path):
+    marker = str(tmp_path / "runs")
+    ref = make_and_tell.remote(4, marker)
+    gdfut.wait([ref])
+    assert [r["tier"] for r in rows_of(ref)] == ["device"]
+    pid = int(open(marker).read().split()[0])
+    os.kill(pid, signal.SIGKILL)                 # no time to move anything to host
+    wait_until(lambda: not rows_of(ref), timeout=10, what="the node to forget the lost copy")
+    value = gdfut.get(ref, timeout=60)           # the task runs again
+    assert (value == 4).all() and len(open(marker).read().split()) == 2
+    del value
