@@ -162,11 +162,13 @@ def main(argv=None) -> int:
           f"{run['restore_io_GBps']:.2f} GB/s ({run['restore_io_GBps'] / ref_read:.2f}x)")
     if ray_run is not None:
         result["ray"] = ray_run
+        vs_spill = run["spill_GBps"] / max(ray_run["spill_GBps"], 1e-9)
+        vs_restore = run["restore_GBps"] / max(ray_run["restore_GBps"], 1e-9)
         print(f"  ray {ray_run['version']}: spill {ray_run['spill_GBps']:.2f} GB/s "
               f"({ray_run['spill_GBps'] / ref_write:.2f}x reference; gdfut/ray "
-              f"{run['spill_GBps'] / max(ray_run['spill_GBps'], 1e-9):.2f}x), restore "
+              f"{vs_spill:.2f}x), restore "
               f"{ray_run['restore_GBps']:.2f} GB/s ({ray_run['restore_GBps'] / ref_read:.2f}x "
-              f"reference; gdfut/ray {run['restore_GBps'] / max(ray_run['restore_GBps'], 1e-9):.2f}x)"
+              f"reference; gdfut/ray {vs_restore:.2f}x)"
               f"; {ray_run['spilled_bytes'] / GIB:.2f} GiB spilled, "
               f"{ray_run['restored_bytes'] / GIB:.2f} GiB restored; put phase "
               f"{ray_run['put_s']:.1f} s (gdfut {run['put_s']:.1f} s), get phase "

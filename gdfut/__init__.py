@@ -1,7 +1,7 @@
 """gdfut: a GPU-aware distributed futures runtime (Ray's API)."""
-from .api import (array_module, available_resources, cancel, cluster_resources, get, get_actor, get_gpu_ids,
-                  get_runtime_context, init, is_initialized, kill, memory_summary, nodes, put,
-                  remote, shutdown, wait)
+from .api import (array_module, available_resources, cancel, cluster_resources, get, get_actor,
+                  get_gpu_ids, get_runtime_context, init, is_initialized, kill, memory_summary,
+                  nodes, put, remote, shutdown, wait)
 from .actor import method
 from .scheduling_strategies import NodeAffinitySchedulingStrategy, PlacementGroupSchedulingStrategy
 from .object_ref import DynamicObjectRefGenerator, ObjectID, ObjectRef, ObjectRefGenerator

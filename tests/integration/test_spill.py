@@ -229,7 +229,10 @@ def test_a_result_larger_than_the_host_tier_lives_on_disk(small_store, tmp_path)
     assert tier_of(ref) == "disk"
     value = gdfut.get(ref)
     assert not value.flags.writeable and value.nbytes == n and value[0] == value[-1] == 5
-    rows = lambda: [r for r in node_status_rows() if bytes(r["object_id"]) == ref.id]
+    oid = ref.id
+
+    def rows():
+        return [r for r in node_status_rows() if bytes(r["object_id"]) == oid]
     assert rows()[0]["pins"] == 1                       # the driver's view holds a pin
     del value
     wait_until(lambda: rows()[0]["pins"] == 0, timeout=10, what="the driver's unpin")
