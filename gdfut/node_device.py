@@ -15,6 +15,7 @@ import asyncio
 import logging
 import math
 import os
+import time
 
 from . import protocol as P
 from .devstore import device_policy as dp
@@ -27,6 +28,7 @@ MOVE_TIMEOUT_S = 120.0      # one host copy written by a holder
 EVACUATE_TIMEOUT_S = 30.0   # a holder about to exit: all its objects moved down
 EMULATED_DEFAULT = 1 << 30  # per emulated GPU, at most (and half the host store)
 REAL_GPU_FRACTION = 0.5     # of each GPU's memory, by default
+LOG_RATE_BYTES = 64 << 20   # moves this large log their rate
 
 
 def cpu_mode() -> bool:
@@ -144,11 +146,18 @@ class DeviceTier:
     async def move_down(self, oid, holder) -> None:
         peer = self.node.peers.get(holder)
         ok = False
+        loc = self.policy.location(oid)
         if peer is not None and not peer.closed:
             try:
+                t0 = time.perf_counter()
                 reply = await asyncio.wait_for(peer.conn.request(P.DEVICE_SPILL, oid),
                                                MOVE_TIMEOUT_S)
                 ok = bool(reply.get("ok"))
+                if ok and loc is not None and loc[2] >= LOG_RATE_BYTES:
+                    dt = time.perf_counter() - t0
+                    log.info("moved device object %s (%d MiB, GPU %d) to host in %.3f s: "
+                             "%.2f GB/s", short(oid), loc[2] >> 20, loc[0], dt,
+                             loc[2] / max(dt, 1e-9) / 1e9)
                 if not ok:
                     log.warning("moving device object %s to host failed: %s", short(oid),
                                 reply.get("error"))
