@@ -216,6 +216,9 @@ def hold_big(a, marker):
 
 @gdfut.remote
 def check_big(a, fill):
+    """fill None: an arange of int64."""
+    if fill is None:
+        return bool((a == np.arange(a.size)).all()), a.nbytes
     return bool((a == fill).all()), a.nbytes
 
 
@@ -254,3 +257,25 @@ def test_a_result_larger_than_the_host_tier_lives_on_disk(small_store, tmp_path)
 def node_status_rows():
     from gdfut import protocol as P, runtime_context
     return runtime_context.require().node_request(P.NODE_MEMORY)["store"]
+
+
+def test_an_object_on_disk_only_is_served_to_a_node_with_a_bigger_host_tier():
+    """The source reads an object larger than its host tier from its spill
+    file; a node whose host tier is large enough pulls it into memory."""
+    from gdfut.testing import Cluster
+
+    c = Cluster()
+    try:
+        a = c.add_node(num_cpus=1, object_store_memory=64 * MIB, wait=False)
+        b = c.add_node(num_cpus=1, object_store_memory=HOST)
+        c.connect()
+        assert gdfut.get_runtime_context().get_node_id() == a.node_id
+        big = gdfut.put(np.arange(100 * MIB // 8, dtype=np.int64))
+        assert tier_of(big) == "disk"
+        on_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+        got = gdfut.get(check_big.options(scheduling_strategy=on_b).remote(big, None), timeout=60)
+        assert got == (True, 100 * MIB)
+        del big
+    finally:
+        c.shutdown()
+        assert_no_leaks(c.session_dir)
