@@ -79,7 +79,9 @@ def array_module():
 
 def is_device_value(x, real: bool) -> bool:
     if real:
-        if hasattr(type(x), "__cuda_array_interface__"):
+        # on the instance: a CPU torch tensor's type has the property too,
+        # but reading it raises, so hasattr is False for it
+        if hasattr(x, "__cuda_array_interface__"):
             return True
         dev = getattr(x, "__dlpack_device__", None)
         if dev is not None:
@@ -126,7 +128,7 @@ def host_twin(value, real: bool, dry: bool = False, depth: int = 0):
         return value
     if is_device_value(value, real):
         import cupy
-        arr = value if hasattr(type(value), "__cuda_array_interface__") else cupy.from_dlpack(value)
+        arr = value if hasattr(value, "__cuda_array_interface__") else cupy.from_dlpack(value)
         if not isinstance(arr, cupy.ndarray):
             arr = cupy.asarray(arr)
         if dry:
