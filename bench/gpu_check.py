@@ -13,10 +13,20 @@ checked (issue 8, point 8). Checks, in order:
 - copies: D->H and H->D of ``--copy-mib`` bytes: the plain CuPy copy
   (``cupy.asarray`` of a numpy array, ``cupy.asnumpy``) is the baseline, and a
   copy through a pinned buffer is reported as a ratio to it, in the same run.
+- device objects (a gdfut cluster with one GPU, ``device_store_memory`` of a
+  few ``--object-mib`` objects): a cupy array returned by a GPU task read by
+  the next GPU task (same process: the object itself) and by an actor in
+  another process on the same GPU (through the host copy: CUDA IPC is not
+  built); device spill D->H->disk of more objects than device and host hold
+  together, every one read back intact by a GPU task and by ``get``; and the
+  device tier's own copies: ``get(ref, device="cpu")`` of an object on the
+  device (D->H: the holder writes the host copy) and ``get`` of a host-tier
+  device object in the driver (H->D, a cupy array), as ratios to the plain
+  CuPy copies above.
 
-Checks for device objects and spilling add themselves to ``CHECKS`` (a
-function taking the ``Context`` and returning rows); their copy figures can be
-read against ``ctx.baselines`` (the plain CuPy GB/s, by direction).
+``--emulated`` runs the device-object checks in CPU mode (``GDFUT_CPU_MODE=1``,
+an emulated GPU, numpy arrays; baselines: a numpy copy) so their logic runs
+without a GPU; the other checks are skipped then.
 
 Without a GPU it prints the same table, every row "skipped", under a line
 "no GPU: skipped", and exits 0. Exit 1 when a check fails. GB = 1e9 bytes.
@@ -212,7 +222,178 @@ def check_copies(ctx: Context) -> list[Row]:
     return rows
 
 
-CHECKS = [("NVML discovery", check_nvml), ("kernels", check_kernels), ("copies", check_copies)]
+# ---- device objects: the device tier of a gdfut cluster ----
+
+def _make_array(i, n):
+    import gdfut
+    xp = gdfut.array_module()
+    return xp.full(n, i % 251, dtype=xp.uint8)
+
+
+def _check_array(a, i, n):
+    """(intact, how it was served): a cupy array, or a writable numpy array
+    on an emulated GPU, is the producer's object itself; a read-only numpy
+    array is a view of the host copy."""
+    intact = bool(a.shape == (n,) and bool((a == i % 251).all()))
+    kind = type(a).__module__.split(".")[0]
+    itself = kind != "numpy" or bool(a.flags.writeable)
+    return intact, f"{kind}, " + ("the object itself" if itself else "the host copy")
+
+
+def _plain_gbps(direction: str, nbytes: int, emulated: bool, ctx: Context) -> float:
+    """The baseline copy: plain cupy (from the copies check, or measured
+    now); a numpy copy of the same bytes on an emulated GPU."""
+    if not emulated and direction in ctx.baselines:
+        return ctx.baselines[direction]
+    src = np.full(nbytes, 3, np.uint8)
+    if emulated:
+        dst = np.empty_like(src)
+        dst.fill(0)
+        return _median_gbps(nbytes, lambda: np.copyto(dst, src))
+    import cupy
+    dev = cupy.asarray(src)
+    fn = (lambda: cupy.asarray(src)) if direction == "H->D" else (lambda: cupy.asnumpy(dev))
+    return _gbps(nbytes, fn)
+
+
+def check_device_objects(ctx: Context) -> list[Row]:
+    import os
+    import tempfile
+    import gdfut
+    emulated = bool(ctx.args.emulated)
+    obj = ctx.args.object_mib << 20
+    big = ctx.args.copy_mib << 20
+    device_budget = max(4 * obj, big + obj)
+    host = 4 * obj + 2 * big
+    make = gdfut.remote(num_gpus=1)(_make_array)
+    check = gdfut.remote(num_gpus=1)(_check_array)
+
+    @gdfut.remote(num_gpus=0.5)
+    class Side:
+        def make(self, i, n):
+            return _make_array(i, n)
+
+        def check(self, a, i, n):
+            return _check_array(a, i, n)
+
+    rows: list[Row] = []
+    with tempfile.TemporaryDirectory(prefix="gdfut-gpu-check-") as spill:
+        gdfut.init(num_cpus=4, num_gpus=1, object_store_memory=host,
+                   device_store_memory=device_budget, spill_dir=spill, log_to_driver=False)
+        try:
+            rows += _device_between_tasks(make, check, Side, obj)
+            if ctx.time_left() > 30:
+                rows += _device_spill(make, check, obj, device_budget, host)
+            if ctx.time_left() > 30:
+                rows += _device_copies(ctx, make, big, emulated)
+        finally:
+            gdfut.shutdown()
+        left = [f for _, _, files in os.walk(spill) for f in files if f.startswith("spill-")]
+        rows.append(Row("device: spill files gone", "ok" if not left else "FAIL",
+                        note=f"{len(left)} left" if left else "after shutdown"))
+    return rows
+
+
+def _tiers():
+    from gdfut import protocol as P, runtime_context
+    return runtime_context.require().node_request(P.NODE_STATUS)["tiers"]
+
+
+def _device_between_tasks(make, check, Side, obj) -> list[Row]:
+    import gdfut
+    ref = make.remote(5, obj)
+    intact, served = gdfut.get(check.remote(ref, 5, obj))
+    rows = [Row("device: GPU task -> GPU task", "ok" if intact else "FAIL", served,
+                note=f"{obj >> 20} MiB (one GPU: the next task usually runs in the same worker)")]
+    a, b = Side.remote(), Side.remote()
+    ref = a.make.remote(9, obj)
+    gdfut.wait([ref])
+    gdfut.get(b.check.remote(np.full(4, 9, np.uint8), 9, 4))   # b started before timing
+    t0 = time.perf_counter()
+    intact, served = gdfut.get(b.check.remote(ref, 9, obj))
+    dt = time.perf_counter() - t0
+    rows.append(Row("device: other process, same GPU", "ok" if intact else "FAIL",
+                    f"{obj / dt / 1e9:.2f} GB/s", note=f"{served} (CUDA IPC is not built); "
+                    f"{obj >> 20} MiB in {dt * 1e3:.0f} ms"))
+    del ref
+    gdfut.kill(a)
+    gdfut.kill(b)
+    return rows
+
+
+def _device_spill(make, check, obj, device_budget, host) -> list[Row]:
+    import gdfut
+    n = (device_budget + host) // obj + 4          # more than device and host together
+    t0 = time.perf_counter()
+    refs = [make.remote(i, obj) for i in range(n)]
+    gdfut.wait(refs, num_returns=n, timeout=600)
+    made = time.perf_counter() - t0
+    t = _tiers()
+    moved, spilled = t.get("moved_down_objects", 0), t.get("spilled_objects", 0)
+    t0 = time.perf_counter()
+    by_task = gdfut.get([check.remote(r, i, obj) for i, r in enumerate(refs)], timeout=600)
+    by_get = []
+    for i, r in enumerate(refs):
+        v = gdfut.get(r, device="cpu")
+        by_get.append(bool(v.shape == (obj,) and (v == i % 251).all()))
+        del v
+    read = time.perf_counter() - t0
+    restored = _tiers().get("restored_objects", 0)
+    ok = all(x[0] for x in by_task) and all(by_get) and moved > 0 and spilled > 0 and restored > 0
+    del refs
+    return [Row("device: spill D->H->disk, restore", "ok" if ok else "FAIL",
+                f"{moved} moved, {spilled} spilled, {restored} restored",
+                note=f"{n} x {obj >> 20} MiB through {device_budget >> 20} MiB device + "
+                     f"{host >> 20} MiB host; made in {made:.1f} s, read back (task and get) "
+                     f"in {read:.1f} s")]
+
+
+def _median_gbps(nbytes: int, fn) -> float:
+    times = []
+    for _ in range(COPY_REPEAT):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return nbytes / statistics.median(times) / 1e9
+
+
+def _device_copies(ctx, make, nbytes, emulated) -> list[Row]:
+    import gdfut
+    rows = []
+    ref = make.remote(1, nbytes)
+    gdfut.wait([ref])
+    t0 = time.perf_counter()
+    v = gdfut.get(ref, device="cpu")        # the holder writes the host copy now
+    dt = time.perf_counter() - t0
+    ok = isinstance(v, np.ndarray) and bool(v[0] == 1 and v[-1] == 1)
+    del v
+    base = _plain_gbps("D->H", nbytes, emulated, ctx)
+    rate = nbytes / dt / 1e9
+    rows.append(Row("device: D->H get(device='cpu')", "ok" if ok else "FAIL", f"{rate:.2f} GB/s",
+                    f"{base:.2f} GB/s", f"{rate / base:.2f}x",
+                    f"{nbytes >> 20} MiB: the holder's host copy (serialize + store write)"))
+    t0 = time.perf_counter()
+    v = gdfut.get(ref)                      # host copy -> cupy in the driver (numpy emulated)
+    if not emulated:
+        import cupy
+        cupy.cuda.Stream.null.synchronize()
+    dt = time.perf_counter() - t0
+    want = "numpy" if emulated else "cupy"
+    ok = type(v).__module__.split(".")[0] == want and bool(v[0] == 1 and v[-1] == 1)
+    del v
+    base = _plain_gbps("H->D", nbytes, emulated, ctx)
+    rate = nbytes / dt / 1e9
+    rows.append(Row("device: H->D get() in the driver", "ok" if ok else "FAIL",
+                    f"{rate:.2f} GB/s", f"{base:.2f} GB/s", f"{rate / base:.2f}x",
+                    f"{nbytes >> 20} MiB, a {want} array from the host tier" +
+                    (" (emulated: a zero-copy view, no copy to compare)" if emulated else "")))
+    del ref
+    return rows
+
+
+CHECKS = [("NVML discovery", check_nvml), ("kernels", check_kernels), ("copies", check_copies),
+          ("device objects", check_device_objects)]
+EMULATED_CHECKS = {"device objects"}
 
 
 # ---- running and printing ----
@@ -227,13 +408,17 @@ def gpu_libraries_missing() -> str | None:
 
 
 def run_checks(ctx: Context) -> list[Row]:
-    if not ctx.gpus[0]:
+    emulated = bool(getattr(ctx.args, "emulated", False))
+    if not ctx.gpus[0] and not emulated:
         return [Row(name, "skipped", note="no GPU") for name, _ in CHECKS]
-    missing = gpu_libraries_missing()
+    missing = None if emulated else gpu_libraries_missing()
     if missing:
         return [Row(name, "FAIL", note=missing) for name, _ in CHECKS]
     rows = []
     for name, check in CHECKS:
+        if emulated and name not in EMULATED_CHECKS:
+            rows.append(Row(name, "skipped", note="--emulated: needs a real GPU"))
+            continue
         if ctx.time_left() <= 0:
             rows.append(Row(name, "skipped", note="time budget spent"))
             continue
@@ -257,12 +442,19 @@ def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--records", type=int, default=10_000_000)
     ap.add_argument("--copy-mib", type=int, default=1024)
+    ap.add_argument("--object-mib", type=int, default=256,
+                    help="size of each device object in the device-tier checks")
+    ap.add_argument("--emulated", action="store_true",
+                    help="run the device-object checks on an emulated GPU (CPU mode)")
     ap.add_argument("--budget-s", type=float, default=300.0, help="stop starting checks after this")
     ap.add_argument("--json", default=None, help="also write the rows to this file")
     args = ap.parse_args(argv)
+    if args.emulated:
+        import os
+        os.environ["GDFUT_CPU_MODE"] = "1"      # before any gdfut process starts
     t0 = time.monotonic()
     ctx = Context(args, deadline=t0 + args.budget_s, gpus=detect_gpus())
-    if not ctx.gpus[0]:
+    if not ctx.gpus[0] and not args.emulated:
         print("no GPU: skipped (NVML finds no device here; every GPU check below is skipped)")
     rows = run_checks(ctx)
     print(format_table(rows))

@@ -1,7 +1,7 @@
 """Spill benchmark: write and read back more data than the host tier holds.
 
     python bench/spill.py [--total-gib 4] [--host-gib 1] [--object-mib 64]
-                          [--dir DIR] [--json out.json]
+                          [--dir DIR] [--json out.json] [--compare ray]
 
 An embedded gdfut cluster with ``object_store_memory`` = ``--host-gib`` puts
 ``--total-gib`` of 64 MiB numpy arrays (the older ones are spilled to
@@ -13,6 +13,11 @@ directory, is a plain sequential ``os.pwrite`` of the same bytes in chunks
 of the same size to one file, and ``os.preadv`` of them back (neither side
 calls fsync: both measure what the filesystem does with the same calls).
 The figures quoted are the ratios to that reference. GB = 1e9 bytes.
+
+``--compare ray`` runs the same program on Ray in the same run (Ray's
+``object_store_memory`` = the host tier, filesystem spilling into the same
+directory): its spill and restore GB/s are the bytes Ray's memory summary
+reports spilled (restored) over its put (get) phase, by the same definition.
 """
 from __future__ import annotations
 
@@ -83,6 +88,44 @@ def through_gdfut(directory: str, total: int, host: int, chunk: int) -> dict:
             "restore_io_GBps": restored / max(tiers["read_busy_s"], 1e-9) / 1e9}
 
 
+def _ray_mib(summary: str, what: str) -> float:
+    """MiB after "Spilled" / "Restored" in ``ray memory --stats-only`` text."""
+    import re
+    m = re.search(rf"{what} (\d+(?:\.\d+)?) MiB", summary)
+    return float(m.group(1)) if m else 0.0
+
+
+def through_ray(directory: str, total: int, host: int, chunk: int) -> dict:
+    import ray
+    from ray._private.internal_api import memory_summary
+    spill_dir = os.path.join(directory, "ray-spill")
+    os.makedirs(spill_dir, exist_ok=True)
+    ctx = ray.init(num_cpus=2, object_store_memory=host, include_dashboard=False,
+                   object_spilling_directory=spill_dir)
+    try:
+        count = total // chunk
+        t0 = time.perf_counter()
+        refs = [ray.put(np.full(chunk, i % 251, dtype=np.uint8)) for i in range(count)]
+        put_s = time.perf_counter() - t0
+        address = ctx.address_info["address"]     # other Ray clusters may run here too
+        after_put = memory_summary(address=address, stats_only=True)
+        t0 = time.perf_counter()
+        for i, ref in enumerate(refs):
+            value = ray.get(ref)
+            assert value[0] == value[-1] == i % 251, f"object {i} read back wrong (ray)"
+            del value
+        get_s = time.perf_counter() - t0
+        after_get = memory_summary(address=address, stats_only=True)
+        del refs
+    finally:
+        ray.shutdown()
+    spilled = _ray_mib(after_put, "Spilled") * MIB
+    restored = _ray_mib(after_get, "Restored") * MIB
+    return {"objects": count, "put_s": put_s, "get_s": get_s, "spilled_bytes": spilled,
+            "restored_bytes": restored, "spill_GBps": spilled / put_s / 1e9,
+            "restore_GBps": restored / get_s / 1e9, "version": ray.__version__}
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--total-gib", type=float, default=4.0)
@@ -90,6 +133,8 @@ def main(argv=None) -> int:
     ap.add_argument("--object-mib", type=int, default=64)
     ap.add_argument("--dir", default=None, help="directory to spill into (default: a temp dir)")
     ap.add_argument("--json", default=None)
+    ap.add_argument("--compare", choices=("ray",), default=None,
+                    help="also run the same program on Ray, in the same run")
     args = ap.parse_args(argv)
     total, host, chunk = int(args.total_gib * GIB), int(args.host_gib * GIB), args.object_mib * MIB
     if total <= host:
@@ -98,6 +143,7 @@ def main(argv=None) -> int:
     try:
         ref_write, ref_read = reference(directory, total, chunk)
         run = through_gdfut(directory, total, host, chunk)
+        ray_run = through_ray(directory, total, host, chunk) if args.compare == "ray" else None
     finally:
         shutil.rmtree(directory, ignore_errors=True)
     result = {**run, "reference_write_GBps": ref_write, "reference_read_GBps": ref_read,
@@ -114,6 +160,19 @@ def main(argv=None) -> int:
     print(f"  disk tier's own rate (bytes over time with I/O in flight): spill "
           f"{run['spill_io_GBps']:.2f} GB/s ({run['spill_io_GBps'] / ref_write:.2f}x), restore "
           f"{run['restore_io_GBps']:.2f} GB/s ({run['restore_io_GBps'] / ref_read:.2f}x)")
+    if ray_run is not None:
+        result["ray"] = ray_run
+        vs_spill = run["spill_GBps"] / max(ray_run["spill_GBps"], 1e-9)
+        vs_restore = run["restore_GBps"] / max(ray_run["restore_GBps"], 1e-9)
+        print(f"  ray {ray_run['version']}: spill {ray_run['spill_GBps']:.2f} GB/s "
+              f"({ray_run['spill_GBps'] / ref_write:.2f}x reference; gdfut/ray "
+              f"{vs_spill:.2f}x), restore "
+              f"{ray_run['restore_GBps']:.2f} GB/s ({ray_run['restore_GBps'] / ref_read:.2f}x "
+              f"reference; gdfut/ray {vs_restore:.2f}x)"
+              f"; {ray_run['spilled_bytes'] / GIB:.2f} GiB spilled, "
+              f"{ray_run['restored_bytes'] / GIB:.2f} GiB restored; put phase "
+              f"{ray_run['put_s']:.1f} s (gdfut {run['put_s']:.1f} s), get phase "
+              f"{ray_run['get_s']:.1f} s (gdfut {run['get_s']:.1f} s)")
     print(f"  load average {result['load_1min']:.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps(result, indent=2))

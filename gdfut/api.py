@@ -49,12 +49,16 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False,
          session_dir: str | None = None, log_to_driver: bool = True,
          spill_dir: str | None = None, max_lineage_bytes: int | None = None,
-         namespace: str | None = None, **ray_options):
+         namespace: str | None = None, device_store_memory: int | None = None,
+         **ray_options):
     """Start an embedded cluster (head + one node) or join ``address``.
 
     ``log_to_driver``: print what tasks print here, labelled "(fn pid=N)".
     ``spill_dir``: where the node spills objects that do not fit in
     ``object_store_memory`` (default: ``spill/`` in the session directory).
+    ``device_store_memory``: bytes of the device tier per GPU, where objects
+    returned by GPU tasks stay (default: half of each GPU's memory; on the
+    emulated GPUs of CPU mode, 1 GiB or half the host store, the smaller).
     ``max_lineage_bytes``: how many bytes of task specs this driver keeps to
     re-make lost objects (oldest evicted first; default 256 MiB).
     ``namespace``: where this job's named actors are registered and looked
@@ -68,6 +72,10 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     if max_lineage_bytes is not None and (not isinstance(max_lineage_bytes, int) or isinstance(
             max_lineage_bytes, bool) or max_lineage_bytes < 0):
         raise ValueError(f"max_lineage_bytes must be an int >= 0, got {max_lineage_bytes!r}")
+    if device_store_memory is not None and (not isinstance(device_store_memory, int) or isinstance(
+            device_store_memory, bool) or device_store_memory < 0):
+        raise ValueError(f"device_store_memory must be an int >= 0 (bytes per GPU), "
+                         f"got {device_store_memory!r}")
     with _lock:
         if runtime_context.current() is not None:
             if ignore_reinit_error:
@@ -77,9 +85,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         if spill_dir is not None and address not in (None, "local"):
             raise ValueError("spill_dir= applies to the cluster init() starts; a running "
                              "cluster's nodes take it from `gdfut start --spill-dir`")
+        if device_store_memory is not None and address not in (None, "local"):
+            raise ValueError("device_store_memory= applies to the cluster init() starts; a "
+                             "running cluster's nodes take it from `gdfut start "
+                             "--device-store-memory`")
         if address in (None, "local"):
             _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir,
-                            max_lineage_bytes, namespace)
+                            max_lineage_bytes, namespace, device_store_memory)
         else:
             _join(address, session_dir, max_lineage_bytes, namespace)
         rt = runtime_context.require()
@@ -110,14 +122,15 @@ def _check_ray_options(options: dict) -> None:
 
 
 def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir=None,
-                    max_lineage_bytes=None, namespace=None):
+                    max_lineage_bytes=None, namespace=None, device_store_memory=None):
     from .core_worker import CoreWorker
     session_dir = cluster.new_session_dir()
     cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
     store = object_store_memory or cluster.default_object_store_memory()
     head = cluster.spawn_head(session_dir, embedded=True)
     node = cluster.spawn_node(session_dir, None, cpus, num_gpus, resources, store,
-                              embedded=True, spill_dir=spill_dir)
+                              embedded=True, spill_dir=spill_dir,
+                              device_store_memory=device_store_memory)
     daemons = [head, node]
     try:
         info = node.wait_ready()
@@ -236,8 +249,21 @@ def put(value) -> ObjectRef:
     return runtime_context.require().put(value)
 
 
-def get(refs, *, timeout: float | None = None):
-    return runtime_context.require().get(refs, timeout)
+def get(refs, *, timeout: float | None = None, device: str | None = None):
+    """The values of ``refs``. An object made on a GPU (device tier) comes
+    back as a cupy array on a machine with a real GPU, numpy in CPU mode;
+    ``device="cpu"`` always gives numpy."""
+    if device not in (None, "cpu", "gpu", "cuda"):
+        raise ValueError(f"get(device=...) takes None, 'cpu' or 'cuda', got {device!r}")
+    return runtime_context.require().get(refs, timeout, device=device)
+
+
+def array_module():
+    """The array module for new arrays: ``cupy`` where a real GPU is usable
+    (and ``GDFUT_CPU_MODE`` is not set), else ``numpy``. Code written against
+    it runs unchanged on a GPU host and in CPU mode."""
+    from .device_objects import array_module as module
+    return module()
 
 
 def wait(refs, *, num_returns: int = 1, timeout: float | None = None, fetch_local: bool = True):
@@ -302,7 +328,7 @@ def get_actor(name: str, namespace: str | None = None):
 def memory_summary() -> list[dict]:
     """Live objects of every owner on this node: id, owner, size, state, refs,
     call site, and where the bytes are: ``node`` (hex id) and ``tier``
-    (``"host"`` or ``"disk"``; values small enough to live in their owner's
+    (``"device"``, ``"host"`` or ``"disk"``; values small enough to live in their owner's
     memory count as ``"host"`` of the owner's node)."""
     from . import protocol as P
     rt = runtime_context.require()

@@ -310,7 +310,8 @@ def _spawn_node(args, session_dir, head_addr) -> tuple:
     # num_gpus None: the node counts real GPUs with NVML (0 without a driver)
     node = cluster.spawn_node(session_dir, head_addr, cpus, args.num_gpus,
                               _resources(args.resources), store, bind=args.bind, detach=True,
-                              transport=args.transport, spill_dir=args.spill_dir)
+                              transport=args.transport, spill_dir=args.spill_dir,
+                              device_store_memory=args.device_store_memory)
     info = _wait_ready(node, session_dir)
     cluster.record_pid(session_dir, "node", node.popen.pid)
     return node, info, cpus, store
@@ -319,6 +320,8 @@ def _spawn_node(args, session_dir, head_addr) -> tuple:
 def cmd_start(args) -> int:
     if args.object_store_memory is not None and args.object_store_memory <= 0:
         raise CliError("--object-store-memory must be a positive number of bytes")
+    if args.device_store_memory is not None and args.device_store_memory < 0:
+        raise CliError("--device-store-memory must be >= 0 bytes (per GPU)")
     if args.num_cpus is not None and args.num_cpus < 0:
         raise CliError("--num-cpus must be >= 0")
     if args.num_gpus is not None and args.num_gpus < 0:
@@ -753,14 +756,24 @@ def cmd_status(args) -> int:
             str(store.get("num_objects", "-")),
             (f"{_bytes(store.get('used_bytes'))}/{_bytes(store.get('capacity'))}"
              if store else "-"),
+            _device_cell(s.get("tiers")),
             _disk_cell(s.get("tiers")),
             str(s.get("workers", "-")),
             str(n.get("pid", "-")),
         ])
     _table("Nodes (resources in use/total)",
            ["NODE", "ADDRESS", "STATE", "CPU", "GPU", "OTHER", "OBJECTS", "STORE",
-            "DISK (spilled/restored)", "WORKERS", "PID"], rows)
+            "DEVICE (moved to host)", "DISK (spilled/restored)", "WORKERS", "PID"], rows)
     return 0
+
+
+def _device_cell(tiers) -> str:
+    """Bytes in the device tier (all GPUs of the node) of its budget, and
+    the bytes moved down to host so far."""
+    if not tiers or not tiers.get("device_capacity"):
+        return "-"
+    return (f"{_bytes(tiers.get('device_bytes'))}/{_bytes(tiers.get('device_capacity'))} "
+            f"({_bytes(tiers.get('moved_down_bytes'))})")
 
 
 def _disk_cell(tiers) -> str:
@@ -828,16 +841,22 @@ def cmd_memory(args) -> int:
         store = reply.get("store") or []
         host = [o for o in store if o.get("tier", "host") == "host"]
         disk = [o for o in store if o.get("tier") == "disk"]
+        device = [o for o in store if o.get("tier") == "device"]
         used = sum(o.get("size") or 0 for o in host)
         pinned = sum(1 for o in host if o.get("pins"))
         cap = ((n.get("stats") or {}).get("store") or {}).get("capacity")
         tiers = reply.get("tiers") or {}
-        store_rows.append([_hex(n.get("node_id")), str(len(host)), str(pinned),
+        store_rows.append([_hex(n.get("node_id")), str(len(device)),
+                           (f"{_bytes(tiers.get('device_bytes'))}/"
+                            f"{_bytes(tiers.get('device_capacity'))}"
+                            if tiers.get("device_capacity") else "-"),
+                           str(len(host)), str(pinned),
                            f"{_bytes(used)}/{_bytes(cap)}", str(len(disk)),
                            _bytes(sum(o.get("size") or 0 for o in disk)),
                            f"{_bytes(tiers.get('spilled_bytes'))}/"
                            f"{_bytes(tiers.get('restored_bytes'))}"])
-    _table("Stores by tier", ["NODE", "HOST OBJECTS", "PINNED", "HOST USED", "DISK OBJECTS",
+    _table("Stores by tier", ["NODE", "DEVICE OBJECTS", "DEVICE USED", "HOST OBJECTS",
+                              "PINNED", "HOST USED", "DISK OBJECTS",
                               "DISK USED", "SPILLED/RESTORED"], store_rows)
     print(f"\n{_plural(len(rows), 'reference')}, {_bytes(total)} in owned objects of known size")
     return 0
@@ -865,6 +884,9 @@ def _parser() -> argparse.ArgumentParser:
     st.add_argument("--spill-dir", default=None, metavar="DIR",
                     help="where objects that do not fit in the store are spilled "
                          "(default: spill/ in the session directory)")
+    st.add_argument("--device-store-memory", type=int, default=None, metavar="BYTES",
+                    help="device tier bytes per GPU, where GPU tasks' results stay (default: "
+                         "half of each GPU's memory; emulated GPUs: 1 GiB or half the store)")
     st.add_argument("--session-dir", default=None,
                     help="with --head: a new (or empty) directory for the session (default: "
                          "a new one under the sessions root), or the directory of a session "

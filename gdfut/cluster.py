@@ -167,7 +167,8 @@ def spawn_head(session_dir, port=0, bind="127.0.0.1", embedded=False, detach=Fal
 
 def spawn_node(session_dir, head_addr, num_cpus, num_gpus=None, resources=None,
                object_store_memory=None, port=0, bind="127.0.0.1", embedded=False,
-               detach=False, node_ip=None, transport=None, spill_dir=None) -> Daemon:
+               detach=False, node_ip=None, transport=None, spill_dir=None,
+               device_store_memory=None) -> Daemon:
     cmd = [sys.executable, "-m", "gdfut.node", "--session-dir", session_dir,
            "--num-cpus", str(num_cpus),
            "--resources", json.dumps(resources or {}), "--port", str(port), "--bind", bind]
@@ -183,6 +184,8 @@ def spawn_node(session_dir, head_addr, num_cpus, num_gpus=None, resources=None,
         cmd += ["--object-store-memory", str(int(object_store_memory))]
     if spill_dir:
         cmd += ["--spill-dir", os.path.abspath(spill_dir)]
+    if device_store_memory is not None:
+        cmd += ["--device-store-memory", str(int(device_store_memory))]
     if embedded:
         cmd.append("--embedded")
     return Daemon(_popen(cmd, session_dir, "node", detach), "node")

@@ -180,6 +180,8 @@ class CoreWorker:
         from .actor_submitter import ActorSubmitter
         self.submitter = TaskSubmitter(self)
         self.actors = ActorSubmitter(self)
+        from .device_objects import DeviceObjects
+        self.device = DeviceObjects(self)       # device objects this worker made
         self._register_handlers()
 
     # ------------------------------------------------------------------ start
@@ -661,10 +663,15 @@ class CoreWorker:
         """Pin a stored object (pulled to this node if needed) and rebuild it
         without copying. Any user thread. A lost copy is re-made first (see
         ``pin_or_recover``; ``ask``: the submitter of the running task),
-        while this worker lends its CPU as in a blocking get."""
+        while this worker lends its CPU as in a blocking get. A device
+        object this worker holds is the value itself (pinned for the task)."""
+        if node_id == self.node_id and self.device.held:
+            found, value = self.device.local_value(oid, self.submitting_task_id())
+            if found:
+                return value
         try:
             reply = self.io.run(self.pin_local_copy(oid, node_id, size))
-            entry = ["pinned", reply[0], reply[1]]
+            entry = _pinned_entry(reply)
         except ObjectLostError:
             if self.mode == "worker":
                 self.io.post(self._notify_blocked, True)
@@ -690,7 +697,10 @@ class CoreWorker:
                 f"(capacity {reply['capacity']} bytes, {reply['used']} in use, largest free "
                 f"block {reply['largest_free']} bytes): {reply.get('message', '')}")
         try:
-            ser.write_into(self.arena.view(reply["offset"], total), s, layout)
+            if "file" in reply:     # larger than the host tier: into its spill file
+                _write_file(reply["file"], reply["file_offset"], total, s, layout)
+            else:
+                ser.write_into(self.arena.view(reply["offset"], total), s, layout)
         except BaseException:
             self.io.post(self.node_conn.send, [P.STORE_ABORT, oid])
             raise
@@ -698,7 +708,7 @@ class CoreWorker:
         return [STORE, self.node_id, total]
 
     # ------------------------------------------------------------------ get
-    def get(self, refs, timeout: float | None = None):
+    def get(self, refs, timeout: float | None = None, device: str | None = None):
         single = isinstance(refs, ObjectRef)
         if not single and not isinstance(refs, (list, tuple)):
             raise TypeError(f"get() takes an ObjectRef or a list of ObjectRefs, "
@@ -710,11 +720,22 @@ class CoreWorker:
         entries = self._entries(ref_list, timeout)
         seen = self.borrowed_refs_seen
         values = [self._materialize(r.id, e) for r, e in zip(ref_list, entries)]
+        if device != "cpu" and self.mode == "driver":
+            values = self._on_device(ref_list, values)
         if self.borrowed_refs_seen != seen:
             # refs read out of objects: register with their owners before the
             # outer refs can go (the outer object is what keeps them alive now)
             self.io.run(self._register_held())
         return values[0] if single else values
+
+    def _on_device(self, refs, values):
+        """Device objects (made on a GPU) as cupy arrays in the driver, where
+        a real GPU is usable; numpy in CPU mode."""
+        from .device_objects import real_gpu, to_device
+        made_on_gpu = [len(self.values.get(r.id) or ()) > 3 for r in refs]
+        if not any(made_on_gpu) or not real_gpu():
+            return values
+        return [to_device(v) if gpu else v for v, gpu in zip(values, made_on_gpu)]
 
     async def _register_held(self):
         await asyncio.sleep(0)   # let the posted add_local_ref calls run first
@@ -771,7 +792,7 @@ class CoreWorker:
 
         def done(i, entry):
             if fut.done():   # the reader gave up (timeout, cancel): release its pin
-                if entry[0] == "pinned":
+                if entry[0] in PINNED:
                     self._send_unpin(oids[i])
                 return
             results[i] = entry
@@ -787,7 +808,7 @@ class CoreWorker:
         (what comes later is unpinned as it comes, in _resolve_many)."""
         oids, results = getattr(fut, "gdfut_pins", ((), ()))
         for i, entry in enumerate(results):
-            if entry is not None and entry[0] == "pinned":
+            if entry is not None and entry[0] in PINNED:
                 results[i] = None
                 self._send_unpin(oids[i])
 
@@ -812,7 +833,7 @@ class CoreWorker:
         for _ in range(MAX_RECOVERIES):
             try:
                 reply = await self.pin_local_copy(oid, node_id, size)
-                return ["pinned", reply[0], reply[1]]
+                return _pinned_entry(reply)
             except ObjectLostError as exc:
                 err = exc
             entry = await self.recover(oid, node_id, ask)
@@ -857,7 +878,8 @@ class CoreWorker:
                     if isinstance(loc, tuple) and loc[0] != node_id]
             if left:
                 self.values[oid] = [STORE, left[0][0], entry[2]]
-        self.run_instructions(self.table.remove_location(oid, (node_id, "host")))
+        for tier in ("device", "host"):
+            self.run_instructions(self.table.remove_location(oid, (node_id, tier)))
 
     async def pin_local_copy(self, oid: bytes, node_id: bytes, size: int):
         """Pin a copy in this node's store, pulling it from ``node_id`` first
@@ -898,6 +920,10 @@ class CoreWorker:
             raise load_error(entry[1])
         if kind == "pinned":
             region = self.arena.readonly_pinned(entry[1], entry[2], _Unpin(self, oid))
+            return ser.loads_from_store(region)
+        if kind == "mapped":         # lives in a spill file (larger than the host tier)
+            from .devstore.arena import map_file_readonly
+            region = map_file_readonly(entry[1], entry[2], entry[3], _Unpin(self, oid))
             return ser.loads_from_store(region)
         raise AssertionError(f"bad entry {entry!r}")
 
@@ -1111,6 +1137,33 @@ MAX_RECOVERIES = 8
 HAND_OVER_WAIT_S = 30.0
 """How long shutdown waits for detached actors still being placed."""
 """How many times one read reports a lost copy to the owner and tries again."""
+
+
+PINNED = ("pinned", "mapped")
+
+
+def _pinned_entry(reply) -> list:
+    """The entry of a node's pin reply: ``["pinned", offset, size]`` in the
+    arena, or ``["mapped", path, offset, size]`` for an object that lives in
+    a spill file of its own (larger than the host tier)."""
+    if len(reply) == 3:
+        return ["mapped", reply[0], reply[1], reply[2]]
+    return ["pinned", reply[0], reply[1]]
+
+
+def _write_file(path: str, offset: int, total: int, s, layout) -> None:
+    """Write a serialized value into the spill file its node made for it."""
+    import mmap
+    fd = os.open(path, os.O_RDWR)
+    try:
+        mm = mmap.mmap(fd, total, offset=offset)
+    finally:
+        os.close(fd)
+    try:
+        with memoryview(mm) as view:
+            ser.write_into(view, s, layout)
+    finally:
+        mm.close()
 
 
 def _location_text(loc) -> list:

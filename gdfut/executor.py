@@ -343,6 +343,7 @@ class Executor:
             status = DONE_ERROR
         finally:
             CURRENT_TASK.reset(current)
+            self.rt.device.release_task(task.tid)
         self.rt.io.post(self.send_done, task, status, returns)
 
     def function(self, fn_id):
@@ -428,6 +429,7 @@ class Executor:
                 status = DONE_ERROR
         finally:
             self.async_tasks.pop(task.tid, None)
+            self.rt.device.release_task(task.tid)
         self.rt.io.post(self.send_done, task, status, returns)
 
     # -------------------------------------------------------- exit_actor
@@ -507,6 +509,10 @@ class Executor:
     def package_value(self, task: Task, oid: bytes, value) -> list:
         """A return row [oid, entry, nested rows, nested refs]: small values
         inline, others written into the store (owned by the task's owner)."""
+        if task.generator is None:     # device tier: kept in this worker if it holds a GPU
+            entry = self.rt.device.store(oid, value, task.owner_wid)
+            if entry is not None:
+                return [oid, entry, [], []]
         s = ser.serialize(value, f"the return value of {task.name}")
         entry = self.rt.store_serialized(oid, s, owner=task.owner_wid)
         if task.generator == DYNAMIC:   # refs to its items: the owner has them already

@@ -29,6 +29,7 @@ from .ids import new_id, short
 from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager, QueueFull,
                                 Reject, RequestCancelled, StartWorker)
 from .node_pgs import NodeBundles
+from .node_device import DeviceTier, default_device_memory
 from .node_tiers import TieredStore, log_totals
 from .object_transfer import ObjectTransfer, TransferError
 from .sched import policy
@@ -139,6 +140,12 @@ class NodeDaemon:
         self.arena_name = f"gdfut-{os.path.basename(self.session_dir)}-{self.node_id[:4].hex()}"
         self.spill_dir = args.spill_dir or os.path.join(self.session_dir, "spill")
         self.tiers = TieredStore(self, self.store, DiskStore(self.spill_dir, self.arena_name[6:]))
+        device_memory = getattr(args, "device_store_memory", None)
+        if device_memory is None:
+            device_memory = default_device_memory(
+                args.num_gpus, self.total.to_dict().get(GPU_MEMORY, 0), self.capacity)
+        self.device = DeviceTier(self, args.num_gpus, device_memory)
+        self.tiers.device = self.device
         self.arena = None
         self.workers: dict[bytes, WorkerProc] = {}
         self.peers: dict[bytes, Conn] = {}            # wid -> connection of that process
@@ -178,7 +185,10 @@ class NodeDaemon:
             P.STORE_UNPIN: self.on_store_unpin, P.STORE_FREE: self.on_store_free,
             P.KILL_WORKER: self.on_kill_worker, P.NODE_STATUS: self.on_status,
             P.NODE_MEMORY: self.on_memory, P.NODE_PULL: self.on_pull,
-            P.NODE_CLUSTER_VIEW: self.on_cluster_view, P.DETACH_LEASE: self.on_detach_lease,
+            P.NODE_CLUSTER_VIEW: self.on_cluster_view,
+            P.DETACH_LEASE: self.on_detach_lease,
+            P.DEVICE_CREATE: self.on_device_create, P.DEVICE_PIN: self.on_device_pin,
+            P.DEVICE_UNPIN: self.on_device_unpin, P.DEVICE_EVACUATE: self.on_device_evacuate,
         }
         self.bundles = NodeBundles(self)
         self.dispatch.update(self.bundles.handlers())
@@ -447,7 +457,15 @@ class NodeDaemon:
         w = self.workers.get(wid)
         if w is None:
             return
+        if self.device.policy.objects_of(wid):    # its device objects go to host first
+            self.tasks.spawn("evacuate", self._evacuate_then_kill(w, reason))
+            return
         log.info("killing worker %s: %s", short(wid), reason)
+        _signal(w.popen, signal.SIGKILL)
+
+    async def _evacuate_then_kill(self, w, reason):
+        await self.device.evacuate(w.wid)
+        log.info("killing worker %s: %s", short(w.wid), reason)
         _signal(w.popen, signal.SIGKILL)
 
     # ------------------------------------------------------------- handlers
@@ -641,10 +659,36 @@ class NodeDaemon:
                                          "used": space["used_bytes"],
                                          "largest_free": space["largest_free"]})
                 return
-            self.object_owner[oid] = owner
-            self.objects_of_owner.setdefault(owner, set()).add(oid)
+            self.note_owner(oid, owner)
+            if isinstance(offset, tuple):    # larger than the host tier: into a file
+                peer.conn.reply(req_id, {"file": offset[0], "file_offset": offset[1]})
+                return
             peer.conn.reply(req_id, {"offset": offset})
         self.tiers.create(oid, size, primary, peer.wid, done)
+
+    def note_owner(self, oid, owner):
+        """Fate sharing: ``oid`` is freed here when ``owner`` dies."""
+        self.object_owner[oid] = owner
+        self.objects_of_owner.setdefault(owner, set()).add(oid)
+
+    # device tier: device objects live in the worker that made them
+    def on_device_create(self, peer, m):
+        _, req_id, oid, size, host_size, gpu, owner = m
+        self.device.create(peer, req_id, oid, size, host_size, gpu, owner)
+
+    def on_device_pin(self, peer, m):
+        _, req_id, oid = m
+        peer.conn.reply(req_id, self.device.pin(oid, peer.wid))
+
+    def on_device_unpin(self, peer, m):
+        self.device.unpin(m[1])
+
+    def on_device_evacuate(self, peer, m):
+        async def evacuate():
+            await self.device.evacuate(peer.wid)
+            if not peer.closed:
+                peer.conn.reply(m[1], True)
+        self.tasks.spawn("evacuate", evacuate())
 
     async def create_secondary(self, oid, size) -> int:
         """A slot for a copy pulled from another node (evicted, not spilled,
@@ -761,10 +805,11 @@ class NodeDaemon:
         store = [{"object_id": o.object_id, "size": o.size, "state": o.state,
                   "pins": sum(o.pins.values()), "primary": o.primary, "tier": "host"}
                  for o in self.store.objects()]
-        store += [{"object_id": oid, "size": where.size, "state": "SEALED", "pins": 0,
-                   "primary": True, "tier": "disk"}
+        store += [{"object_id": oid, "size": where.size, "state": "SEALED",
+                   "pins": self.tiers.disk_pins(oid), "primary": True, "tier": "disk"}
                   for oid, where in self.tiers.disk.layout.places.items()
                   if self.tiers.policy.tier_of(oid) == "disk"]
+        store += self.device.rows()
         peer.conn.reply(req_id, {"owners": rows, "store": store, "node_id": self.node_id,
                                  "tiers": self.tiers.stats()})
 
@@ -779,6 +824,7 @@ class NodeDaemon:
         if self.peers.get(peer.wid) is peer:
             del self.peers[peer.wid]
         self.tiers.release_holder(peer.wid)
+        self.device.holder_gone(peer.wid)
         self.free_objects_of(peer.wid)
         if peer.kind != "remote-client":
             self.tell_head([P.HEAD_PROCESSES_DIED, [peer.wid]])   # tell the other nodes
@@ -911,6 +957,9 @@ def main(argv=None):
     ap.add_argument("--object-store-memory", type=int, default=2 * 1024**3)
     ap.add_argument("--spill-dir", default=None,
                     help="directory for spill files (default: <session-dir>/spill)")
+    ap.add_argument("--device-store-memory", type=int, default=None,
+                    help="device tier bytes per GPU (default: half of each GPU's memory; "
+                         "emulated GPUs in CPU mode: 1 GiB or half the store, the smaller)")
     ap.add_argument("--embedded", action="store_true")
     ap.add_argument("--transport", default=None, help="data plane: tcp (default) or ucx")
     args = ap.parse_args(argv)

@@ -9,8 +9,9 @@ spilled object restores it first, and a free deletes the object from every
 tier. All pins of readers go through here so the policy knows what is in
 use; the spill and restore I/O hold pins of their own in the host table only.
 
-The device tier (GPU memory per worker) is not built yet: it will be a third
-table above the host one, fed to the same policy.
+The device tier (``node_device.DeviceTier``, objects in the memory of the
+worker that made them) sits above: a reader of a device object here waits
+until its holder wrote a host copy, and a free reaches the device tier too.
 """
 from __future__ import annotations
 
@@ -51,6 +52,12 @@ class TieredStore:
         self.creates: dict[tuple, _Create] = {}
         self.pin_waiters: dict[bytes, list] = {}   # oid -> [(holder, alive, done)] during restore
         self.stuck_armed: set = set()
+        self.device = None          # node_device.DeviceTier, set by the node
+        # objects larger than the host tier, in a spill file of their own:
+        # oid -> (path, offset, size); their writer; readers' pins
+        self.direct: dict[bytes, tuple] = {}
+        self.direct_writers: dict[bytes, object] = {}
+        self.direct_pins: dict[tuple, int] = {}
         self._ids = 0
 
     # -- events from the node --------------------------------------------------
@@ -73,23 +80,38 @@ class TieredStore:
                 self.cancel_create(key)
 
     def seal(self, oid, holder) -> bool:
+        if oid in self.direct_writers:
+            if self.direct_writers[oid] != holder:
+                return False
+            del self.direct_writers[oid]
+            self.run(self.policy.sealed(oid, self.node.tick()))
+            return True
         res = self.store.seal(oid, holder)
         if res.ok:
             self.run(self.policy.sealed(oid, self.node.tick()))
         return res.ok
 
     def abort(self, oid, holder) -> None:
+        if self.direct_writers.get(oid) == holder:
+            del self.direct_writers[oid]
+            self.run(self.policy.freed(oid))
+            return
         if self.store.abort(oid, holder).ok:
             self.run(self.policy.freed(oid))
 
     def free(self, oid) -> None:
+        if self.device is not None:
+            self.device.free(oid)
         self.run(self.policy.freed(oid))
         if self.policy.tier_of(oid) is None:     # readers waiting for its restore
             for _, _, done in self.pin_waiters.pop(oid, ()):
                 done(None)
 
     def pin(self, oid, holder):
-        """Pin a host-resident object now: (offset, size), or None."""
+        """Pin a host-resident object now: (offset, size), or None; an object
+        that lives in a spill file of its own: (path, offset, size)."""
+        if oid in self.direct:
+            return self._pin_direct(oid, holder)
         if self.policy.tier_of(oid) != tp.HOST:
             return None
         now = self.node.tick()
@@ -100,8 +122,12 @@ class TieredStore:
 
     def pin_or_restore(self, oid, holder, alive: Callable[[], bool], done: Callable) -> None:
         """Pin, restoring the object from disk first if it was spilled;
-        ``done(loc or None)`` once known."""
-        if self.policy.tier_of(oid) == tp.DISK:
+        ``done(loc or None)`` once known. A device object gets its host copy
+        written by its holder first."""
+        if self.device is not None and self.device.when_host_ready(
+                oid, lambda: self.pin_or_restore(oid, holder, alive, done)):
+            return
+        if self.policy.tier_of(oid) == tp.DISK and oid not in self.direct:
             self.pin_waiters.setdefault(oid, []).append((holder, alive, done))
             self.run(self.policy.access(oid, now=self.node.tick()))
             return
@@ -113,13 +139,39 @@ class TieredStore:
                             lambda loc: fut.done() or fut.set_result(loc))
         return await fut
 
+    def _pin_direct(self, oid, holder):
+        if oid in self.direct_writers or self.policy.tier_of(oid) is None:
+            return None                    # being written, or freed
+        self.policy.pinned(oid, now=self.node.tick())
+        key = (oid, holder)
+        self.direct_pins[key] = self.direct_pins.get(key, 0) + 1
+        return self.direct[oid]
+
+    def disk_pins(self, oid) -> int:
+        """Readers' pins of an object that lives in a spill file (0 for a
+        spilled one: it is read after a restore, pinned in host memory)."""
+        return sum(n for (o, _), n in self.direct_pins.items() if o == oid)
+
     def unpin(self, oid, holder, count=1) -> None:
+        key = (oid, holder)
+        if key in self.direct_pins:
+            count = min(count, self.direct_pins[key])
+            self.direct_pins[key] -= count
+            if not self.direct_pins[key]:
+                del self.direct_pins[key]
+            self.run(self.policy.unpinned(oid, count))
+            return
         if self.store.unpin(oid, holder, count).ok:
             self.run(self.policy.unpinned(oid, count))
 
     def release_holder(self, holder) -> None:
         """A process (or a transfer) went: its pins and unfinished writes go."""
         self.cancel_creates_of(holder)
+        for oid in [o for o, h in self.direct_writers.items() if h == holder]:
+            self.abort(oid, holder)
+        for (oid, h), count in list(self.direct_pins.items()):
+            if h == holder:
+                self.unpin(oid, holder, count)
         holdings = self.store.holdings(holder)
         self.store.release_holder(holder)
         for oid, state, count in holdings:
@@ -128,7 +180,8 @@ class TieredStore:
 
     def stats(self) -> dict:
         s = self.policy.stats()
-        return {"host_bytes": s["host_bytes"], "disk_bytes": s["disk_bytes"],
+        device = self.device.stats() if self.device is not None else {}
+        return {**device, "host_bytes": s["host_bytes"], "disk_bytes": s["disk_bytes"],
                 "host_capacity": s["host_capacity"], "disk_capacity": s["disk_capacity"],
                 "disk_file_bytes": self.disk.disk_bytes(), "spill_dir": self.disk.path,
                 "spills_in_flight": s["spills_in_flight"], "waiting": s["waiting_requests"],
@@ -144,6 +197,8 @@ class TieredStore:
             kind = type(ins)
             if kind is tp.Grant:
                 self.grant(ins)
+            elif kind is tp.GrantDisk:
+                self.grant_disk(ins)
             elif kind is tp.Fail:
                 self.fail(ins)
             elif kind is tp.Spill:
@@ -156,6 +211,7 @@ class TieredStore:
                 if ins.tier == tp.HOST:
                     self.store.delete(ins.oid)
                 else:
+                    self.direct.pop(ins.oid, None)
                     self.disk.delete(ins.oid)
             elif kind is tp.Stuck:
                 self.arm_stuck(ins.req)
@@ -171,6 +227,23 @@ class TieredStore:
             return
         self.node.arena.note_allocation(res.offset, c.size)
         c.done(res.offset, None)
+
+    def grant_disk(self, ins: tp.GrantDisk) -> None:
+        """An object larger than the host tier: its writer writes it into a
+        spill file of its own (``done((path, offset), None)``)."""
+        c = self.creates.pop(ins.req)
+        try:
+            path, offset = self.disk.reserve(c.oid, c.size)
+        except OSError as exc:
+            self.run(self.policy.freed(c.oid))
+            c.done(None, f"object of {c.size} bytes is larger than the host tier and its spill "
+                         f"file could not be made in {self.disk.path}: {exc}")
+            return
+        self.direct[c.oid] = (path, offset, c.size)
+        self.direct_writers[c.oid] = c.holder
+        log.info("object %s of %d bytes is larger than the host tier: written to %s",
+                 short(c.oid), c.size, path)
+        c.done((path, offset), None)
 
     def fail(self, ins: tp.Fail) -> None:
         c = self.creates.pop(ins.req, None)

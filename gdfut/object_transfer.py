@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
+import os
 import time
 
 from .ids import short
@@ -100,10 +101,13 @@ class ObjectTransfer:
                     await ep.send_frame(["missing", 0])
                     continue
                 try:
-                    start, size = loc
+                    start, size = loc[-2:]
                     length = max(0, min(length, size - offset))
                     await ep.send_frame(["ok", size, length])
-                    if length:
+                    if length and len(loc) == 3:   # lives in a spill file of its own
+                        await ep.send_buffer(memoryview(await asyncio.to_thread(
+                            _read_file, loc[0], start + offset, length)))
+                    elif length:
                         await ep.send_buffer(arena.view(start + offset, length))
                     self.stats["served_bytes"] += length
                 finally:
@@ -214,3 +218,19 @@ class ObjectTransfer:
 
     def _give_back(self, addr, ep):
         self.pools[addr].put_nowait(ep)
+
+
+def _read_file(path: str, offset: int, length: int) -> bytes:
+    """Bytes of an object that lives in a spill file (larger than the host tier)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        parts, done = [], 0
+        while done < length:
+            part = os.pread(fd, length - done, offset + done)
+            if not part:
+                raise OSError(f"{path} ends before byte {offset + length}")
+            parts.append(part)
+            done += len(part)
+        return b"".join(parts) if len(parts) > 1 else parts[0]
+    finally:
+        os.close(fd)

@@ -53,6 +53,13 @@ CANCEL_LEASE_REQUEST = 25
 NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, size)
 NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
 DETACH_LEASE = 28         # lease_id: a detached actor's worker holds its own lease from now on
+# device tier: worker <-> node (device objects live in the worker that made them)
+DEVICE_CREATE = 50        # req: oid, device bytes, host bytes, gpu, owner -> {"ok"} | {"fallback": why}
+DEVICE_PIN = 51           # req: oid -> True (the caller's device copy is pinned) | False
+DEVICE_UNPIN = 52         # [(oid, count)...]
+DEVICE_EVACUATE = 53      # req: move every device object of the caller to host -> True
+DEVICE_SPILL = 54         # node -> holder, req: oid: write a host copy -> {"ok"} | {"error"}
+DEVICE_DELETE = 55        # node -> holder: [oid...]: drop these device copies
 # owner <-> worker (direct task push)
 PUSH_TASK = 30            # spec
 TASK_DONE = 31            # task_id, status, returns[, seconds the worker spent on it]

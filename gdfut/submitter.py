@@ -744,8 +744,8 @@ def lost_error(oid: bytes, reason: str, where: str) -> ObjectLostError:
 
 def entry_location(entry) -> tuple:
     """(size, location) of a value entry (location None for an error)."""
-    if entry[0] == STORE:
-        return entry[2], (entry[1], "host")
+    if entry[0] == STORE:     # a 4th field: made on that GPU, in its device tier
+        return entry[2], (entry[1], "device" if len(entry) > 3 else "host")
     if entry[0] == INLINE:
         return len(entry[1]), INLINE_LOCATION
     if entry[0] == ERROR:

@@ -41,6 +41,7 @@ def main(argv=None):
     # once) is right, and a handler could not interrupt a blocked start-up.
     signal.signal(signal.SIGTERM, lambda *_: executor.stop())
     executor.run_forever()
+    rt.device.evacuate()        # its device objects move to the host tier first
     rt.shutdown()
     os._exit(0)
 

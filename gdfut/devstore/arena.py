@@ -107,6 +107,27 @@ class _Pin:
             on_release()
 
 
+def map_file_readonly(path: str, offset: int, size: int,
+                      on_release: Callable[[], None]) -> np.ndarray:
+    """Read-only uint8 array over ``size`` bytes of a file at ``offset`` (a
+    multiple of the page size), no copy: the view a reader gets of an object
+    that lives in a spill file. ``on_release()`` runs once, when the array
+    and everything made from it are garbage (as ``readonly_pinned``)."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        # private mapping: pages come from the file as they are read; the
+        # address is taken from a writable (copy-on-write) buffer, the array
+        # over it is marked read-only
+        mm = mmap.mmap(fd, size, offset=offset, access=mmap.ACCESS_COPY)
+    finally:
+        os.close(fd)
+    export = memoryview(mm)
+    pin = _Pin(SharedArena._address_of(mm), size, export, on_release)
+    array = np.asarray(pin)
+    assert array.base is pin and not array.flags.writeable
+    return array
+
+
 class SharedArena:
     """A named, fixed-size shared mapping under /dev/shm."""
 

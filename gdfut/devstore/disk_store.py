@@ -87,11 +87,13 @@ class SpillLayout:
         """The file the next small object goes to (if it fits there)."""
         return self.currents[self._turn]
 
-    def place(self, oid, size: int) -> Place:
+    def place(self, oid, size: int, alone: bool = False) -> Place:
+        """Where ``oid`` goes; ``alone``: in a file of its own (an object
+        mapped by its readers, so never moved by compaction)."""
         if oid in self.places:
             raise ValueError(f"object {oid!r} is spilled already")
         need = _round_up(size, self.alignment)
-        if need >= self.max_file_bytes:
+        if need >= self.max_file_bytes or alone:
             file_no = self._new_file()           # a large object: a file of its own
         else:
             self._turn = (self._turn + 1) % len(self.currents)
@@ -214,6 +216,9 @@ def remove_dead_node_dirs(spill_dir: str) -> list[str]:
     return removed
 
 
+SPILL_CAPACITY_ENV = "GDFUT_SPILL_CAPACITY"
+
+
 class DiskStore:
     """Spill files of one node, written and read by a bounded thread pool."""
 
@@ -242,11 +247,20 @@ class DiskStore:
 
     def capacity(self) -> int:
         """Bytes the disk tier may use: the free space of its filesystem now,
-        less 5% so the disk is never filled to the last block."""
+        less 5% so the disk is never filled to the last block, and at most
+        ``GDFUT_SPILL_CAPACITY`` bytes where that is set (a quota)."""
         probe = self.spill_dir
         while not os.path.isdir(probe):          # not made yet: its nearest parent
             probe = os.path.dirname(probe) or "."
-        return int(shutil.disk_usage(probe).free * 0.95)
+        free = int(shutil.disk_usage(probe).free * 0.95)
+        quota = os.environ.get(SPILL_CAPACITY_ENV, "").strip()
+        if not quota:
+            return free
+        try:
+            return min(free, max(0, int(quota)))
+        except ValueError:
+            raise ValueError(f"{SPILL_CAPACITY_ENV} must be a number of bytes, "
+                             f"got {quota!r}") from None
 
     def disk_bytes(self) -> int:
         """Bytes the spill files take on disk (allocated blocks)."""
@@ -284,6 +298,18 @@ class DiskStore:
             await self._run_io(where.file_no, _pread_all, view, where.offset)
         self.stats["read_bytes"] += len(view)
         self._log_rate("restored", oid, len(view), t0)
+
+    def reserve(self, oid, size: int) -> tuple[str, int]:
+        """A file of its own for an object written and read in place (larger
+        than the host tier): (path, offset), the file already ``size`` long."""
+        where = self.layout.place(oid, size, alone=True)
+        try:
+            fd = self._fd(where.file_no)
+            os.ftruncate(fd, where.offset + size)
+        except BaseException:
+            self._forget(oid)
+            raise
+        return self._file_path(where.file_no), where.offset
 
     def delete(self, oid) -> None:
         """Free ``oid``'s blocks now: punch a hole, or delete its file when it

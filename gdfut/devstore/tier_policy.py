@@ -5,6 +5,9 @@ create asks for room, an object is sealed, pinned, unpinned, freed, a spill
 or a restore finished — and carries out the instructions it answers:
 
 * ``Grant(req)``: allocate the create's slot in the arena now;
+* ``GrantDisk(req)``: the object is larger than the host tier: its writer
+  writes it straight into a spill file of its own, and readers map it there
+  (a *direct* disk object: never in host memory, never restored);
 * ``Wait(req)``: the create is queued until room is made (answer later);
 * ``Fail(req, message)``: the create can never fit (the message names the sizes);
 * ``Spill(oid)``: copy a host object to disk (its host bytes stay counted
@@ -14,9 +17,9 @@ or a restore finished — and carries out the instructions it answers:
 * ``Restore(oid)``: allocate a host slot for a spilled object and read it back;
 * ``Delete(oid, tier)``: free the object's bytes in that tier.
 
-Tiers, top down: ``device`` (reserved for GPU memory, not built yet: it will
-sit above ``host`` with a capacity per GPU and spill into ``host`` the same
-way ``host`` spills into ``disk``), ``host`` (the node's shared-memory arena)
+Tiers, top down: ``device`` (GPU memory of the producing workers, a budget
+per GPU, kept by ``device_policy.DeviceTierPolicy``: it moves objects into
+``host`` through ordinary creates here), ``host`` (the node's shared-memory arena)
 and ``disk`` (spill files). Decisions:
 
 * least-recently-used unpinned sealed objects move down first (``now`` is a
@@ -33,11 +36,14 @@ and ``disk`` (spill files). Decisions:
   restored object is never picked for spilling before its reader has it;
   the disk copy is kept, so moving a restored object down again is a
   ``Delete(oid, "host")`` without a write (as Ray keeps spilled copies);
-* a create fails at once only when the object is larger than the host tier
-  (every object is written and read in host memory) or than all tiers
-  together; one that cannot be served now, with nothing left to spill and no
-  spill in flight, is reported ``Stuck`` once and fails only when the shell
-  gives up on it (``give_up``), since pins may still be dropped.
+* a create larger than the host tier goes straight to disk (``GrantDisk``)
+  when the disk tier has room for it; a create fails at once only when the
+  object is larger than all tiers together (or than the disk tier, since an
+  object is never split, or the disk has no room left for it, or it is a
+  pulled copy, which is never written to disk); one that cannot be served
+  now, with nothing left to spill and no spill in flight, is reported
+  ``Stuck`` once and fails only when the shell gives up on it
+  (``give_up``), since pins may still be dropped.
 """
 
 from __future__ import annotations
@@ -46,7 +52,7 @@ from collections import OrderedDict, deque
 from dataclasses import dataclass
 from typing import Hashable
 
-DEVICE = "device"   # reserved: the device tier comes later
+DEVICE = "device"   # the device tier: device_policy.py
 HOST = "host"
 DISK = "disk"
 
@@ -65,6 +71,13 @@ class Grant:
     oid: ObjectId
     size: int
     extra: int = 0   # for alloc_failed
+
+
+@dataclass(frozen=True)
+class GrantDisk:
+    req: RequestId
+    oid: ObjectId
+    size: int
 
 
 @dataclass(frozen=True)
@@ -133,6 +146,7 @@ class _Obj:
     pins: int = 0
     freed: bool = False          # freed while I/O or pins were in the way
     spill_failed: bool = False   # never tried again: the disk refused it
+    direct: bool = False         # larger than the host tier: lives on disk only
 
 
 @dataclass
@@ -205,14 +219,10 @@ class TierPolicy:
         if size < 0:
             raise ValueError(f"object size must be >= 0, got {size}")
         host_need = self.reserved(size, HOST)
-        total = self.capacity[HOST] + self.capacity[DISK]
-        if host_need > self.capacity[HOST] or size > total:
-            return [Fail(req, oid, f"object of {size} bytes is larger than the host tier "
-                                   f"({self.capacity[HOST]} bytes, where every object is written "
-                                   f"and read) or than all tiers together (host "
-                                   f"{self.capacity[HOST]} + disk {self.capacity[DISK]} bytes)")]
         if oid in self._objects or any(r.oid == oid for r in self._queue):
             return [Fail(req, oid, f"object {oid!r} exists already")]
+        if host_need > self.capacity[HOST]:
+            return [self._create_on_disk(req, oid, size, primary, now)]
         self._queue.append(_Request(req, oid, size, restore=False, extra=0))
         self._seq += 1
         self._pending_meta[oid] = (primary, now, self._seq)
@@ -221,6 +231,33 @@ class TierPolicy:
                 any(r.req == req for r in self._queue):
             out.insert(0, Wait(req, oid, size))
         return out
+
+    def _create_on_disk(self, req, oid, size: int, primary: bool, now: int):
+        """An object larger than the host tier: straight to a spill file."""
+        host, disk = self.capacity[HOST], self.capacity[DISK]
+        need = self.reserved(size, DISK)
+        sizes = f"host {host} + disk {disk} bytes"
+        if size > host + disk or need > disk:
+            return Fail(req, oid, f"object of {size} bytes is larger than all tiers together "
+                                  f"({sizes}; an object is never split between tiers)")
+        if not primary:
+            return Fail(req, oid, f"a copy of object of {size} bytes pulled from another node "
+                                  f"is larger than the host tier ({host} bytes), and pulled "
+                                  f"copies are not written to disk")
+        if need > self._free(DISK):
+            return Fail(req, oid, f"object of {size} bytes is larger than the host tier ({host} "
+                                  f"bytes) and the disk tier has {self._free(DISK)} of {disk} "
+                                  f"bytes free")
+        self._seq += 1
+        self._objects[oid] = _Obj(oid, size, primary, now, self._seq, on_host=False,
+                                  on_disk=True, direct=True)
+        self.used[DISK] += need
+        return GrantDisk(req, oid, size)
+
+    def is_direct(self, oid: ObjectId) -> bool:
+        """Lives on disk only (larger than the host tier): readers map it."""
+        obj = self._objects.get(oid)
+        return obj is not None and obj.direct
 
     def alloc_failed(self, req: RequestId, oid: ObjectId, prior_extra: int = 0) -> list:
         """The shell's arena had no contiguous block for a granted create or
@@ -273,7 +310,8 @@ class TierPolicy:
     def pinned(self, oid: ObjectId, count: int = 1, now: int | None = None) -> None:
         """A reader pinned the (host-resident) object."""
         obj = self._objects[oid]
-        assert obj.on_host and obj.state != _RESTORING, f"pin of {oid!r} not in host memory"
+        assert (obj.on_host and obj.state != _RESTORING) or (obj.direct and obj.state == _SEALED), \
+            f"pin of {oid!r} not in host memory"
         obj.pins += count
         self._touch(obj, now)
 
@@ -291,7 +329,7 @@ class TierPolicy:
         if obj is None or obj.freed:
             return []
         self._touch(obj, now)
-        if obj.on_host or any(r.oid == oid for r in self._queue):
+        if obj.on_host or obj.direct or any(r.oid == oid for r in self._queue):
             return []
         self._queue.append(_Request(("restore", oid), oid, obj.size, restore=True))
         return self._progress()
@@ -515,7 +553,10 @@ class TierPolicy:
             if obj.on_disk:
                 used[DISK] += self.reserved(obj.size, DISK)
             assert obj.on_host or obj.on_disk, f"{oid!r} is in no tier"
-            if obj.pins:
+            if obj.direct:
+                assert not obj.on_host and obj.on_disk and obj.state in (_CREATING, _SEALED)
+                assert not obj.pins or obj.state == _SEALED, f"pinned {oid!r} is being written"
+            elif obj.pins:
                 assert obj.on_host and obj.state not in (_CREATING, _RESTORING), \
                     f"pinned {oid!r} is not readable in host memory"
             if obj.state == _SPILLING:
@@ -524,7 +565,7 @@ class TierPolicy:
                 spilling_bytes += self.reserved(obj.size, HOST)
             if obj.state == _RESTORING:
                 assert obj.on_host and obj.on_disk
-            if obj.state == _CREATING:
+            if obj.state == _CREATING and not obj.direct:
                 assert obj.on_host and not obj.on_disk
         assert used == self.used, (used, self.used)
         for tier in (HOST, DISK):

@@ -203,13 +203,20 @@ def test_unpicklable_argument_named_at_call_site(cluster):
         add.remote(1, b=lock)
 
 
-def test_object_store_full_names_sizes(cluster):
-    with pytest.raises(ObjectStoreFullError, match="does not fit") as info:
-        gdfut.put(np.zeros(STORE // 8 + 1024))
-    assert str(STORE) in str(info.value)
-    assert store_stats()["num_objects"] == 0
-    # the store still works afterwards
-    assert gdfut.get(total.remote(np.ones(300_000))) == 300_000
+def test_object_store_full_names_sizes(monkeypatch):
+    # a disk quota: an object larger than the host tier and the disk together
+    monkeypatch.setenv("GDFUT_SPILL_CAPACITY", str(STORE // 4))
+    info = gdfut.init(num_cpus=2, object_store_memory=STORE // 4)
+    try:
+        with pytest.raises(ObjectStoreFullError, match="does not fit") as err:
+            gdfut.put(np.zeros(STORE // 8 + 1024))
+        assert str(STORE // 4) in str(err.value) and "all tiers together" in str(err.value)
+        assert store_stats()["num_objects"] == 0
+        # the store still works afterwards
+        assert gdfut.get(total.remote(np.ones(300_000))) == 300_000
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"])
 
 
 def test_worker_crash_raises_worker_crashed(cluster):

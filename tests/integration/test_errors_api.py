@@ -101,7 +101,9 @@ def test_raising_memory_error_does_not_kill_the_worker(cluster):
 
 
 @pytest.fixture
-def small_store_cluster():
+def small_store_cluster(monkeypatch):
+    # 64 MiB host + 32 MiB disk: a 100 MiB object is larger than all tiers
+    monkeypatch.setenv("GDFUT_SPILL_CAPACITY", str(32 * 1024 * 1024))
     info = gdfut.init(num_cpus=1, object_store_memory=64 * 1024 * 1024)
     try:
         yield info

@@ -130,8 +130,14 @@ def test_pinned_object_is_never_spilled_and_killed_reader_unpins(small_store):
 
 
 def test_create_fails_only_when_it_can_never_fit(small_store):
-    with pytest.raises(ObjectStoreFullError, match="larger than the host tier"):
-        gdfut.put(np.zeros(HOST + MIB, dtype=np.uint8))
+    # larger than the host tier: written straight into a spill file, read in place
+    big = gdfut.put(np.arange((HOST + MIB) // 8, dtype=np.int64))
+    assert tier_of(big) == "disk" and node_status()["store"]["num_objects"] == 0
+    value = gdfut.get(big)
+    assert not value.flags.writeable and (value == np.arange((HOST + MIB) // 8)).all()
+    del value, big
+    wait_until(lambda: node_status()["tiers"]["disk_bytes"] == 0, timeout=10,
+               what="the large object's spill file to go")
     views = [gdfut.get(gdfut.put(np.full(OBJ, i, dtype=np.uint8))) for i in range(3)]
     started = time.monotonic()
     with pytest.raises(ObjectStoreFullError, match="pinned"):
@@ -194,3 +200,82 @@ def test_spill_dir_is_refused_when_joining_a_running_cluster():
     with pytest.raises(ValueError, match="gdfut start --spill-dir"):
         gdfut.init(address="127.0.0.1:1", spill_dir="/tmp/never-made")
     assert not os.path.exists("/tmp/never-made")
+
+
+@gdfut.remote
+def big_result(n, fill):
+    return np.full(n, fill, dtype=np.uint8)
+
+
+@gdfut.remote
+def hold_big(a, marker):
+    open(marker, "w").write(str(os.getpid()))
+    time.sleep(60)
+    return int(a[0])
+
+
+@gdfut.remote
+def check_big(a, fill):
+    """fill None: an arange of int64."""
+    if fill is None:
+        return bool((a == np.arange(a.size)).all()), a.nbytes
+    return bool((a == fill).all()), a.nbytes
+
+
+def test_a_result_larger_than_the_host_tier_lives_on_disk(small_store, tmp_path):
+    """Larger than the host tier, smaller than host + disk: the task writes it
+    straight into a spill file of its own; readers map it there (read-only),
+    pins of a killed reader go, and the file goes with the last ref."""
+    n = HOST + 32 * MIB
+    ref = big_result.remote(n, 5)
+    assert gdfut.get(check_big.remote(ref, 5), timeout=120) == (True, n)
+    assert tier_of(ref) == "disk"
+    value = gdfut.get(ref)
+    assert not value.flags.writeable and value.nbytes == n and value[0] == value[-1] == 5
+    oid = ref.id
+
+    def rows():
+        return [r for r in node_status_rows() if bytes(r["object_id"]) == oid]
+    assert rows()[0]["pins"] == 1                       # the driver's view holds a pin
+    del value
+    wait_until(lambda: rows()[0]["pins"] == 0, timeout=10, what="the driver's unpin")
+    marker = str(tmp_path / "reader")
+    reading = hold_big.options(max_retries=0).remote(ref, marker)
+    wait_until(lambda: os.path.exists(marker) and open(marker).read(), timeout=60,
+               what="the reader to map the object")
+    assert rows()[0]["pins"] == 1
+    os.kill(int(open(marker).read()), signal.SIGKILL)
+    with pytest.raises(gdfut.exceptions.GdfutError):
+        gdfut.get(reading, timeout=30)
+    wait_until(lambda: rows()[0]["pins"] == 0, timeout=10, what="the killed reader's unpin")
+    del ref
+    wait_until(lambda: node_status()["tiers"]["disk_bytes"] == 0 and
+               spill_bytes(small_store["spill_dir"]) == 0, timeout=10,
+               what="its spill file to go")
+
+
+def node_status_rows():
+    from gdfut import protocol as P, runtime_context
+    return runtime_context.require().node_request(P.NODE_MEMORY)["store"]
+
+
+def test_an_object_on_disk_only_is_served_to_a_node_with_a_bigger_host_tier():
+    """The source reads an object larger than its host tier from its spill
+    file; a node whose host tier is large enough pulls it into memory."""
+    from gdfut.testing import Cluster
+
+    c = Cluster()
+    try:
+        a = c.add_node(num_cpus=1, object_store_memory=64 * MIB, wait=False)
+        b = c.add_node(num_cpus=1, object_store_memory=HOST)
+        c.connect()
+        assert gdfut.get_runtime_context().get_node_id() == a.node_id
+        big = gdfut.put(np.arange(100 * MIB // 8, dtype=np.int64))
+        assert tier_of(big) == "disk"
+        on_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+        got = gdfut.get(check_big.options(scheduling_strategy=on_b).remote(big, None), timeout=60)
+        assert got == (True, 100 * MIB)
+        del big
+    finally:
+        c.shutdown()
+        assert_no_leaks(c.session_dir)

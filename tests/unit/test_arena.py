@@ -330,3 +330,24 @@ def test_prefault_thread_faults_up_to_the_target_then_waits(monkeypatch, make_ar
         time.sleep(0.01)
     time.sleep(0.1)
     assert arena.prefaulted_bytes == 24 * MiB and not arena.prefault_done.is_set()
+
+
+def test_map_file_readonly_views_a_file_range_and_releases_once(tmp_path):
+    """The reader's view of an object that lives in a spill file."""
+    import gc
+    from gdfut.devstore.arena import map_file_readonly
+    path = tmp_path / "spill.bin"
+    data = bytes(range(256)) * 64          # 16 KiB
+    path.write_bytes(b"\0" * 4096 + data)
+    released = []
+    view = map_file_readonly(str(path), 4096, len(data), lambda: released.append(1))
+    assert not view.flags.writeable and view.tobytes() == data
+    with pytest.raises(ValueError):
+        view[0] = 1
+    part = view[100:200]
+    del view
+    gc.collect()
+    assert released == [] and part[0] == data[100]     # a slice keeps the mapping and the pin
+    del part
+    gc.collect()
+    assert released == [1]

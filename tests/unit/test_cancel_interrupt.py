@@ -16,7 +16,8 @@ def run_as_task(fn):
         package_returns=lambda task, result: [],
         error_returns=lambda task, err: [],
         wrap_error=lambda task, exc: exc,
-        rt=SimpleNamespace(io=SimpleNamespace(post=lambda *a: None)),
+        rt=SimpleNamespace(io=SimpleNamespace(post=lambda *a: None),
+                           device=SimpleNamespace(release_task=lambda tid: None)),
         send_done=None)
     task = SimpleNamespace(cancelled=False, name="t", tid=b"t" * 16)
     Executor.call_and_reply(fake, task, fn)

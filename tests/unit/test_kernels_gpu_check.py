@@ -73,3 +73,24 @@ def test_gpu_check_kernel_section_in_the_cuda_simulator():
                          timeout=280, env=env, cwd=ROOT)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "kernel pack (records)" in out.stdout
+
+
+def test_gpu_check_device_object_checks_run_on_an_emulated_gpu(tmp_path):
+    """--emulated: the device-tier checks (between tasks, another process on
+    the GPU, spill D->H->disk and back, the tier's copies) on a CPU-mode GPU."""
+    out_json = tmp_path / "rows.json"
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"),
+                          "--emulated", "--object-mib", "8", "--copy-mib", "32",
+                          "--json", str(out_json)],
+                         capture_output=True, text=True, timeout=180, cwd=tmp_path, env=env)
+    assert out.returncode == 0, out.stdout + out.stderr
+    rows = {r["check"]: r for r in json.loads(out_json.read_text())}
+    for check in ("NVML discovery", "kernels", "copies"):
+        assert rows[check]["status"] == "skipped"
+    device = [r for name, r in rows.items() if name.startswith("device:")]
+    assert len(device) == 6 and all(r["status"] == "ok" for r in device), device
+    assert "the object itself" in rows["device: GPU task -> GPU task"]["figure"]
+    assert "the host copy" in rows["device: other process, same GPU"]["note"]
+    spill = rows["device: spill D->H->disk, restore"]["figure"]
+    assert all(int(spill.split()[i]) > 0 for i in (0, 2, 4)), spill

@@ -7,8 +7,8 @@ import random
 
 import pytest
 
-from gdfut.devstore.tier_policy import (DISK, HOST, Delete, Evict, Fail, Grant, Restore, Spill,
-                                        Stuck, TierPolicy, Wait)
+from gdfut.devstore.tier_policy import (DISK, HOST, Delete, Evict, Fail, Grant, GrantDisk,
+                                        Restore, Spill, Stuck, TierPolicy, Wait)
 
 MB = 1 << 20
 
@@ -74,11 +74,37 @@ def test_give_up_fails_with_sizes():
     p.validate()
 
 
-def test_larger_than_host_tier_fails_at_once_naming_sizes():
+def test_larger_than_host_tier_goes_straight_to_disk():
+    p = policy(host=4 * MB, disk=16 * MB)
+    assert p.create("r", "big", 5 * MB, now=1) == [GrantDisk("r", "big", 5 * MB)]
+    assert p.is_direct("big") and p.tier_of("big") == DISK
+    assert p.used == {HOST: 0, DISK: 5 * MB}
+    p.validate()
+    assert p.sealed("big", 2) == []
+    assert p.access("big", now=3) == []          # never restored: readers map it
+    p.pinned("big", now=3)
+    put(p, "a", 3 * MB, now=4)
+    out = p.create("rb", "b", 2 * MB, now=5)     # spills a, never the direct object
+    assert out == [Wait("rb", "b", 2 * MB), Spill("a", 3 * MB)]
+    assert p.freed("big") == []                  # pinned: deleted once unpinned
+    assert p.unpinned("big") == [Delete("big", DISK)]
+    p.validate()
+    # no room left on disk for another: fails naming the sizes
+    (fail,) = p.create("r2", "big2", 15 * MB)
+    assert isinstance(fail, Fail) and str(15 * MB) in fail.message and "free" in fail.message
+    # a pulled copy is never written to disk
+    (fail,) = p.create("r3", "copy", 5 * MB, primary=False)
+    assert isinstance(fail, Fail) and "pulled" in fail.message
+    p.validate()
+
+
+def test_larger_than_all_tiers_fails_at_once_naming_sizes():
     p = policy(host=4 * MB, disk=8 * MB)
-    (fail,) = p.create("r", "big", 5 * MB)
-    assert isinstance(fail, Fail)
-    assert str(5 * MB) in fail.message and str(4 * MB) in fail.message and str(8 * MB) in fail.message
+    (fail,) = p.create("r", "big", 13 * MB)
+    assert isinstance(fail, Fail) and "all tiers together" in fail.message
+    assert str(13 * MB) in fail.message and str(4 * MB) in fail.message and str(8 * MB) in fail.message
+    (fail,) = p.create("r", "big", 9 * MB)        # fits host + disk, but never split
+    assert isinstance(fail, Fail) and "never split" in fail.message
     p.validate()
 
 
@@ -209,7 +235,7 @@ def test_random_events_keep_invariants():
 
         def apply(out):
             for ins in out:
-                if isinstance(ins, Grant):
+                if isinstance(ins, (Grant, GrantDisk)):
                     waiting.pop(ins.req, None)
                     creating.add(ins.oid)
                 elif isinstance(ins, Fail):
@@ -232,8 +258,8 @@ def test_random_events_keep_invariants():
                 oid = ("o", seed, step)
                 req = ("c", oid)
                 waiting[req] = oid
-                apply(p.create(req, oid, rng.randint(0, 3 * MB), primary=rng.random() < 0.8,
-                               now=clock))
+                size = rng.randint(0, 3 * MB) if rng.random() < 0.9 else rng.randint(0, 20 * MB)
+                apply(p.create(req, oid, size, primary=rng.random() < 0.8, now=clock))
             elif action < 0.4 and creating:
                 oid = rng.choice(sorted(creating))
                 creating.discard(oid)

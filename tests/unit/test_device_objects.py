@@ -1,0 +1,101 @@
+"""What the worker keeps as a device object (issue 8), without a cluster."""
+import numpy as np
+import pytest
+
+from gdfut import device_objects as d
+
+
+@pytest.fixture(autouse=True)
+def fresh_mode(monkeypatch):
+    monkeypatch.setattr(d, "_MODE", [])
+
+
+def test_device_bytes_looks_into_tuples_lists_and_dicts():
+    a, b = np.zeros(1000, np.uint8), np.zeros(10, np.int64)
+    assert d.device_bytes(a, real=False) == 1000
+    assert d.device_bytes((a, [b, {"k": a}], "text", 3), real=False) == 2080
+    deep = [[[[[a]]]]]                           # deeper than MAX_DEPTH: not looked into
+    assert d.device_bytes(deep, real=False) == 0
+    assert d.device_bytes(a, real=True) == 0     # numpy is not a device array on a real GPU
+
+
+def test_arrow_tables_are_device_values_on_an_emulated_gpu():
+    pa = pytest.importorskip("pyarrow")
+    t = pa.table({"x": np.arange(1000)})
+    assert d.is_device_value(t, real=False) and d.device_bytes(t, real=False) == t.nbytes
+
+
+def test_host_twin_is_the_value_itself_on_an_emulated_gpu():
+    v = {"a": np.ones(4)}
+    assert d.host_twin(v, real=False) is v
+
+
+def test_device_mode(monkeypatch):
+    import gdfut.node
+    monkeypatch.setattr(d, "gpu_usable", lambda: False)
+    monkeypatch.delenv("GDFUT_CPU_MODE", raising=False)
+    monkeypatch.setattr(gdfut.node, "detect_gpus", lambda: (0, 0))
+    assert d.device_mode() == d.EMULATED           # no GPU: emulated ones
+    monkeypatch.setattr(d, "_MODE", [])
+    monkeypatch.setattr(gdfut.node, "detect_gpus", lambda: (2, 160 << 30))
+    assert d.device_mode() is None                 # GPUs, but cupy cannot use them
+    monkeypatch.setattr(d, "_MODE", [])
+    monkeypatch.setenv("GDFUT_CPU_MODE", "1")
+    assert d.device_mode() == d.EMULATED
+
+
+def test_store_keeps_nothing_without_a_gpu_or_below_the_minimum():
+    class RT:
+        gpu_ids = ()
+        dispatch: dict = {}
+    rt = RT()
+    objs = d.DeviceObjects(rt)
+    assert objs.store(b"o" * 20, np.zeros(1 << 20, np.uint8), b"w" * 16) is None
+    rt.gpu_ids = (0,)
+    assert objs.store(b"o" * 20, np.zeros(100, np.uint8), b"w" * 16) is None   # too small
+    assert not objs.held
+
+
+class _FakeCupyArray:
+    """Stands in for a cupy array: device memory behind __cuda_array_interface__."""
+
+    def __init__(self, host: np.ndarray):
+        self._host = host
+        self.shape, self.dtype, self.nbytes = host.shape, host.dtype, host.nbytes
+
+    @property
+    def __cuda_array_interface__(self):
+        return {"shape": self.shape, "typestr": self.dtype.str, "version": 3,
+                "data": (self._host.ctypes.data, False)}
+
+
+@pytest.fixture
+def fake_cupy(monkeypatch):
+    import sys
+    import types
+    cupy = types.ModuleType("cupy")
+    cupy.ndarray = _FakeCupyArray
+    cupy.asnumpy = lambda a: a._host.copy()
+    cupy.asarray = lambda a: a if isinstance(a, _FakeCupyArray) else _FakeCupyArray(np.asarray(a))
+    cupy.from_dlpack = lambda x: x
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    return cupy
+
+
+def test_real_gpu_host_twin_has_the_layout_its_dry_run_promised(fake_cupy):
+    """The host size sent at create comes from a dry twin (empty arrays): the
+    host copy written later must take exactly that many bytes."""
+    from gdfut import serialization as ser
+    value = {"emb": _FakeCupyArray(np.arange(50_000, dtype=np.float32)),
+             "ids": [_FakeCupyArray(np.arange(30_000, dtype=np.int64)), "tag"], "n": 7}
+    assert d.device_bytes(value, real=True) == 50_000 * 4 + 30_000 * 8
+    assert d.device_bytes(np.zeros(10), real=True) == 0
+    dry = d.host_twin(value, real=True, dry=True)
+    real = d.host_twin(value, real=True)
+    assert isinstance(real["emb"], np.ndarray) and (real["emb"] == np.arange(50_000)).all()
+    assert real["ids"][1] == "tag" and real["n"] == 7
+    size = lambda v: ser.serialize(v).store_layout()[2]
+    assert size(dry) == size(real)
+    back = d.to_device(real)                      # a driver's get on a real GPU
+    assert isinstance(back["emb"], _FakeCupyArray) and isinstance(back["ids"][0], _FakeCupyArray)
+    assert back["ids"][1] == "tag"
