@@ -1,0 +1,156 @@
+"""gdfut.shuffle on a real cluster: every strategy sorts correctly (uniform and
+skewed keys, empty partitions, one reducer), other partitioners, output files,
+spilling, a killed worker, and the sort command line."""
+import functools
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import cloudpickle
+import numpy as np
+import pytest
+
+import gdfut
+from gdfut.shuffle import Hash, records as R, shuffle
+from gdfut.shuffle.sort import run_sort
+from helpers import assert_no_leaks, child_processes
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+MIB = 1 << 20
+# Workers cannot import this test module: its functions travel by value.
+cloudpickle.register_pickle_by_value(sys.modules[__name__])
+
+
+def sort_reduce(blocks, reducer):
+    return R.sort_records(R.concat(blocks))
+
+
+def inputs_of(maps, n, skew=0.0):
+    return [functools.partial(R.generate, m, n, 5, skew) for m in range(maps)]
+
+
+def expected_sorted(maps, n, skew=0.0):
+    return R.sort_records(R.concat([R.generate(m, n, 5, skew) for m in range(maps)]))
+
+
+@pytest.mark.parametrize("strategy", ["simple", "push", "riffle"])
+@pytest.mark.parametrize("skew", [0.0, 3.0])
+def test_each_strategy_sorts(cluster, strategy, skew):
+    rep = run_sort(0, 6, 5, strategy, skew=skew, merge_factor=2, records=6 * 2500,
+                   progress=False)
+    assert rep["ok"], rep["errors"]
+    assert rep["records"] == 15000
+    if strategy != "simple":
+        assert rep["merges"] > 0
+    # the output itself, not only the summaries: equal to a sort of all input
+    out = shuffle(inputs_of(6, 2500, skew), None, sort_reduce, 5, strategy=strategy,
+                  merge_factor=2, progress=False)
+    parts = gdfut.get(list(out))
+    assert np.array_equal(R.concat(parts), expected_sorted(6, 2500, skew))
+    if skew:
+        assert any(len(p) == 0 for p in parts)          # empty partitions were handled
+
+
+@pytest.mark.parametrize("strategy", ["simple", "push", "riffle"])
+def test_single_reducer(cluster, strategy):
+    out = shuffle(inputs_of(3, 1000), None, sort_reduce, 1, strategy=strategy, merge_factor=2,
+                  progress=False)
+    assert len(out) == 1
+    assert np.array_equal(gdfut.get(out[0]), expected_sorted(3, 1000))
+
+
+def test_hash_and_user_partitioners_and_refs_as_inputs(cluster):
+    refs = [gdfut.put(R.generate(m, 800, 1)) for m in range(4)]
+    everything = R.concat([gdfut.get(r) for r in refs])
+    by_hash = shuffle(refs, None, lambda blocks, r: R.concat(blocks), 3, partitioner=Hash(),
+                      progress=False)
+    parts = gdfut.get(list(by_hash))
+    assert sum(len(p) for p in parts) == 3200
+    assert R.checksum(R.concat(parts)) == R.checksum(everything)
+    pids = Hash()(everything, 3)
+    for r, p in enumerate(parts):
+        assert np.array_equal(Hash()(p, 3), np.full(len(p), r))
+        assert len(p) == int((pids == r).sum())
+    # a user function on a key column, with a map_fn
+    keys = [np.arange(m, 1000, 4, dtype=np.int64) for m in range(4)]
+    out = shuffle(keys, lambda k: k * 2, lambda blocks, r: np.sort(np.concatenate(blocks)), 2,
+                  partitioner=lambda k, n: (k >= 1000).astype(np.int64), strategy="push",
+                  merge_factor=2, progress=False)
+    low, high = gdfut.get(list(out))
+    assert np.array_equal(low, np.arange(0, 1000, 2)) and np.array_equal(high, np.arange(1000, 2000, 2))
+
+
+def test_output_files(cluster, tmp_path):
+    rep = run_sort(0, 4, 3, "push", output_dir=str(tmp_path), records=4000, merge_factor=2,
+                   progress=False)
+    assert rep["ok"], rep["errors"]
+    files = sorted(os.listdir(tmp_path))
+    assert files == ["part-00000", "part-00001", "part-00002"]
+    assert sum(os.path.getsize(tmp_path / f) for f in files) == 4000 * 100
+
+
+def test_shuffle_with_spilling(tmp_path):
+    spill_dir = str(tmp_path / "spill")
+    info = gdfut.init(num_cpus=2, object_store_memory=64 * MIB, spill_dir=spill_dir)
+    try:
+        # 160 MiB of records through a 64 MiB store
+        rep = run_sort(0, 8, 8, "simple", records=8 * 210_000, progress=False)
+        assert rep["ok"], rep["errors"]
+        assert rep["spilled_bytes"] > 0
+        assert rep["peak_spill_dir_bytes"] > 0
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"], spill_dir)
+
+
+def kill_own_worker_once(marker, data):
+    """The first attempt of this map is killed (SIGKILL of its worker), as a crash."""
+    if not os.path.exists(marker):
+        open(marker, "w").close()
+        os.kill(os.getpid(), signal.SIGKILL)
+    return data
+
+
+@pytest.mark.parametrize("strategy", ["simple", "push"])
+def test_shuffle_survives_a_killed_worker(cluster, tmp_path, strategy):
+    marker = str(tmp_path / "killed")
+    inputs = inputs_of(5, 1000)
+    inputs[2] = functools.partial(kill_own_worker_once, marker, R.generate(2, 1000, 5))
+    out = shuffle(inputs, None, sort_reduce, 4, strategy=strategy, merge_factor=2,
+                  progress=False)
+    assert os.path.exists(marker)                     # the worker was killed once
+    assert np.array_equal(R.concat(gdfut.get(list(out))), expected_sorted(5, 1000))
+
+
+def test_progress_on_a_stream_only_when_asked():
+    import io
+
+    from gdfut.shuffle.driver import ShuffleStats
+    from gdfut.shuffle.progress import ShuffleProgress
+    buf = io.StringIO()                    # not a terminal: off by default
+    with ShuffleProgress(4, 2, stream=buf) as bar:
+        bar.update(ShuffleStats(maps=4, reduces=2, bytes_shuffled=10 ** 9))
+    assert buf.getvalue() == ""
+    buf = io.StringIO()
+    with ShuffleProgress(4, 2, enabled=True, stream=buf) as bar:
+        bar.update(ShuffleStats(maps=4, reduces=2, bytes_shuffled=10 ** 9, spilled_bytes=0))
+    text = buf.getvalue()
+    assert "maps" in text and "reduces" in text and "shuffled 1.00 GB" in text
+
+
+def test_sort_command_line_json():
+    before = {p.pid for p in child_processes()}
+    env = {**os.environ, "PYTHONPATH": ROOT}
+    proc = subprocess.run([sys.executable, "-m", "gdfut.cli", "bench", "sort", "--records",
+                           "30000", "--maps", "4", "--reducers", "4", "--strategy", "riffle",
+                           "--merge-factor", "2", "--num-cpus", "2", "--json"],
+                          capture_output=True, text=True, timeout=100, env=env, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rep = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert rep["ok"] is True and rep["records"] == 30000
+    for field in ("elapsed_s", "GBps", "spilled_bytes", "peak_spill_dir_bytes"):
+        assert isinstance(rep[field], (int, float))
+    assert "phases" in proc.stdout
+    assert {p.pid for p in child_processes()} <= before
