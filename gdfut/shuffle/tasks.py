@@ -43,8 +43,10 @@ def concat_blocks(blocks: list):
     return out
 
 
-def _node_id() -> str:
+def _node_id() -> str | None:
     import gdfut
+    if not gdfut.is_initialized():       # called outside a cluster (tests, the limit bench)
+        return None
     return gdfut.get_runtime_context().get_node_id()
 
 
