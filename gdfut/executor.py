@@ -487,6 +487,8 @@ class Executor:
                                  f"{type(result).__name__}"
                                  f"{' of length %d' % len(result) if hasattr(result, '__len__') else ''}")
             values = list(result)
+        if len(values) > 1 and task.generator != DYNAMIC:
+            return self.package_many(task, values)
         out = []
         try:
             for oid, value in zip(task.return_ids(), values):
@@ -495,6 +497,19 @@ class Executor:
             # the task fails as a whole: returns already stored would have no owner entry
             self.free_stored(out)
             raise
+        return out
+
+    def package_many(self, task: Task, values: list) -> list:
+        """package_value for every return at once: the store writes are
+        pipelined (CoreWorker.store_serialized_many); on failure nothing is
+        left stored (the task fails as a whole)."""
+        oids = task.return_ids()
+        sers = [ser.serialize(v, f"the return value of {task.name}") for v in values]
+        entries = self.rt.store_serialized_many(list(zip(oids, sers)), owner=task.owner_wid)
+        out = []
+        for oid, s, entry in zip(oids, sers, entries):
+            nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
+            out.append([oid, entry, nested, s.nested])
         return out
 
     def package_value(self, task: Task, oid: bytes, value) -> list:

@@ -154,3 +154,29 @@ def test_sort_command_line_json():
         assert isinstance(rep[field], (int, float))
     assert "phases" in proc.stdout
     assert {p.pid for p in child_processes()} <= before
+
+
+# ---- the runtime's pipelined store writes of many-return tasks ----
+
+def many_returns(sizes):
+    return tuple(np.full(n, i, dtype=np.uint8) for i, n in enumerate(sizes))
+
+
+def test_many_returns_are_stored_and_a_failed_one_leaves_nothing(cluster):
+    from gdfut.exceptions import ObjectStoreFullError
+    from helpers import STORE, store_stats
+    sizes = [3 * MIB, 10, 2 * MIB, 200_000, 5 * MIB]       # stored and inline values mixed
+    refs = gdfut.remote(many_returns).options(num_returns=5).remote(sizes)
+    for i, (ref, n) in enumerate(zip(refs, sizes)):
+        value = gdfut.get(ref)
+        assert value.shape == (n,) and (value == i).all()
+    del value, ref, refs
+    used = store_stats()["used_bytes"]
+    # the fourth return can never fit: the task fails, the first three are freed
+    bad = gdfut.remote(many_returns).options(num_returns=4).remote(
+        [4 * MIB, 4 * MIB, 4 * MIB, STORE + MIB])
+    with pytest.raises(ObjectStoreFullError):
+        gdfut.get(bad[0])
+    from helpers import wait_until
+    wait_until(lambda: store_stats()["used_bytes"] <= used, timeout=10,
+               what="the stored returns of the failed task freed")
