@@ -99,7 +99,7 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
     (for push and riffle, merged by ``merge_fn(blocks) -> block``, default
     concatenation). ``output_dir``: each reducer's result (an array or bytes)
     is written to ``output_dir/part-RRRRR`` and its ref resolves to that path.
-    ``map_parallelism``: maps in flight at once (default: the cluster's CPUs).
+    ``map_parallelism``: maps in flight at once (default: twice the cluster's CPUs).
     Returns the reducers' refs, in reducer order, once all are done.
     """
     if strategy not in STRATEGIES:
@@ -111,7 +111,9 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
     inputs = list(inputs)
     part = resolve(partitioner)
     if map_parallelism is None:
-        map_parallelism = max(1, int(gdfut.cluster_resources().get("CPU", 1)))
+        # two maps per CPU: the next map is queued when one finishes, so no CPU
+        # idles while the driver reacts to a completion (double buffering)
+        map_parallelism = 2 * max(1, int(gdfut.cluster_resources().get("CPU", 1)))
     if output_dir is not None:
         import os
         os.makedirs(output_dir, exist_ok=True)
