@@ -59,12 +59,17 @@ def words32(rec):
     return rec.reshape(-1).view(np.uint32).reshape(rec.shape[0], RECORD_SIZE // 4)
 
 
+def _bswap32(w):
+    """Byte swap of uint32 words with shifts (cupy arrays have no byteswap)."""
+    return ((w >> 24) & 0xFF) | ((w >> 8) & 0xFF00) | ((w << 8) & 0xFF0000) | (w << 24)
+
+
 def key_words(rec):
     """The 10-byte key as (hi, lo): bytes 0-7 as a big-endian uint64 and bytes
     8-9 as a big-endian uint16, so (hi, lo) order is memcmp order. Read from
     the uint32 view (no strided copy of the key bytes)."""
     w = words32(rec)
-    hi = (w[:, 0].byteswap().astype(np.uint64) << np.uint64(32)) | w[:, 1].byteswap()
+    hi = (_bswap32(w[:, 0]).astype(np.uint64) << np.uint64(32)) | _bswap32(w[:, 1])
     w2 = w[:, 2]
     lo = ((w2 & 0xFF) << 8) | ((w2 >> 8) & 0xFF)
     return hi, lo
