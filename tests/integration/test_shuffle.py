@@ -91,6 +91,33 @@ def test_output_files(cluster, tmp_path):
     assert sum(os.path.getsize(tmp_path / f) for f in files) == 4000 * 100
 
 
+def test_validation_of_output_files_catches_damage(cluster, tmp_path):
+    from gdfut.shuffle.sort import file_summary, input_summary
+    rep = run_sort(0, 3, 3, "simple", output_dir=str(tmp_path), records=3000, progress=False)
+    assert rep["ok"], rep["errors"]
+    paths = [str(tmp_path / f"part-{r:05d}") for r in range(3)]
+    inp = [input_summary(m, 1000, 0, 0.0) for m in range(3)]
+    expected = (sum(n for n, _ in inp), sum(c for _, c in inp))
+
+    def verdict():
+        summarize = gdfut.remote(file_summary)
+        return R.validate(gdfut.get([summarize.remote(p, r) for r, p in enumerate(paths)]),
+                          *expected)
+    assert verdict()["ok"]
+    part = R.read_partition(paths[1]).copy()
+    part[[3, 4]] = part[[4, 3]]                          # reordered
+    part.tofile(paths[1])
+    assert any("not sorted" in e for e in verdict()["errors"])
+    part[[3, 4]] = part[[4, 3]]
+    part[10, 60] ^= 0x40                                 # corrupted payload
+    part.tofile(paths[1])
+    assert any("checksum" in e for e in verdict()["errors"])
+    part[10, 60] ^= 0x40
+    part[:-1].tofile(paths[1])                           # truncated by one record
+    errors = verdict()["errors"]
+    assert any("2999 records" in e for e in errors) and any("checksum" in e for e in errors)
+
+
 def test_shuffle_with_spilling(tmp_path):
     spill_dir = str(tmp_path / "spill")
     info = gdfut.init(num_cpus=2, object_store_memory=64 * MIB, spill_dir=spill_dir)
