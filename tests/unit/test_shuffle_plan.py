@@ -139,3 +139,14 @@ def test_events_out_of_order_are_refused():
     p.start()
     with pytest.raises(AssertionError):
         p.map_done(5)
+
+
+def test_push_merges_overlap_maps_still_running():
+    p = ShufflePlanner(12, 2, "push", map_parallelism=4, merge_factor=2)
+    p.start()
+    p.map_done(0)
+    out = p.map_done(1)
+    merges = [i for i in out if isinstance(i, SubmitMerge)]
+    assert len(merges) == 2 and merges[0].maps == (0, 1)
+    assert p.maps_in_flight and p.next_map < 12     # maps still running and to come
+    assert not p.reduces
