@@ -659,6 +659,20 @@ class CoreWorker:
                     self.io.post(self._notify_blocked, False)
         return self._materialize(oid, entry)
 
+    def pin_many(self, items: list) -> list:
+        """Pin several stored objects ((oid, node_id, size) each) with their
+        requests in flight together; per item the (offset, size) reply or the
+        exception (an ObjectLostError is left to ``read_stored``'s recovery)."""
+        async def pin_all():
+            return await asyncio.gather(*(self.pin_local_copy(oid, node, size)
+                                          for oid, node, size in items),
+                                        return_exceptions=True)
+        return self.io.run(pin_all())
+
+    def materialize_pinned(self, oid: bytes, reply):
+        """The value of an object ``pin_many`` pinned (unpinned when it goes)."""
+        return self._materialize(oid, ["pinned", reply[0], reply[1]])
+
     def store_serialized(self, oid: bytes, s: ser.Serialized, owner: bytes | None = None) -> list:
         """Inline entry for small values, else write into the local store.
         ``owner``: the process that owns the object (default: this one); the

@@ -26,9 +26,15 @@ GB = 1e9
 # ---- task bodies (module level: shipped by reference) ----
 
 def make_block(map_index: int, num_records: int, seed: int, skew: float):
+    """A map's records: on the device when the task was given a GPU and one
+    is usable (CuPy), else numpy (CPU mode, emulated GPUs)."""
+    import numpy as np
+
+    import gdfut
     from gdfut import kernels
     from gdfut.shuffle import records
-    return records.generate(map_index, num_records, seed, skew, xp=kernels.xp())
+    xp = kernels.xp() if gdfut.is_initialized() and gdfut.get_gpu_ids() else np
+    return records.generate(map_index, num_records, seed, skew, xp=xp)
 
 
 def input_summary(map_index: int, num_records: int, seed: int, skew: float) -> tuple[int, int]:
