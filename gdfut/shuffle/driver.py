@@ -77,17 +77,17 @@ def _alive_nodes() -> list[str]:
     return sorted(out)
 
 
-def _affinity(node: str | None, spread: bool) -> dict:
+def _affinity(node: str | None, spread: bool, soft: bool = True) -> dict:
     if node is None or not spread:
         return {}
-    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=True)}
+    return {"scheduling_strategy": NodeAffinitySchedulingStrategy(node, soft=soft)}
 
 
 def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
             strategy: str = "simple", *, merge_fn=None, map_parallelism: int | None = None,
             merge_factor: int = 4, output_dir: str | None = None, progress: bool | None = None,
-            map_options: dict | None = None, merge_options: dict | None = None,
-            reduce_options: dict | None = None) -> ShuffleOutput:
+            placement: str = "soft", map_options: dict | None = None,
+            merge_options: dict | None = None, reduce_options: dict | None = None) -> ShuffleOutput:
     """Shuffle ``inputs`` into ``num_reducers`` partitions and reduce each.
 
     ``inputs``: one item per map task: an ObjectRef (resolved for the map), a
@@ -100,8 +100,14 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
     concatenation). ``output_dir``: each reducer's result (an array or bytes)
     is written to ``output_dir/part-RRRRR`` and its ref resolves to that path.
     ``map_parallelism``: maps in flight at once (default: twice the cluster's CPUs).
+    ``placement``: how merges (push: on their reducer's node; riffle: on
+    their maps' node) and reduces are pinned to their node when the cluster
+    has several: ``"soft"`` (default: elsewhere when that node is busy, and
+    after it died) or ``"hard"`` (always there; a dead node fails them).
     Returns the reducers' refs, in reducer order, once all are done.
     """
+    if placement not in ("soft", "hard"):
+        raise ValueError(f"placement must be 'soft' or 'hard', got {placement!r}")
     if strategy not in STRATEGIES:
         raise ValueError(f"unknown strategy {strategy!r}: use one of {STRATEGIES}")
     if not callable(reduce_fn):
@@ -124,7 +130,8 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
                              reducer_nodes=[nodes[r % len(nodes)] for r in range(num_reducers)]
                              if strategy == "push" and nodes else [])
     run = _Run(planner, inputs, map_fn, part, merge_fn, reduce_fn, output_dir,
-               map_options or {}, merge_options or {}, reduce_options or {}, spread)
+               map_options or {}, merge_options or {}, reduce_options or {}, spread,
+               placement == "soft")
     with ShuffleProgress(len(inputs), num_reducers, enabled=progress) as bar:
         return run.loop(bar)
 
@@ -133,10 +140,10 @@ class _Run:
     """The state of one shuffle's driver: refs of submitted tasks."""
 
     def __init__(self, planner, inputs, map_fn, part, merge_fn, reduce_fn, output_dir,
-                 map_options, merge_options, reduce_options, spread):
+                 map_options, merge_options, reduce_options, spread, soft=True):
         self.p, self.inputs, self.map_fn, self.part = planner, inputs, map_fn, part
         self.merge_fn, self.reduce_fn, self.output_dir = merge_fn, reduce_fn, output_dir
-        self.spread = spread
+        self.spread, self.soft = spread, soft
         R = planner.num_reducers
         self.map_remote = gdfut.remote(tasks.map_task).options(num_returns=R + 1, **map_options)
         self.push_remote = gdfut.remote(tasks.push_merge_task).options(num_returns=2,
@@ -225,7 +232,7 @@ class _Run:
 
     def _submit_merge(self, ins: SubmitMerge) -> None:
         self._mark("merge", first=True)
-        opts = _affinity(ins.node, self.spread)
+        opts = _affinity(ins.node, self.spread, self.soft)
         if ins.reducer is not None:
             args = [self.map_blocks[m][ins.reducer] for m in ins.maps]
             refs = self.push_remote.options(**opts).remote(self.merge_fn, *args) if opts \
@@ -251,7 +258,7 @@ class _Run:
             args.append(blocks[0] if len(blocks) == 1 and self.p.merges[mid].reducer is not None
                         else blocks[r])
         assert all(a is not None for a in args), f"reducer {r} got a block already handed on"
-        opts = _affinity(ins.node, self.spread)
+        opts = _affinity(ins.node, self.spread, self.soft)
         remote = self.reduce_remote.options(**opts) if opts else self.reduce_remote
         ref = remote.remote(self.reduce_fn, r, self.output_dir, *args)
         self.reduce_refs[r] = ref

@@ -207,3 +207,44 @@ def test_many_returns_are_stored_and_a_failed_one_leaves_nothing(cluster):
     from helpers import wait_until
     wait_until(lambda: store_stats()["used_bytes"] <= used, timeout=10,
                what="the stored returns of the failed task freed")
+
+
+# ---- two nodes: push merges go to their reducer's node ----
+
+def tagged_merge(blocks):
+    node = gdfut.get_runtime_context().get_node_id()
+    return {"node": node, "data": np.concatenate(blocks)}
+
+
+def tagged_reduce(blocks, r):
+    node = gdfut.get_runtime_context().get_node_id()
+    return np.sort(np.concatenate([b["data"] for b in blocks])), [b["node"] for b in blocks], node
+
+
+def test_push_across_two_nodes_places_merges_with_reducers():
+    from gdfut.testing import Cluster
+    from helpers import shm_files
+    c = Cluster()
+    try:
+        a = c.add_node(num_cpus=2, wait=False)
+        b = c.add_node(num_cpus=2)
+        c.connect()
+        keys = [np.arange(m, 4000, 8, dtype=np.int64) for m in range(8)]
+        planned = sorted([a.node_id, b.node_id])
+        for placement in ("soft", "hard"):
+            out = shuffle(keys, None, tagged_reduce, 4, partitioner=lambda k, n: k % n,
+                          strategy="push", merge_fn=tagged_merge, merge_factor=2,
+                          placement=placement, progress=False)
+            results = gdfut.get(list(out))
+            for r, (data, merge_nodes, reduce_node) in enumerate(results):
+                assert np.array_equal(data, np.arange(r, 4000, 4))
+                assert len(merge_nodes) == 4                    # 8 maps in rounds of 2
+        # hard: the planner's round-robin nodes exactly (soft may run elsewhere)
+        for r, (_, merge_nodes, reduce_node) in enumerate(results):
+            assert set(merge_nodes) == {planned[r % 2]} and reduce_node == planned[r % 2]
+        with pytest.raises(ValueError, match="placement"):
+            shuffle(keys, None, tagged_reduce, 4, placement="nearby")
+    finally:
+        c.shutdown()
+        assert not shm_files(c.session_dir)
+        assert_no_leaks(c.session_dir)
