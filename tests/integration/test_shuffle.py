@@ -248,3 +248,48 @@ def test_push_across_two_nodes_places_merges_with_reducers():
         c.shutdown()
         assert not shm_files(c.session_dir)
         assert_no_leaks(c.session_dir)
+
+
+def slow_block(marker_dir, m, n):
+    import time as _time
+    _time.sleep(0.3)
+    block = R.generate(m, n, 5)
+    node = gdfut.get_runtime_context().get_node_id()
+    open(os.path.join(marker_dir, f"map-{m}-{node}-{os.getpid()}"), "w").close()
+    return block
+
+
+def test_shuffle_survives_a_killed_node(tmp_path):
+    """Node b dies mid-shuffle: its maps' blocks are lost; the runtime re-runs
+    those maps through lineage (on node a), and merges and reduces that were
+    meant for b run elsewhere (soft placement)."""
+    import threading
+
+    from gdfut.testing import Cluster
+    from helpers import shm_files, wait_until
+    c = Cluster()
+    try:
+        c.add_node(num_cpus=2, wait=False)
+        b = c.add_node(num_cpus=2)
+        c.connect()
+        inputs = [functools.partial(slow_block, str(tmp_path), m, 1500) for m in range(12)]
+
+        def kill_b_after_some_maps():
+            wait_until(lambda: len(os.listdir(tmp_path)) >= 4, timeout=60, what="4 maps done")
+            c.remove_node(b)
+        killer = threading.Thread(target=kill_b_after_some_maps)
+        killer.start()
+        out = shuffle(inputs, None, sort_reduce, 4, strategy="push", merge_factor=3,
+                      progress=False)
+        parts = gdfut.get(list(out), timeout=120)
+        killer.join(60)
+        assert not killer.is_alive()
+        assert np.array_equal(R.concat(parts), expected_sorted(12, 1500))
+        ran = os.listdir(tmp_path)
+        assert any(b.node_id in name for name in ran)        # b had made blocks
+        maps_run = [int(name.split("-")[1]) for name in ran]
+        assert len(maps_run) > 12 and len(set(maps_run)) == 12   # lost maps ran again
+    finally:
+        c.shutdown()
+        assert not shm_files(c.session_dir)
+        assert_no_leaks(c.session_dir)
