@@ -907,7 +907,19 @@ def _parser() -> argparse.ArgumentParser:
         p.add_argument("--json", action="store_true", help="machine-readable output")
         p.add_argument("--timeout", type=float, default=10.0, help="seconds per request")
         p.set_defaults(func=func)
+
+    bp = sub.add_parser("bench", help="benchmarks: `gdfut bench sort --help`")
+    bp.add_argument("benchmark", choices=("sort",), help="sort: the shuffle sort benchmark")
+    bp.add_argument("bench_args", nargs=argparse.REMAINDER,
+                    help="its flags (python -m gdfut.shuffle.sort --help)")
+    bp.set_defaults(func=cmd_bench)
     return ap
+
+
+def cmd_bench(args) -> int:
+    """`gdfut bench sort ...` is `python -m gdfut.shuffle.sort ...`."""
+    from .shuffle import sort
+    return sort.main(args.bench_args)
 
 
 def main(argv=None) -> int:

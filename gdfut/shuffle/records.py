@@ -1,0 +1,188 @@
+"""Sort-benchmark records: generation, sorting and valsort-style validation.
+
+A record is 100 bytes (workload W5 of bench/README.md, gensort's layout): a
+10-byte binary key, bytes 10-19 a copy of the key (so a reducer can check each
+record is intact), 80 random bytes. Keys compare as bytes (memcmp order).
+
+Every function takes a ``(n, 100)`` uint8 array from numpy or, on a GPU, cupy
+(``gdfut.kernels.xp`` picks the module), so the same code sorts on either.
+
+The checksum is valsort's idea: a per-record hash summed over all records
+(mod 2**64), so it is independent of order; the sum over the input must equal
+the sum over the output, which catches a corrupted, lost or duplicated record.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from gdfut import kernels
+
+RECORD_SIZE = 100
+KEY_SIZE = 10
+MASK64 = (1 << 64) - 1
+# Odd 64-bit constants (splitmix64, FNV) for the per-record hash.
+_H_MUL = 0x9E3779B97F4A7C15
+_H_MIX = 0xBF58476D1CE4E5B9
+
+
+def generate(map_index: int, num_records: int, seed: int = 0, skew: float = 0.0, xp=np):
+    """``num_records`` records of map ``map_index`` (deterministic in ``seed``).
+
+    ``skew`` > 0 draws the 16-bit key prefix from an exponential law instead
+    of uniformly (skew=1: about 63% of keys below 1/16 of the key space), so
+    range partitions get very unequal, often empty: the skewed test data.
+    """
+    if num_records < 0:
+        raise ValueError(f"num_records must be >= 0, got {num_records}")
+    words = -(-num_records * RECORD_SIZE // 8)
+    raw = np.random.PCG64([seed, map_index]).random_raw(words)
+    rec = raw.view(np.uint8)[:num_records * RECORD_SIZE].reshape(num_records, RECORD_SIZE)
+    if skew > 0 and num_records:
+        rng = np.random.default_rng([seed, map_index, 1])
+        prefix = np.minimum(rng.exponential(65536 / (16 * skew), num_records), 65535)
+        prefix = prefix.astype(np.uint16).astype(">u2")
+        rec[:, 0:2] = prefix.view(np.uint8).reshape(-1, 2)
+    rec[:, KEY_SIZE:2 * KEY_SIZE] = rec[:, 0:KEY_SIZE]
+    if xp is not np:
+        return xp.asarray(rec)
+    return rec
+
+
+def empty(xp=np):
+    return xp.empty((0, RECORD_SIZE), dtype=np.uint8)
+
+
+def words32(rec):
+    """The records as 25 uint32 words each, without a copy (100 = 25 * 4 bytes)."""
+    xp = kernels.xp(rec)
+    rec = xp.ascontiguousarray(rec)
+    return rec.reshape(-1).view(np.uint32).reshape(rec.shape[0], RECORD_SIZE // 4)
+
+
+def _bswap32(w):
+    """Byte swap of uint32 words with shifts (cupy arrays have no byteswap)."""
+    return ((w >> 24) & 0xFF) | ((w >> 8) & 0xFF00) | ((w << 8) & 0xFF0000) | (w << 24)
+
+
+def key_words(rec):
+    """The 10-byte key as (hi, lo): bytes 0-7 as a big-endian uint64 and bytes
+    8-9 as a big-endian uint16, so (hi, lo) order is memcmp order. Read from
+    the uint32 view (no strided copy of the key bytes)."""
+    w = words32(rec)
+    hi = (_bswap32(w[:, 0]).astype(np.uint64) << np.uint64(32)) | _bswap32(w[:, 1])
+    w2 = w[:, 2]
+    lo = ((w2 & 0xFF) << 8) | ((w2 >> 8) & 0xFF)
+    return hi, lo
+
+
+def sort_records(rec):
+    """Records in key order. The 64-bit prefix decides almost always (argsort is
+    SIMD-fast); only when two prefixes tie does a full lexsort run."""
+    xp = kernels.xp(rec)
+    if rec.shape[0] < 2:
+        return rec
+    hi, lo = key_words(rec)
+    order = xp.argsort(hi)
+    shi = hi[order]
+    if bool((shi[1:] == shi[:-1]).any()):
+        order = xp.lexsort(xp.stack([lo, hi]))
+    return xp.take(rec, order, axis=0)
+
+
+def concat(blocks, xp=None):
+    blocks = [b for b in blocks if b is not None]
+    if xp is None:
+        xp = kernels.xp(blocks[0]) if blocks else np
+    if not blocks:
+        return empty(xp)
+    if len(blocks) == 1:
+        return blocks[0]
+    return xp.concatenate(blocks, axis=0)
+
+
+def record_hashes(rec):
+    """A 64-bit hash of every record: its 25 uint32 words times distinct odd
+    constants, summed, then mixed (a matrix-vector product: one pass)."""
+    xp = kernels.xp(rec)
+    n = rec.shape[0]
+    if n == 0:
+        return xp.zeros(0, dtype=np.uint64)
+    consts = (np.arange(RECORD_SIZE // 4, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) \
+        * np.uint64(_H_MUL)
+    h = words32(rec) @ xp.asarray(consts)
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(_H_MIX)
+    h ^= h >> np.uint64(29)
+    return h
+
+
+def checksum(rec) -> int:
+    """Sum of the record hashes mod 2**64 (order-independent)."""
+    if rec.shape[0] == 0:
+        return 0
+    return int(record_hashes(rec).sum(dtype=np.uint64)) & MASK64
+
+
+def _key_hex(rec, i: int) -> str:
+    row = rec[i, 0:KEY_SIZE]
+    if hasattr(row, "get"):
+        row = row.get()
+    return bytes(np.asarray(row)).hex()
+
+
+def summarize(rec, partition: int) -> dict:
+    """What a reducer reports about its sorted output (W5's summary)."""
+    xp = kernels.xp(rec)
+    n = int(rec.shape[0])
+    out = {"partition": int(partition), "count": n, "checksum": checksum(rec),
+           "sorted": True, "intact": True, "min_key": None, "max_key": None}
+    if n == 0:
+        return out
+    out["intact"] = bool(xp.array_equal(rec[:, KEY_SIZE:2 * KEY_SIZE], rec[:, 0:KEY_SIZE]))
+    hi, lo = key_words(rec)
+    ascending = (hi[1:] > hi[:-1]) | ((hi[1:] == hi[:-1]) & (lo[1:] >= lo[:-1]))
+    out["sorted"] = bool(ascending.all()) if n > 1 else True
+    out["min_key"], out["max_key"] = _key_hex(rec, 0), _key_hex(rec, n - 1)
+    return out
+
+
+def validate(summaries: list[dict], expected_records: int, expected_checksum: int) -> dict:
+    """valsort over the reducers' summaries: every partition sorted and intact,
+    partitions in global key order, total count and checksum as generated.
+    Returns {"ok": bool, "errors": [...], "records": n, "checksum": c}."""
+    errors = []
+    ordered = sorted(summaries, key=lambda s: s["partition"])
+    parts = [s["partition"] for s in ordered]
+    if len(set(parts)) != len(parts):
+        errors.append(f"duplicate partitions in the output: {parts}")
+    total = sum(s["count"] for s in ordered)
+    total_sum = sum(s["checksum"] for s in ordered) & MASK64
+    for s in ordered:
+        if not s["sorted"]:
+            errors.append(f"partition {s['partition']} is not sorted")
+        if not s["intact"]:
+            errors.append(f"partition {s['partition']} has records whose key copy differs "
+                          f"(corrupted records)")
+    previous = None
+    for s in ordered:
+        if s["count"] == 0:
+            continue
+        if previous is not None and s["min_key"] < previous["max_key"]:
+            errors.append(f"partition {s['partition']} starts at key {s['min_key']}, below "
+                          f"the end {previous['max_key']} of partition {previous['partition']}")
+        previous = s
+    if total != expected_records:
+        errors.append(f"{total} records in the output, {expected_records} generated")
+    if total_sum != expected_checksum & MASK64:
+        errors.append(f"checksum {total_sum:#018x} of the output differs from "
+                      f"{expected_checksum & MASK64:#018x} of the input")
+    return {"ok": not errors, "errors": errors, "records": total, "checksum": total_sum}
+
+
+def read_partition(path: str) -> np.ndarray:
+    """A partition file written by the sort (raw records, no header)."""
+    data = np.fromfile(path, dtype=np.uint8)
+    if data.size % RECORD_SIZE:
+        raise ValueError(f"{path}: {data.size} bytes is not a whole number of "
+                         f"{RECORD_SIZE}-byte records (truncated?)")
+    return data.reshape(-1, RECORD_SIZE)
