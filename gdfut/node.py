@@ -329,6 +329,7 @@ class NodeDaemon:
         self.dead_seq = seq
         for wid in dead:
             self.free_objects_of(wid)
+            self.cancel_work_of(wid)
 
     def free_objects_of(self, owner_wid):
         """Fate sharing: what a dead owner owned can never be reached again."""
@@ -336,6 +337,22 @@ class NodeDaemon:
             return
         for oid in list(self.objects_of_owner.get(owner_wid, ())):
             self.delete_object(oid)
+
+    def cancel_work_of(self, owner_wid):
+        """Fate sharing for tasks: the head declared ``owner_wid`` dead (its
+        node died or stopped answering), so the workers it leased here run
+        work nobody will collect, and its queued requests wait for nobody.
+        Usually its connection closed already and ``on_peer_closed`` did
+        this; a connection still open (the owner's host froze or is cut
+        off) is closed now, which releases the same way."""
+        peer = self.peers.get(owner_wid)
+        if peer is not None:
+            if peer.kind == "remote-client":       # a local one is judged by its own close
+                log.info("closing the connection of %s: the head declared it dead",
+                         short(owner_wid))
+                peer.conn.close()
+            return
+        self.run_instructions(self.leases.client_died(owner_wid))
 
     def node_views(self) -> list:
         """Placement-policy snapshot: this node exact, the others as last heard.
