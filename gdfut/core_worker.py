@@ -704,6 +704,10 @@ class CoreWorker:
         layout = s.store_layout()
         total = layout[2]
         reply = self.node_request(P.STORE_CREATE, oid, total, True, owner or self.wid)
+        if reply.get("exists"):
+            # written again (a retry or rebuild) where a sealed copy of this
+            # task's output of the same size is: the node made it the primary
+            return [STORE, self.node_id, total]
         if reply.get("error"):
             raise ObjectStoreFullError(
                 f"object {short(oid)} of {total} bytes does not fit in the object store "

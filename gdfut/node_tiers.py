@@ -82,6 +82,11 @@ class TieredStore:
         if self.store.abort(oid, holder).ok:
             self.run(self.policy.freed(oid))
 
+    def make_primary(self, oid) -> None:
+        """A copy here becomes the object's primary (spilled, not evicted)."""
+        self.store.make_primary(oid)
+        self.policy.make_primary(oid)
+
     def free(self, oid) -> None:
         self.run(self.policy.freed(oid))
         if self.policy.tier_of(oid) is None:     # readers waiting for its restore

@@ -98,3 +98,36 @@ def test_pipeline_of_100_tasks_while_workers_are_killed_repeatedly(three_nodes):
     assert all(k.target.kind == "worker" for k in chaos.kills)
     assert not chaos.errors or all("No such process" in e or "ProcessLookup" in e
                                    for e in chaos.errors), chaos.errors
+
+
+@gdfut.remote
+def answer():
+    return 42
+
+
+def test_workers_killed_while_starting_do_not_fail_queued_tasks():
+    """A worker killed by a signal before it registers says nothing about
+    whether workers can start on that node: the queued task waits for the
+    next one instead of failing with "workers fail to start" (5 in a row)."""
+    import os
+    import signal
+
+    import psutil
+    c = Cluster()
+    try:
+        node = c.add_node(num_cpus=1)
+        c.connect()
+        ref = answer.remote()
+        killed = set()
+        deadline = time.monotonic() + 60
+        while len(killed) < 7 and time.monotonic() < deadline:
+            for child in psutil.Process(node.pid).children():
+                if child.pid not in killed:
+                    os.kill(child.pid, signal.SIGKILL)
+                    killed.add(child.pid)
+            time.sleep(0.01)
+        assert len(killed) >= 7
+        assert gdfut.get(ref, timeout=60) == 42
+    finally:
+        c.shutdown()
+        assert_no_leaks(c.session_dir)
