@@ -68,6 +68,37 @@ def test_map_reduce_survives_a_node_killed_mid_run(three_nodes, seed):
     del maps, reduces, out
 
 
+@gdfut.remote(num_returns=REDUCERS)
+def slow_map_part(i):
+    rng = np.random.default_rng(i)
+    data = rng.integers(0, 1000, size=BLOCK * REDUCERS, dtype=np.int64)
+    time.sleep(0.1)
+    return tuple(data[r::REDUCERS].copy() for r in range(REDUCERS))
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_map_reduce_survives_workers_and_nodes_dying_every_half_second(seed):
+    """Workers and node daemons die every 0.5 s (at most 5, two nodes always
+    left): retries, rebuilds, and returns written again where copies are."""
+    c = Cluster()
+    try:
+        for i in range(4):
+            c.add_node(num_cpus=2, wait=i == 3)
+        c.connect()
+        with Chaos(c, seed=seed, interval_s=0.5, first_after_s=0.3, kinds=("worker", "node"),
+                   max_kills=5, min_nodes=2) as chaos:
+            maps = [slow_map_part.remote(i) for i in range(PARTS)]
+            reduces = [reduce_parts.remote(*[m[r] for m in maps]) for r in range(REDUCERS)]
+            out = gdfut.get(reduces, timeout=110)
+        assert [s for s, _ in out] == expected_sums(), chaos.summary()
+        assert chaos.kills, chaos.summary()
+        del maps, reduces
+    finally:
+        c.shutdown()
+        assert not shm_files(c.session_dir)
+        assert_no_leaks(c.session_dir)
+
+
 @gdfut.remote(max_retries=-1)
 def stage(x, k):
     time.sleep(0.05)
