@@ -850,10 +850,13 @@ class ReferenceTable:
         assert n > 0 and borrower != self.wid, (oid, borrower, n)
         if self._ignored(oid, borrower):
             return []
+        before = self._owned[oid].borrowers.get(borrower, 0)
         out = self._add_borrower(oid, borrower, n)
-        if via is not None and via != borrower:
+        # what cancelled an early-remove debt is not a registration to settle
+        added = self._owned[oid].borrowers.get(borrower, 0) - before if oid in self._owned else 0
+        if via is not None and via != borrower and added > 0:
             pending = self._provisional.setdefault(via, {})
-            pending[(oid, borrower)] = pending.get((oid, borrower), 0) + n
+            pending[(oid, borrower)] = pending.get((oid, borrower), 0) + added
             if via in self._dead:       # a late Add of a dead executor
                 out.append(SendSettleBorrower(borrower, oid, via))
         return out
