@@ -11,10 +11,23 @@ from . import serialization as ser
 from .serialization import record_nested
 from .ids import new_id, short
 from .signature import CallChecker, from_wire, signature_of, to_wire
+from .head_state import anonymous_namespace, check_lifetime, check_namespace
 
 _ACTOR_OPTIONS = {"num_cpus", "num_gpus", "resources", "name", "max_concurrency", "namespace",
                   "lifetime", "max_restarts", "max_task_retries", "scheduling_strategy",
                   "memory", "get_if_exists"}
+
+
+def current_namespace(rt) -> str:
+    """The namespace names are looked up and registered in when none is
+    given: the driver's job's (``init(namespace=)``, else its anonymous
+    one); in a worker, the job's of the task or actor it runs."""
+    return rt.namespace or anonymous_namespace(rt.wid)
+
+
+def check_lifetime_options(options: dict) -> None:
+    check_lifetime(options.get("lifetime"))
+    check_namespace(options.get("namespace"))
 
 
 class ActorClassInheritanceException(TypeError):
@@ -114,6 +127,7 @@ class ActorClass:
         unknown = set(options) - _ACTOR_OPTIONS
         if unknown:
             raise ValueError(f"unknown actor option(s) {sorted(unknown)}")
+        check_lifetime_options(options)
         from .api import warn_not_yet
         warn_not_yet(options)
         clone = ActorClass(self._cls, {**self._options, **options})
@@ -134,10 +148,12 @@ class ActorClass:
         from .transport.tcp import RemoteError
         rt = runtime_context.require()
         o = self._options
+        detached = check_lifetime(o.get("lifetime"))
+        namespace = check_namespace(o.get("namespace")) or current_namespace(rt)
         if o.get("get_if_exists") and o.get("name"):
             from .api import get_actor
             try:
-                return get_actor(o["name"])
+                return get_actor(o["name"], namespace=namespace)
             except ValueError:
                 pass
         self._init_check(args, kwargs)
@@ -161,10 +177,10 @@ class ActorClass:
         if o.get("name"):
             async def register():
                 head = await rt.head()
-                return await head.request(P.HEAD_REGISTER_ACTOR, o["name"], actor_id, rt.wid,
-                                          list(rt.addr), {"class_name": name,
-                                                          "methods": self._methods,
-                                                          "signatures": self._signatures})
+                return await head.request(P.HEAD_REGISTER_ACTOR, o["name"], namespace,
+                                          actor_id, rt.wid, list(rt.addr),
+                                          {"class_name": name, "methods": self._methods,
+                                           "signatures": self._signatures}, detached)
             try:
                 rt.io.run(register(), timeout=30)
             except RemoteError as exc:
@@ -176,8 +192,10 @@ class ActorClass:
         rt.actors.create(actor_id, cls_id, cls_bytes, name, args, kwargs,
                          {"resources": resources,
                           "strategy": strategy_wire(o.get("scheduling_strategy")),
-                          "actor_options": {"max_concurrency": max_conc}, **restarts},
-                         pinned=bool(o.get("name")))
+                          "actor_options": {"max_concurrency": max_conc,
+                                            "namespace": namespace, "detached": detached},
+                          **restarts},
+                         pinned=bool(o.get("name")) or detached, detached=detached)
         # After create(): the owner's table knows the actor before its first handle.
         return ActorHandle(actor_id, rt.wid, rt.addr, name, self._methods, rt,
                            self._signatures)
@@ -206,7 +224,8 @@ class ActorHandle:
     anywhere is gone (local copies, handles passed to tasks or held inside
     objects), the owner stops the actor once its pending calls are done.
     Named actors are kept until ``kill`` or until their owner exits, since
-    ``get_actor`` may hand out new handles at any time."""
+    ``get_actor`` may hand out new handles at any time; detached ones
+    (``lifetime="detached"``) outlive their owner, until ``kill``."""
 
     def __init__(self, actor_id, owner_wid, owner_addr, class_name, methods, rt=None,
                  signatures=None):

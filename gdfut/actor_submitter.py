@@ -75,6 +75,8 @@ class ActorClient:
         self.init_spec = None       # creator only: the creation task, run again on a restart
         self.init_held: list = []   # creator only: refs its arguments need for a restart
         self.kill_cause = ""        # why the worker was killed with no_restart=False
+        self.detached = False       # creator only: lifetime="detached" (handed over once placed)
+        self.handed_over = None     # creator of a detached actor: done once handed over (or dead)
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -88,7 +90,7 @@ class ActorSubmitter:
 
     # ------------------------------------------------------ user thread
     def create(self, actor_id, cls_id, cls_bytes, class_name, args, kwargs, options,
-               pinned=False):
+               pinned=False, detached=False):
         sub = self.rt.submitter
         a, kw, held, deps, nested = sub.prepare_args(args, kwargs, f"{class_name}.__init__")
         spec = TaskSpec(new_task_id(), cls_id, cls_bytes, f"{class_name}.__init__", a, kw, 1,
@@ -98,7 +100,7 @@ class ActorSubmitter:
         restarts = ActorRestarts(options.get("max_restarts", 0),
                                  options.get("max_task_retries", 0))
         self.rt.io.post(self._create_in_loop, spec, class_name, self.rt.call_site(), pinned,
-                        restarts)
+                        restarts, detached)
 
     def submit(self, handle, method, args, kwargs, num_returns,
                backpressure=None) -> list[ObjectRef]:
@@ -124,10 +126,13 @@ class ActorSubmitter:
         rt.submitter.open_stream(spec, call_site)
         rt.submitter.specs[spec.tid] = spec
 
-    def _create_in_loop(self, spec, class_name, call_site, pinned, restarts):
+    def _create_in_loop(self, spec, class_name, call_site, pinned, restarts, detached=False):
         rt = self.rt
         client = ActorClient(spec.actor_id, rt.wid, rt.addr, class_name, is_creator=True)
         client.named = pinned
+        client.detached = detached
+        if detached:
+            client.handed_over = rt.io.loop.create_future()
         client.restarts = restarts
         client.init_spec = spec
         if restarts.max_restarts != 0:     # finish() lets go of them after the first run
@@ -179,11 +184,45 @@ class ActorSubmitter:
         client.state = ALIVE
         self.by_conn[conn] = client
         self.rt.conn_wid.setdefault(conn, client.worker_id)   # its close: that worker died
+        if client.is_creator and client.detached:
+            self._hand_over(client)
         for cb in client.location_waiters:
             cb()
         client.location_waiters.clear()
         self._flush(client)
         self._maybe_retire(client)
+
+    def _hand_over(self, client):
+        """A detached actor is placed: its worker holds its own lease (so
+        this process's exit does not end it) and answers for it at the head
+        (see ``head_state``). Sent before the first call is pushed, so both
+        arrive before this process can exit after a call returned."""
+        rt = self.rt
+        rt.send_to_node(client.node_id, [P.DETACH_LEASE, client.lease_id])
+
+        async def tell_head():
+            try:
+                head = await rt.head()
+                await asyncio.wait_for(head.request(P.HEAD_ACTOR_PLACED, client.actor_id,
+                                                    client.worker_id, list(client.addr)),
+                                       KILL_TIMEOUT_S)
+            except tcp.RemoteError:
+                pass     # unnamed, or killed meanwhile: the head has no row for it
+            except (OSError, tcp.ConnectionLost, asyncio.TimeoutError, GdfutError) as exc:
+                log.warning("could not hand %s over to the head: %s", client.describe(), exc)
+            finally:
+                _settle(client.handed_over)
+        rt.io.loop.create_task(tell_head())
+
+    async def wait_hand_overs(self, timeout: float) -> None:
+        """Shutdown: let detached actors still being placed be handed over
+        first (else they would die with this process), for at most ``timeout``."""
+        pending = [c.handed_over for c in self.clients.values()
+                   if c.handed_over is not None and not c.handed_over.done()]
+        if pending:
+            log.info("waiting up to %g s for %d detached actor(s) to be placed", timeout,
+                     len(pending))
+            await asyncio.wait(pending, timeout=timeout)
 
     def _submit_in_loop(self, spec, actor_id, owner_wid, owner_addr, class_name, call_site):
         rt = self.rt
@@ -400,6 +439,7 @@ class ActorSubmitter:
             cb()
         client.location_waiters.clear()
         client.init_held = []       # no restart will need its arguments now
+        _settle(client.handed_over)
         if client.is_creator and client.named and not client.killed:
             self.rt.io.loop.create_task(self._free_name(client.actor_id))   # Ray frees it too
         if client.is_creator and client.worker_id is not None:
@@ -489,6 +529,9 @@ class ActorSubmitter:
     def on_kill_actor(self, conn, m):
         """Owner: another process calls gdfut.kill on an actor we own."""
         _, req_id, actor_id, no_restart = m
+        if self.rt.is_detached_actor(actor_id):
+            self.rt.io.loop.create_task(self._kill_self(conn, req_id))
+            return
         client = self.clients.get(actor_id)
         if client is None or not client.is_creator:
             conn.reply_error(req_id, f"actor {short(actor_id)} is not known to its owner")
@@ -500,6 +543,17 @@ class ActorSubmitter:
             if not conn.closed:
                 conn.reply(req_id, None)
         self.rt.io.loop.create_task(kill_and_answer())
+
+    async def _kill_self(self, conn, req_id):
+        """The worker of a handed-over detached actor is killed through a
+        handle (it owns itself): free the name, answer, then have the node
+        end this process (its lease goes with it)."""
+        rt = self.rt
+        await self._free_name(rt.detached_actor_id)
+        if not conn.closed:
+            conn.reply(req_id, None)
+        await asyncio.sleep(0.05)     # let the answer leave first
+        rt.node_conn.send([P.KILL_WORKER, 0, rt.wid, "detached actor killed by gdfut.kill()"])
 
     async def _locate_for_kill(self, client):
         """Ask the owner where the actor runs, waiting a while (it answers once
@@ -541,6 +595,14 @@ class ActorSubmitter:
     def on_actor_location(self, conn, m):
         req_id, actor_id = m[1], m[2]
         dead_worker = m[3] if len(m) > 3 else None   # the asker saw this worker die
+        rt = self.rt
+        if rt.is_detached_actor(actor_id):   # it owns itself: here, never restarted
+            if dead_worker == rt.wid:
+                conn.reply_error(req_id, "its worker died")
+            else:
+                conn.reply(req_id, [list(rt.addr), rt.wid, rt.node_id,
+                                    {"max_restarts": 0, "max_task_retries": 0}])
+            return
         client = self.clients.get(actor_id)
         if client is None or not client.is_creator:
             conn.reply_error(req_id, f"actor {short(actor_id)} is not known to its owner")
@@ -561,3 +623,8 @@ class ActorSubmitter:
             client.location_waiters.append(answer)
         else:
             answer()
+
+
+def _settle(fut) -> None:
+    if fut is not None and not fut.done():
+        fut.set_result(None)

@@ -27,8 +27,8 @@ _TASK_OPTIONS = {"num_returns", "num_cpus", "num_gpus", "resources", "max_retrie
 DEFAULT_MAX_RETRIES = 3
 
 # Ray options accepted so that Ray code runs, but whose behaviour gdfut does
-# not have yet (fault tolerance comes next): a warning says so, once per name.
-_NOT_YET = {            "lifetime": "detached actors still end with their owner"}
+# not have yet: a warning says so, once per name (none at present).
+_NOT_YET: dict = {}
 _warned: set = set()
 
 
@@ -48,7 +48,8 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
          num_gpus: float | None = None, resources: dict | None = None,
          object_store_memory: int | None = None, ignore_reinit_error: bool = False,
          session_dir: str | None = None, log_to_driver: bool = True,
-         spill_dir: str | None = None, max_lineage_bytes: int | None = None, **ray_options):
+         spill_dir: str | None = None, max_lineage_bytes: int | None = None,
+         namespace: str | None = None, **ray_options):
     """Start an embedded cluster (head + one node) or join ``address``.
 
     ``log_to_driver``: print what tasks print here, labelled "(fn pid=N)".
@@ -56,10 +57,14 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     ``object_store_memory`` (default: ``spill/`` in the session directory).
     ``max_lineage_bytes``: how many bytes of task specs this driver keeps to
     re-make lost objects (oldest evicted first; default 256 MiB).
-    Ray options gdfut has no use for (``namespace``, ``runtime_env``,
+    ``namespace``: where this job's named actors are registered and looked
+    up (Ray's semantics; default: an anonymous namespace of this job).
+    Ray options gdfut has no use for (``runtime_env``,
     ``include_dashboard``...) are accepted with a warning; others are an error.
     """
     _check_ray_options(ray_options)
+    from .head_state import check_namespace
+    check_namespace(namespace, "init(namespace=...)")
     if max_lineage_bytes is not None and (not isinstance(max_lineage_bytes, int) or isinstance(
             max_lineage_bytes, bool) or max_lineage_bytes < 0):
         raise ValueError(f"max_lineage_bytes must be an int >= 0, got {max_lineage_bytes!r}")
@@ -74,9 +79,9 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                              "cluster's nodes take it from `gdfut start --spill-dir`")
         if address in (None, "local"):
             _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir,
-                            max_lineage_bytes)
+                            max_lineage_bytes, namespace)
         else:
-            _join(address, session_dir, max_lineage_bytes)
+            _join(address, session_dir, max_lineage_bytes, namespace)
         rt = runtime_context.require()
         if rt.job_id is None:
             where = "{}:{}".format(*rt.head_addr) if rt.head_addr else "(unknown address)"
@@ -88,7 +93,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         return _context()
 
 
-_RAY_OPTIONS_IGNORED = {"namespace", "runtime_env", "logging_level", "logging_format",
+_RAY_OPTIONS_IGNORED = {"runtime_env", "logging_level", "logging_format",
                         "include_dashboard", "dashboard_host", "dashboard_port",
                         "configure_logging", "job_config", "_temp_dir", "_system_config",
                         "_node_ip_address", "storage"}
@@ -105,7 +110,7 @@ def _check_ray_options(options: dict) -> None:
 
 
 def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir=None,
-                    max_lineage_bytes=None):
+                    max_lineage_bytes=None, namespace=None):
     from .core_worker import CoreWorker
     session_dir = cluster.new_session_dir()
     cpus = num_cpus if num_cpus is not None else (os.cpu_count() or 1)
@@ -120,6 +125,7 @@ def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_di
         rt = CoreWorker(mode="driver", node_host="127.0.0.1", node_port=info["port"],
                         token=token, session_dir=session_dir, head_addr=None,
                         max_lineage_bytes=max_lineage_bytes)
+        _set_namespace(rt, namespace)
         rt.start()
     except BaseException:
         for d in daemons:
@@ -129,7 +135,12 @@ def _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_di
     runtime_context.set_runtime(rt)
 
 
-def _join(address, session_dir, max_lineage_bytes=None):
+def _set_namespace(rt, namespace) -> None:
+    from .head_state import anonymous_namespace
+    rt.namespace = namespace or anonymous_namespace(rt.wid)
+
+
+def _join(address, session_dir, max_lineage_bytes=None, namespace=None):
     from .core_worker import CoreWorker
     if address != "auto":
         _join_address(address, None)          # a bad address is named before a missing token
@@ -139,6 +150,7 @@ def _join(address, session_dir, max_lineage_bytes=None):
     rt = CoreWorker(mode="driver", node_host=node[0], node_port=node[1], token=token,
                     session_dir=session_dir, head_addr=head_addr,
                     max_lineage_bytes=max_lineage_bytes)
+    _set_namespace(rt, namespace)
     rt.start()
     _state.update(rt=rt, daemons=[], session_dir=session_dir)
     runtime_context.set_runtime(rt)
@@ -268,12 +280,19 @@ def kill(actor, *, no_restart: bool = True):
 
 
 def get_actor(name: str, namespace: str | None = None):
-    from .actor import ActorHandle
+    """A handle to the actor registered as ``name`` in ``namespace`` (None:
+    the current job's namespace). ValueError when there is none."""
+    from .actor import ActorHandle, current_namespace
+    from .head_state import check_namespace
     from . import protocol as P
     from .transport.tcp import RemoteError
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"get_actor() needs a non-empty actor name, got {name!r}")
     rt = runtime_context.require()
+    namespace = check_namespace(namespace, "get_actor(namespace=...)") or current_namespace(rt)
     try:
-        actor_id, owner_wid, owner_addr, meta = rt.head_request(P.HEAD_LOOKUP_ACTOR, name)
+        actor_id, owner_wid, owner_addr, meta = rt.head_request(P.HEAD_LOOKUP_ACTOR, name,
+                                                                 namespace)
     except RemoteError as exc:
         raise ValueError(str(exc)) from None
     return ActorHandle(actor_id, owner_wid, tuple(owner_addr), meta["class_name"],
@@ -330,6 +349,11 @@ class RuntimeContext:
     @property
     def worker_mode(self) -> str:
         return self._rt.mode
+
+    @property
+    def namespace(self) -> str | None:
+        """The namespace of named actors here (Ray's ``namespace``)."""
+        return self._rt.namespace
 
     def get_job_id(self) -> str | None:
         """The driver's job number from the head (None in workers, or while
@@ -396,8 +420,26 @@ def get_runtime_context() -> RuntimeContext:
 
 
 def nodes() -> list[dict]:
+    """One dict per node the head knows, dead ones included: Ray's keys
+    (``NodeID`` hex, ``Alive``, ``NodeManagerAddress``, ``NodeManagerPort``,
+    ``ObjectManagerPort``, ``Resources`` ...) beside gdfut's own."""
     from . import protocol as P
-    return runtime_context.require().head_request(P.HEAD_LIST_NODES)
+    return [_ray_node_row(n) for n in runtime_context.require().head_request(P.HEAD_LIST_NODES)]
+
+
+def _ray_node_row(n: dict) -> dict:
+    addr = n.get("addr") or [None, None]
+    data_addr = n.get("data_addr") or [None, None]
+    alive = n.get("state") == "ALIVE"
+    row = {"NodeID": n["node_id"].hex() if isinstance(n.get("node_id"), bytes) else None,
+           "Alive": alive, "alive": alive,
+           "NodeManagerAddress": addr[0], "NodeManagerHostname": addr[0],
+           "NodeManagerPort": addr[1], "ObjectManagerPort": data_addr[1],
+           "NodeName": addr[0],
+           "Resources": dict(n.get("resources") or {}) if alive else {},
+           "ObjectStoreSocketName": n.get("arena")}
+    row.update(n)
+    return row
 
 
 # ------------------------------------------------------------------ remote

@@ -2,6 +2,7 @@
 
     gdfut start --head [--port N] [--bind HOST] [--num-cpus N] [--num-gpus N]
                        [--resources JSON] [--object-store-memory BYTES] [--session-dir D]
+        (--session-dir of a session whose head died: restarts that head alone)
     gdfut start --address HOST:PORT [--session-dir D] [--num-cpus N] ...
     gdfut stop [--session-dir D]
     gdfut status [--address HOST:PORT] [--session-dir D] [--json]
@@ -331,7 +332,42 @@ def cmd_start(args) -> int:
     return _start_worker_node(args)
 
 
+def _is_restartable_session(path: str | None) -> bool:
+    """A session a head ran in before (its state is there to read back)."""
+    return bool(path) and os.path.isfile(os.path.join(path, "token")) and \
+        os.path.isfile(os.path.join(path, "head.sqlite"))
+
+
+def _restart_head(args) -> int:
+    """``gdfut start --head --session-dir D`` on D where a head ran: start
+    the head alone again, on its previous port, to read its state back; the
+    node daemons (still running) and drivers reconnect to it."""
+    session_dir = os.path.realpath(args.session_dir)
+    previous = cluster.read_head_info(session_dir) or {}
+    if isinstance(previous.get("pid"), int) and cluster.pid_alive(previous["pid"]) \
+            and _belongs(previous["pid"], session_dir):
+        raise CliError(f"a head already runs in session {session_dir} (pid "
+                       f"{previous['pid']}); stop it first, or give a new --session-dir")
+    # the same port, so that nodes and drivers (who know only that address) find it;
+    # if it is taken the head fails to start and says so
+    port = args.port or int(previous.get("port") or 0)
+    head = cluster.spawn_head(session_dir, port=port, bind=args.bind, detach=True)
+    hinfo = _wait_ready(head, session_dir)
+    cluster.record_pid(session_dir, "head", head.popen.pid)
+    address = f"{_advertised_host(args.bind)}:{hinfo['port']}"
+    with open(os.path.join(session_dir, "address"), "w") as f:
+        f.write(address + "\n")
+    print(f"gdfut head restarted at {address} on its previous state")
+    print(f"  session dir: {session_dir}")
+    print(f"  head:        pid {hinfo['pid']}")
+    print("Nodes still running register again within a few seconds "
+          "(`gdfut status` lists them).")
+    return 0
+
+
 def _start_head(args) -> int:
+    if _is_restartable_session(args.session_dir):
+        return _restart_head(args)
     latest = os.path.join(cluster.DEFAULT_ROOT, "session_latest")
     try:
         previous = os.readlink(latest)
@@ -831,8 +867,10 @@ def _parser() -> argparse.ArgumentParser:
                          "(default: spill/ in the session directory)")
     st.add_argument("--session-dir", default=None,
                     help="with --head: a new (or empty) directory for the session (default: "
-                         "a new one under the sessions root); with --address: the session "
-                         "directory of the head (default: latest)")
+                         "a new one under the sessions root), or the directory of a session "
+                         "whose head stopped: the head alone starts again on its saved state "
+                         "and port; with --address: the session directory of the head "
+                         "(default: latest)")
     st.set_defaults(func=cmd_start)
 
     sp = sub.add_parser("stop", help="stop every process of a session")

@@ -168,6 +168,10 @@ class CoreWorker:
         self.current_task_id: bytes | None = None
         self.job_id: int | None = None      # drivers: the head's job number, once registered
         self.current_actor_id: bytes | None = None
+        # named actors' namespace: the job's (drivers: init(namespace=), else an
+        # anonymous one); workers take the running task's or actor's
+        self.namespace: str | None = None
+        self.detached_actor_id: bytes | None = None   # worker of a detached actor: it owns it
         self.output_label = ""              # "(fn pid=N)" prefix of those lines
         self.log_to_driver = True
         self.inherited_cuda_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -212,10 +216,22 @@ class CoreWorker:
             try:
                 head = await self.head()
                 self.job_id = await head.request(P.HEAD_REGISTER_JOB, {
-                    "driver_wid": self.wid, "pid": pid, "addr": list(self.addr)})
+                    "driver_wid": self.wid, "pid": pid, "addr": list(self.addr),
+                    "namespace": self.namespace})
                 return
             except (GdfutError, OSError, tcp.ConnectionLost, asyncio.TimeoutError):
                 await asyncio.sleep(0.05)
+
+    def become_detached_actor(self, actor_id: bytes) -> None:
+        """This worker runs a detached actor and owns it once its creator
+        hands it over: handles' borrower registrations come here (the id is
+        pinned: a detached actor ends only with kill), and so do
+        ACTOR_LOCATION and KILL_ACTOR (``ActorSubmitter``)."""
+        self.detached_actor_id = actor_id
+        self.io.post(lambda: self.table.add_owned(actor_id, local=1))
+
+    def is_detached_actor(self, actor_id: bytes) -> bool:
+        return actor_id is not None and actor_id == self.detached_actor_id
 
     async def head(self):
         if self.head_conn is None or self.head_conn.closed:
@@ -1099,6 +1115,11 @@ class CoreWorker:
         if self._closed:
             return
         try:
+            self.io.run(self.actors.wait_hand_overs(HAND_OVER_WAIT_S),
+                        timeout=HAND_OVER_WAIT_S + 1)
+        except Exception:
+            pass
+        try:
             self.io.run(self._close(), timeout=5)
         except Exception:
             pass
@@ -1127,6 +1148,8 @@ class CoreWorker:
 
 
 MAX_RECOVERIES = 8
+HAND_OVER_WAIT_S = 30.0
+"""How long shutdown waits for detached actors still being placed."""
 """How many times one read reports a lost copy to the owner and tries again."""
 
 

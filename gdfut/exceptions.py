@@ -207,7 +207,13 @@ def _bare_instance(cls: type, args: tuple):
     try:
         obj = builtin.__new__(cls, *args)
     except Exception:
-        return None
+        # MemoryError (and so ObjectStoreFullError) refuses ``__new__`` called
+        # on a subclass ("not safe"); a plain call still works where the
+        # class's own __init__ takes its args
+        try:
+            return cls(*args)
+        except Exception:
+            return None
     _init_builtin(builtin, obj, args)
     return obj
 

@@ -56,7 +56,7 @@ class Task:
     __slots__ = ("conn", "tid", "fn_id", "fn_bytes", "name", "args", "kwargs", "num_returns",
                  "owner_wid", "owner_addr", "actor_id", "method", "actor_options", "gpu_ids",
                  "started", "cancelled", "interrupted", "generator", "backpressure", "outbox",
-                 "placement_group", "error_classes")
+                 "placement_group", "error_classes", "namespace")
 
     def __init__(self, conn, wire):
         self.conn = conn
@@ -65,6 +65,8 @@ class Task:
          self.actor_options, self.gpu_ids) = wire[:13]
         # ["PG", group id, bundle index, capture child tasks] when it runs in a group
         self.placement_group = wire[13] if len(wire) > 13 else None
+        # the submitting job's namespace (get_actor and named actors in the task)
+        self.namespace = wire[14] if len(wire) > 14 and isinstance(wire[14], str) else None
         self.num_returns, self.generator, self.backpressure = parse_wire_returns(returns)
         # generator tasks: messages to the owner not sent yet, in order (io thread)
         self.outbox = collections.deque() if self.generator is not None else None
@@ -283,6 +285,8 @@ class Executor:
         rt.output_conn = task.conn
         rt.current_task_id = task.tid
         rt.current_actor_id = task.actor_id
+        if task.actor_id is None:        # an actor keeps the namespace it was created in
+            rt.namespace = task.namespace
         key = (task.name, task.actor_id is not None)
         label = self.labels.get(key)
         if label is None:
@@ -351,6 +355,9 @@ class Executor:
         cls = self.function(task.fn_id)
         opts = task.actor_options or {}
         self.actor_placement_group = task.placement_group
+        self.rt.namespace = opts.get("namespace") or task.namespace
+        if opts.get("detached"):
+            self.rt.become_detached_actor(task.actor_id)
         try:
             args, kwargs = self.resolve_args(task)
             self.actor = cls(*args, **kwargs)

@@ -1,7 +1,9 @@
 """Head: cluster directory (nodes, named actors, jobs), durable in SQLite.
 
 Control plane only: nothing per task comes here. Run as ``python -m
-gdfut.head``; prints one JSON line ``{"port": ...}`` when ready.
+gdfut.head``; prints one JSON line ``{"port": ...}`` when ready. Started
+again on the same session directory it reads its state back and waits for
+the nodes to register again (decisions in ``head_state``).
 """
 from __future__ import annotations
 
@@ -18,6 +20,8 @@ import time
 
 from . import protocol as P
 from . import validate
+from .head_state import (ActorRow, NodeRecovery, actors_after_deaths, check_namespace,
+                         dead_seq_to_serve)
 from .head_pgs import PlacementGroups
 from .ids import short
 from .sched.resources import ResourceSet
@@ -28,14 +32,21 @@ log = logging.getLogger("gdfut.head")
 
 # A node not heard from for this long is dead (GDFUT_NODE_DEAD_AFTER_S: tests).
 NODE_DEAD_AFTER_S = float(os.environ.get("GDFUT_NODE_DEAD_AFTER_S", "10"))
+# A restarted head waits this long for each node that was alive to register
+# again before declaring it dead (GDFUT_NODE_REREGISTER_S: tests).
+NODE_REREGISTER_S = float(os.environ.get("GDFUT_NODE_REREGISTER_S", "30"))
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS nodes (node_id BLOB PRIMARY KEY, info TEXT, state TEXT,
                                   registered REAL);
-CREATE TABLE IF NOT EXISTS actors (name TEXT PRIMARY KEY, actor_id BLOB, owner_wid BLOB,
-                                   owner_addr TEXT, meta TEXT);
+CREATE TABLE IF NOT EXISTS actors (namespace TEXT, name TEXT, actor_id BLOB UNIQUE,
+                                   owner_wid BLOB, owner_addr TEXT, meta TEXT,
+                                   detached INTEGER, creator_wid BLOB,
+                                   PRIMARY KEY (namespace, name));
 CREATE TABLE IF NOT EXISTS jobs (job_id INTEGER PRIMARY KEY AUTOINCREMENT, info TEXT,
                                  started REAL);
+CREATE TABLE IF NOT EXISTS processes (wid BLOB PRIMARY KEY, node_id BLOB);
+CREATE TABLE IF NOT EXISTS dead (seq INTEGER PRIMARY KEY, wid BLOB);
 """
 
 
@@ -44,7 +55,8 @@ class HeadConn:
         self.head = head
         self.conn = None
         self.node_id: bytes | None = None     # the node that registered on this connection
-        self.owned_actor_names: dict[str, bytes] = {}   # name -> actor id it registered
+        self.owned_actor_names: dict[tuple, bytes] = {}   # (namespace, name) -> actor id
+        self.driver_wid: bytes | None = None   # the driver that registered its job here
 
     def on_messages(self, conn, messages):
         self.conn = conn
@@ -73,24 +85,40 @@ class DeadProcessLog:
     connected to it. Bounded: a node that falls further behind than
     ``limit`` entries gets the whole retained log again (repeats are harmless)."""
 
-    def __init__(self, limit: int = 100_000):
+    def __init__(self, limit: int = 100_000, entries=()):
         assert limit > 0
         self.limit = limit
         self.entries: collections.deque = collections.deque()   # (seq, wid)
         self.known: set = set()
         self.seq = 0
+        for seq, wid in entries:          # read back after a restart, in seq order
+            assert seq > self.seq
+            self.seq = seq
+            self._append(seq, wid)
 
-    def add(self, wids) -> None:
+    def add(self, wids) -> list:
+        """Record deaths; returns the new (seq, wid) entries (to persist)."""
+        added = []
         for wid in wids:
             if wid in self.known:
                 continue
             self.seq += 1
-            self.entries.append((self.seq, wid))
-            self.known.add(wid)
-            if len(self.entries) > self.limit:
-                self.known.discard(self.entries.popleft()[1])
+            self._append(self.seq, wid)
+            added.append((self.seq, wid))
+        return added
+
+    def _append(self, seq, wid) -> None:
+        self.entries.append((seq, wid))
+        self.known.add(wid)
+        if len(self.entries) > self.limit:
+            self.known.discard(self.entries.popleft()[1])
+
+    @property
+    def oldest_seq(self) -> int:
+        return self.entries[0][0] if self.entries else self.seq + 1
 
     def since(self, seq: int) -> tuple[int, list]:
+        seq = dead_seq_to_serve(seq, self.seq)
         return self.seq, [wid for s, wid in self.entries if s > seq]
 
 
@@ -100,7 +128,16 @@ class Head:
         self.session_dir = args.session_dir
         self.token = open(os.path.join(self.session_dir, "token"), "rb").read()
         self.db = sqlite3.connect(os.path.join(self.session_dir, "head.sqlite"))
+        # WAL without an fsync per commit: the state must survive the head's
+        # process dying (SIGKILL), not the machine; the loop must not stall.
+        self.db.execute("PRAGMA journal_mode=WAL")
+        self.db.execute("PRAGMA synchronous=NORMAL")
         self.db.executescript(SCHEMA)
+        columns = {row[1] for row in self.db.execute("PRAGMA table_info(actors)")}
+        if "creator_wid" not in columns:
+            raise SystemExit(f"head.sqlite in {self.session_dir} was written by an older "
+                             f"gdfut (no namespaces); this head cannot restart on it: start "
+                             f"a new session")
         self.stats: dict[bytes, dict] = {}
         self.last_seen: dict[bytes, float] = {}
         self.stopping = asyncio.Event()
@@ -110,16 +147,36 @@ class Head:
             P.HEAD_REGISTER_NODE: self.on_register_node, P.HEAD_HEARTBEAT: self.on_heartbeat,
             P.HEAD_LIST_NODES: self.on_list_nodes, P.HEAD_REGISTER_ACTOR: self.on_register_actor,
             P.HEAD_LOOKUP_ACTOR: self.on_lookup_actor, P.HEAD_REMOVE_ACTOR: self.on_remove_actor,
+            P.HEAD_ACTOR_PLACED: self.on_actor_placed,
             P.HEAD_STATUS: self.on_status, P.HEAD_REGISTER_JOB: self.on_register_job,
             P.HEAD_SHUTDOWN: self.on_shutdown,
             P.HEAD_PROCESSES_DIED: self.on_processes_died,
             P.HEAD_DEAD_PROCESSES: self.on_dead_processes,
             P.HEAD_PROCESSES_STARTED: self.on_processes_started,
         }
-        self.dead = DeadProcessLog()
         self.pgs = PlacementGroups(self)
         self.dispatch.update(self.pgs.handlers())
+        self.restarted = False
+        self.driver_conns: dict[bytes, HeadConn] = {}   # driver wid -> its open connection
+        self.load()
+
+    def load(self) -> None:
+        """State of a previous head of this session (empty on a new session)."""
+        db = self.db
+        self.dead = DeadProcessLog(entries=db.execute(
+            "SELECT seq, wid FROM dead ORDER BY seq").fetchall())
         self.processes_of_node: dict[bytes, set] = {}   # live drivers/workers by node
+        for wid, node_id in db.execute("SELECT wid, node_id FROM processes"):
+            self.processes_of_node.setdefault(node_id, set()).add(wid)
+        self.pgs.load()
+        states = dict(db.execute("SELECT node_id, state FROM nodes").fetchall())
+        self.restarted = bool(states)
+        self.recovery = NodeRecovery.after_restart(states, time.monotonic(), NODE_REREGISTER_S)
+        if self.restarted:
+            log.info("head restarted on session %s: %d node(s) awaited, %d named actor(s), "
+                     "%d process(es) recorded", self.session_dir, len(self.recovery.awaited),
+                     self.db.execute("SELECT COUNT(*) FROM actors").fetchone()[0],
+                     sum(map(len, self.processes_of_node.values())))
 
     async def run(self):
         server = await tcp.listen(self.args.bind, self.args.port, lambda: HeadConn(self),
@@ -153,15 +210,49 @@ class Head:
                 if now - seen > NODE_DEAD_AFTER_S:
                     self.mark_node(node_id, "DEAD")
                     del self.last_seen[node_id]
+            for node_id in self.recovery.expired(now):
+                log.warning("node %s did not register again within %g s of the head's "
+                            "restart: dead", short(node_id), NODE_REREGISTER_S)
+                self.mark_node(node_id, "DEAD")
             if self.args.embedded and os.getppid() == 1:
                 self.stopping.set()
 
     def mark_node(self, node_id, state):
         if state == "DEAD":       # its drivers and workers died with it
-            self.dead.add(sorted(self.processes_of_node.pop(node_id, ())))
+            self.processes_died(sorted(self.processes_of_node.pop(node_id, ())))
             self.pgs.node_dead(node_id)
         with self.db:
             self.db.execute("UPDATE nodes SET state=? WHERE node_id=?", (state, node_id))
+
+    def processes_died(self, wids) -> None:
+        """Drivers or workers are dead: every node frees what they owned (the
+        dead-process log), the names of actors they owned go."""
+        wids = list(wids)
+        if not wids:
+            return
+        added = self.dead.add(wids)
+        for live in self.processes_of_node.values():
+            live.difference_update(wids)
+        with self.db:
+            self.db.executemany("INSERT OR REPLACE INTO dead VALUES (?,?)", added)
+            self.db.execute("DELETE FROM dead WHERE seq < ?", (self.dead.oldest_seq,))
+            self.db.executemany("DELETE FROM processes WHERE wid=?", [(w,) for w in wids])
+        # A driver still connected here is alive (its node may have died under
+        # it): what it owns stays until its connection closes (``on_closed``).
+        self.owners_died([w for w in wids if w not in self.driver_conns])
+
+    def owners_died(self, owners) -> None:
+        """Names and placement groups of dead owners go (``head_state``)."""
+        if not owners:
+            return
+        gone, creator_gone = actors_after_deaths(self.actor_rows(), owners)
+        with self.db:
+            self.db.executemany("DELETE FROM actors WHERE actor_id=?", [(a,) for a in gone])
+            self.db.executemany("UPDATE actors SET creator_wid=NULL WHERE actor_id=?",
+                                [(a,) for a in creator_gone])
+        for actor_id in gone:
+            log.info("actor %s: its owner died; its name is free", short(actor_id))
+        self.pgs.owners_died(owners)
 
     # --------------------------------------------------------------- nodes
     def on_register_node(self, peer, m):
@@ -175,12 +266,14 @@ class Head:
             peer.conn.reply_error(req_id, f"node registration refused: {problem}")
             return
         peer.node_id = info["node_id"]
+        again = self.recovery.node_back(info["node_id"])
         with self.db:
             self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?,?,?,?)",
                             (info["node_id"], json.dumps(_jsonable(info)), "ALIVE", time.time()))
         self.last_seen[info["node_id"]] = time.monotonic()
         self.pgs.node_registered(peer, info["node_id"])
-        log.info("node %s registered at %s", short(info["node_id"]), info["addr"])
+        log.info("node %s %sregistered at %s", short(info["node_id"]),
+                 "re-" if again else "", info["addr"])
         peer.conn.reply(req_id, True)
 
     def on_heartbeat(self, peer, m):
@@ -209,16 +302,29 @@ class Head:
         return out
 
     def on_processes_started(self, peer, m):
-        if m[1] != peer.node_id:
+        """``snapshot`` (sent right after a registration): the node's full
+        list of live processes; recorded ones missing from it died unseen
+        (while the head was down)."""
+        node_id, wids = m[1], m[2]
+        snapshot = len(m) > 3 and m[3]
+        if node_id != peer.node_id:
             log.warning("dropping processes of node %s from a connection registered as %s",
-                        short(m[1]), short(peer.node_id))
+                        short(node_id), short(peer.node_id))
             return
-        self.processes_of_node.setdefault(m[1], set()).update(m[2])
+        recorded = self.processes_of_node.setdefault(node_id, set())
+        died = self.recovery.registered(node_id, recorded, wids) if snapshot else set()
+        new = set(wids) - recorded
+        recorded.update(wids)
+        if new:
+            with self.db:
+                self.db.executemany("INSERT OR REPLACE INTO processes VALUES (?,?)",
+                                    [(w, node_id) for w in new])
+        if died:
+            log.info("node %s: %d process(es) died while unseen", short(node_id), len(died))
+            self.processes_died(sorted(died))
 
     def on_processes_died(self, peer, m):
-        self.dead.add(m[1])
-        for wids in self.processes_of_node.values():
-            wids.difference_update(m[1])
+        self.processes_died(m[1])
 
     def on_dead_processes(self, peer, m):
         seq, wids = self.dead.since(m[2])
@@ -232,9 +338,14 @@ class Head:
         actors = self.db.execute("SELECT COUNT(*) FROM actors").fetchone()[0]
         jobs = self.db.execute("SELECT COUNT(*) FROM jobs").fetchone()[0]
         peer.conn.reply(m[1], {"nodes": nodes, "named_actors": actors, "jobs": jobs,
-                               "session_dir": self.session_dir})
+                               "session_dir": self.session_dir,
+                               "awaited_nodes": len(self.recovery.awaited)})
 
     def on_closed(self, peer):
+        if peer.driver_wid is not None and self.driver_conns.get(peer.driver_wid) is peer:
+            del self.driver_conns[peer.driver_wid]
+            if peer.driver_wid in self.dead.known:   # its death was reported while connected
+                self.owners_died([peer.driver_wid])
         self.pgs.conn_closed(peer)
         node_id = peer.node_id
         if node_id is not None:
@@ -243,29 +354,55 @@ class Head:
             self.stats.pop(node_id, None)
         if peer.owned_actor_names:
             with self.db:   # only its own actors: a name may have been taken again since
-                for name, actor_id in peer.owned_actor_names.items():
-                    self.db.execute("DELETE FROM actors WHERE name=? AND actor_id=?",
-                                    (name, actor_id))
+                for (namespace, name), actor_id in peer.owned_actor_names.items():
+                    self.db.execute("DELETE FROM actors WHERE namespace=? AND name=? AND "
+                                    "actor_id=? AND detached=0",
+                                    (namespace, name, actor_id))
 
     # -------------------------------------------------------------- actors
+    def actor_rows(self) -> list[ActorRow]:
+        return [ActorRow(ns, name, aid, creator, owner, bool(det))
+                for ns, name, aid, creator, owner, det in
+                self.db.execute("SELECT namespace, name, actor_id, creator_wid, owner_wid, "
+                                "detached FROM actors")]
+
     def on_register_actor(self, peer, m):
-        _, req_id, name, actor_id, owner_wid, owner_addr, meta = m
-        row = self.db.execute("SELECT actor_id FROM actors WHERE name=?", (name,)).fetchone()
+        _, req_id, name, namespace, actor_id, owner_wid, owner_addr, meta, detached = m
+        check_namespace(namespace)
+        row = self.db.execute("SELECT actor_id FROM actors WHERE namespace=? AND name=?",
+                              (namespace, name)).fetchone()
         if row is not None:
-            peer.conn.reply_error(req_id, f"an actor named {name!r} already exists")
+            peer.conn.reply_error(req_id, f"an actor named {name!r} already exists in "
+                                          f"namespace {namespace!r}")
             return
         with self.db:
-            self.db.execute("INSERT INTO actors VALUES (?,?,?,?,?)",
-                            (name, actor_id, owner_wid, json.dumps(owner_addr), json.dumps(meta)))
-        peer.owned_actor_names[name] = actor_id
+            self.db.execute("INSERT INTO actors VALUES (?,?,?,?,?,?,?,?)",
+                            (namespace, name, actor_id, owner_wid, json.dumps(owner_addr),
+                             json.dumps(meta), int(bool(detached)), owner_wid))
+        if not detached:      # a detached actor's name outlives this connection
+            peer.owned_actor_names[(namespace, name)] = actor_id
+        peer.conn.reply(req_id, True)
+
+    def on_actor_placed(self, peer, m):
+        """A detached actor's creator hands it over: its own worker owns it
+        from now on (see ``head_state``), so the creator may exit."""
+        _, req_id, actor_id, worker_wid, worker_addr = m
+        with self.db:
+            cur = self.db.execute("UPDATE actors SET owner_wid=?, owner_addr=? WHERE "
+                                  "actor_id=? AND detached=1",
+                                  (worker_wid, json.dumps(worker_addr), actor_id))
+        if cur.rowcount == 0:
+            peer.conn.reply_error(req_id, f"no detached actor {short(actor_id)} (killed?)")
+            return
         peer.conn.reply(req_id, True)
 
     def on_lookup_actor(self, peer, m):
-        _, req_id, name = m
+        _, req_id, name, namespace = m
         row = self.db.execute("SELECT actor_id, owner_wid, owner_addr, meta FROM actors "
-                              "WHERE name=?", (name,)).fetchone()
+                              "WHERE namespace=? AND name=?", (namespace, name)).fetchone()
         if row is None:
-            peer.conn.reply_error(req_id, f"no actor named {name!r}")
+            peer.conn.reply_error(req_id, f"no actor named {name!r} in namespace "
+                                          f"{namespace!r}")
             return
         peer.conn.reply(req_id, [row[0], row[1], json.loads(row[2]), json.loads(row[3])])
 
@@ -280,6 +417,9 @@ class Head:
     # ---------------------------------------------------------------- jobs
     def on_register_job(self, peer, m):
         _, req_id, info = m
+        if isinstance(info.get("driver_wid"), bytes) and peer.driver_wid is None:
+            peer.driver_wid = info["driver_wid"]
+            self.driver_conns[peer.driver_wid] = peer
         with self.db:
             cur = self.db.execute("INSERT INTO jobs (info, started) VALUES (?, ?)",
                                   (json.dumps(_jsonable(info)), time.time()))

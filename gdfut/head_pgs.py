@@ -14,12 +14,19 @@ groups never race for the same resources). A group whose node dies goes to
 RESCHEDULING and its lost bundles are placed again. A group ends when it is
 removed, or when the connection that created it closes (its driver or
 worker exited), unless it was created with ``lifetime="detached"``.
-The table lives in memory: a restarted head forgets its groups.
+
+The table is also written to the head's SQLite (on creation, placement,
+rescheduling and removal: never per task), so a restarted head keeps its
+groups (``load``): their bundles are still reserved on the nodes. A group a
+driver created is removed when that driver is known dead (its process id,
+from the job registration on the same connection); one a worker created
+outlives its creator after a restart (as if detached).
 """
 from __future__ import annotations
 
 import asyncio
 import collections
+import json
 import logging
 
 from . import protocol as P
@@ -38,7 +45,8 @@ RESTART_DELAY_S = 0.5         # after the loop failed unexpectedly
 
 
 class Group:
-    def __init__(self, pg_id, name, bundles, strategy, detached, creator, seq):
+    def __init__(self, pg_id, name, bundles, strategy, detached, creator, seq,
+                 creator_wid=None):
         self.pg_id = pg_id
         self.name = name
         self.bundle_dicts = [dict(b) for b in bundles]
@@ -46,6 +54,7 @@ class Group:
         self.strategy = check_strategy(strategy)
         self.detached = detached
         self.creator = creator
+        self.creator_wid = creator_wid   # the creating driver's process id, if known
         self.seq = seq
         self.state = PENDING
         self.bundle_nodes: list = [None] * len(self.bundles)
@@ -79,6 +88,47 @@ class PlacementGroups:
         self.seq = 0
         self.background: set = set()
 
+    # ---------------------------------------------------------- durability
+    SCHEMA = """CREATE TABLE IF NOT EXISTS pgs (pg_id BLOB PRIMARY KEY, name TEXT,
+        bundles TEXT, strategy TEXT, detached INTEGER, creator_wid BLOB, state TEXT,
+        bundle_nodes TEXT, seq INTEGER);"""
+
+    def load(self) -> None:
+        """The groups a previous head of this session had (see module doc)."""
+        db = self.head.db
+        db.executescript(self.SCHEMA)
+        for (pg_id, name, bundles, strategy, detached, creator_wid, state, nodes,
+             seq) in db.execute("SELECT * FROM pgs ORDER BY seq"):
+            group = Group(pg_id, name, json.loads(bundles), strategy, bool(detached), None,
+                          seq, creator_wid)
+            group.state = state
+            group.bundle_nodes = [bytes.fromhex(n) if n else None for n in json.loads(nodes)]
+            group.reason = "restored after a head restart"
+            self.groups[pg_id] = group
+            self.seq = max(self.seq, seq)
+        if self.groups:
+            self.wake.set()
+
+    def save(self, group: Group) -> None:
+        with self.head.db as db:
+            if group.state == REMOVED:
+                db.execute("DELETE FROM pgs WHERE pg_id=?", (group.pg_id,))
+                return
+            db.execute("INSERT OR REPLACE INTO pgs VALUES (?,?,?,?,?,?,?,?,?)",
+                       (group.pg_id, group.name, json.dumps(group.bundle_dicts),
+                        group.strategy, int(group.detached), group.creator_wid, group.state,
+                        json.dumps([n.hex() if n else None for n in group.bundle_nodes]),
+                        group.seq))
+
+    def owners_died(self, wids) -> None:
+        """Drivers died: the groups they created go, unless detached (after a
+        head restart no connection is left to see them go)."""
+        dead = set(wids)
+        for group in list(self.groups.values()):
+            if group.creator_wid in dead and not group.detached and group.state != REMOVED:
+                log.info("placement group %s removed: its creator died", group.group)
+                self.remove(group)
+
     def handlers(self) -> dict:
         return {P.HEAD_PG_CREATE: self.on_create, P.HEAD_PG_REMOVE: self.on_remove,
                 P.HEAD_PG_WAIT: self.on_wait, P.HEAD_PG_TABLE: self.on_table,
@@ -95,8 +145,10 @@ class PlacementGroups:
             raise ValueError(f"a placement group named {name!r} already exists")
         self._make_room()
         self.seq += 1
-        group = Group(pg_id, name, bundles, strategy, bool(detached), peer, self.seq)
+        group = Group(pg_id, name, bundles, strategy, bool(detached), peer, self.seq,
+                      getattr(peer, "driver_wid", None))
         self.groups[pg_id] = group
+        self.save(group)
         self.wake.set()
         peer.conn.reply(req_id, True)
 
@@ -187,6 +239,7 @@ class PlacementGroups:
                 group.bundle_nodes = [None if n == node_id else n for n in group.bundle_nodes]
                 if group.state == CREATED:
                     group.state = RESCHEDULING
+                self.save(group)
                 log.info("placement group %s lost bundles on dead node %s", group.group,
                          short(node_id))
                 self.wake.set()
@@ -202,6 +255,7 @@ class PlacementGroups:
             return
         group.state = REMOVED
         group.reason = "removed"
+        self.save(group)
         for node_id in set(n for n in group.bundle_nodes if n is not None):
             self._spawn(self._node_request(node_id, P.NODE_RETURN_BUNDLES, group.group, None))
         for waiter in group.waiters:
@@ -291,6 +345,7 @@ class PlacementGroups:
             return
         group.state = CREATED
         group.reason = "created"
+        self.save(group)
         log.info("placement group %s created: bundles on %s", group.group,
                  [short(n) for n in group.bundle_nodes])
         for waiter in group.waiters:

@@ -24,6 +24,7 @@ from . import validate
 from .devstore.arena import SharedArena
 from .devstore.disk_store import DiskStore
 from .devstore.host_store import CREATED, SEALED, HostStoreState
+from .head_state import reconnect_delay
 from .ids import new_id, short
 from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager, QueueFull,
                                 Reject, RequestCancelled, StartWorker)
@@ -39,6 +40,14 @@ from .transport.base import default_backend_name
 log = logging.getLogger("gdfut.node")
 
 HEARTBEAT_S = 1.0
+# Reconnecting to an unreachable head: the wait doubles from HEARTBEAT_S up to
+# this, so a restarted head is found again within this long.
+HEAD_RETRY_MAX_S = 2.0
+# A node that cannot reach its head for this long stops (as Ray's raylet does
+# after its GCS reconnect timeout), so nodes of a cluster whose head is gone
+# for good do not run forever. GDFUT_HEAD_RECONNECT_TIMEOUT_S: tests, operators.
+HEAD_RECONNECT_TIMEOUT_S = float(os.environ.get("GDFUT_HEAD_RECONNECT_TIMEOUT_S", "120"))
+MAX_UNSENT_DEATHS = 100_000  # deaths kept for the head while it is unreachable
 MEMORY_QUERY_TIMEOUT_S = 5.0
 WORKER_KILL_GRACE_S = 2.0
 MAX_START_FAILURES = 5      # worker starts failing in a row before queued requests fail
@@ -122,7 +131,7 @@ class NodeDaemon:
         self.token = open(os.path.join(self.session_dir, "token"), "rb").read()
         self.total = ResourceSet.from_options(args.num_cpus, args.num_gpus,
                                               json.loads(args.resources or "{}"))
-        self.leases = LeaseManager(self.node_id, self.total, max_queue=100_000,
+        self.leases = LeaseManager(self.node_id, self.total, max_queue=max_lease_queue(),
                                    max_workers=max(1, int(args.num_cpus)),
                                    max_starting=max_concurrent_starts())
         self.capacity = args.object_store_memory
@@ -140,6 +149,7 @@ class NodeDaemon:
         self.start_failures = 0                       # worker starts failed in a row
         self.request_ids = itertools.count(1)
         self.head_conn = None
+        self.unsent_deaths: list = []                 # deaths seen while the head was away
         self.head_addr = tuple(args.head_addr.split(":")) if args.head_addr else None
         if self.head_addr:
             self.head_addr = (self.head_addr[0], int(self.head_addr[1]))
@@ -168,7 +178,7 @@ class NodeDaemon:
             P.STORE_UNPIN: self.on_store_unpin, P.STORE_FREE: self.on_store_free,
             P.KILL_WORKER: self.on_kill_worker, P.NODE_STATUS: self.on_status,
             P.NODE_MEMORY: self.on_memory, P.NODE_PULL: self.on_pull,
-            P.NODE_CLUSTER_VIEW: self.on_cluster_view,
+            P.NODE_CLUSTER_VIEW: self.on_cluster_view, P.DETACH_LEASE: self.on_detach_lease,
         }
         self.bundles = NodeBundles(self)
         self.dispatch.update(self.bundles.handlers())
@@ -281,41 +291,74 @@ class NodeDaemon:
             self.head_addr = read_head_addr(self.session_dir)
             if not self.head_addr:
                 await asyncio.sleep(0.02)
+        failures = 0
+        unreachable_since = None
         while True:
             try:
                 if self.head_conn is None or self.head_conn.closed:
-                    self.head_conn = await tcp.connect(*self.head_addr, Conn(self), self.token)
-                    try:
-                        await self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info())
-                    except BaseException:
-                        self.head_conn.close()    # unregistered: register again next time
-                        raise
-                    if self.joined_at is None:
-                        self.joined_at = time.monotonic()
-                    local = [wid for wid, p in self.peers.items() if p.kind != "remote-client"]
-                    self.tell_head([P.HEAD_PROCESSES_STARTED, self.node_id, local])
+                    await self.register_with_head()
                 self.tell_head([P.HEAD_HEARTBEAT, self.node_id, self.stats()])
                 await self.refresh_cluster()
+                failures, unreachable_since = 0, None
             except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
-                log.warning("head not reachable: %s", exc)
-            await asyncio.sleep(HEARTBEAT_S)
+                if failures == 0:
+                    log.warning("head not reachable: %s", exc)
+                    unreachable_since = time.monotonic()
+                failures += 1
+                if time.monotonic() - unreachable_since > HEAD_RECONNECT_TIMEOUT_S:
+                    self.fatal(f"the head at {self.head_addr[0]}:{self.head_addr[1]} was "
+                               f"unreachable for {HEAD_RECONNECT_TIMEOUT_S:g} s "
+                               f"(GDFUT_HEAD_RECONNECT_TIMEOUT_S): {exc}")
+                    return
+            await asyncio.sleep(HEARTBEAT_S if failures == 0 else
+                                reconnect_delay(failures - 1, HEARTBEAT_S / 4, HEAD_RETRY_MAX_S))
+
+    async def register_with_head(self):
+        """(Re-)register: this node, then the full list of its live processes
+        (a head that restarted learns from it which of its recorded processes
+        died meanwhile), then the deaths it saw while the head was away."""
+        self.head_conn = await tcp.connect(*self.head_addr, Conn(self), self.token,
+                                           timeout=5.0)
+        try:
+            await asyncio.wait_for(
+                self.head_conn.request(P.HEAD_REGISTER_NODE, self.node_info()), 10)
+        except BaseException:
+            self.head_conn.close()    # unregistered: register again next time
+            raise
+        again = self.joined_at is not None
+        if not again:
+            self.joined_at = time.monotonic()
+        else:
+            log.info("registered with the head again")
+        local = [wid for wid, p in self.peers.items() if p.kind != "remote-client"]
+        self.tell_head([P.HEAD_PROCESSES_STARTED, self.node_id, local, True])
+        if self.unsent_deaths:
+            self.tell_head([P.HEAD_PROCESSES_DIED, list(self.unsent_deaths)])
+            self.unsent_deaths.clear()
 
     def tell_head(self, message: list) -> None:
         """A one-way message to the head; dropped while it is unreachable
         (``head_loop`` reconnects, then registers the node and its live
-        processes again)."""
+        processes again), except deaths, kept (bounded) to tell it then."""
         if self.head_conn is not None and not self.head_conn.closed:
             self.head_conn.send(message)
+        elif message[0] == P.HEAD_PROCESSES_DIED:
+            room = MAX_UNSENT_DEATHS - len(self.unsent_deaths)
+            self.unsent_deaths.extend(message[1][:max(0, room)])
 
     async def refresh_cluster(self):
-        """Fetch the head's view; concurrent callers share one request."""
-        if self._refreshing is None:
+        """Fetch the head's view; concurrent callers share one request.
+        A refresh that has finished is never shared, even before its done
+        callback has run: awaiting a done future does not yield, so a caller
+        looping until the view is fresh would spin forever on it."""
+        if self._refreshing is None or self._refreshing.done():
             self._refreshing = asyncio.ensure_future(self._refresh_cluster())
             self._refreshing.add_done_callback(self._refresh_done)
         await asyncio.shield(self._refreshing)
 
     def _refresh_done(self, fut):
-        self._refreshing = None
+        if self._refreshing is fut:
+            self._refreshing = None
         if not fut.cancelled():
             fut.exception()        # retrieved: the awaiting callers re-raise it
 
@@ -405,7 +448,7 @@ class NodeDaemon:
                 self.start_workers(ins.count)
             elif kind is Reject or kind is QueueFull:
                 conn, req_id = self.pop_pending(ins.request_id)
-                text = ins.message if kind is Reject else f"lease queue full ({ins.max_queue})"
+                text = ins.message if kind is Reject else f"{P.LEASE_QUEUE_FULL} ({ins.max_queue})"
                 conn.conn.reply_error(req_id, text)
             elif kind is KillWorker:
                 self.kill_worker(ins.worker_id, ins.reason)
@@ -596,6 +639,13 @@ class NodeDaemon:
                             short(peer.wid), lease_id, short(holder))
             return
         self.run_instructions(self.leases.return_lease(lease_id, worker_reusable=not worker_died))
+
+    def on_detach_lease(self, peer, m):
+        """A detached actor's creator hands the lease on its worker to the
+        worker itself (``LeaseManager.detach``)."""
+        if not self.leases.detach(m[1], peer.wid):
+            log.warning("process %s cannot detach lease %s (not its actor lease)",
+                        short(peer.wid), m[1])
 
     def on_blocked(self, peer, m):
         self.run_instructions(self.leases.worker_blocked(peer.wid))
@@ -860,6 +910,20 @@ def declared_resources(num_gpus, resources_json: str | None) -> tuple[float, dic
         if num_gpus and memory and GPU_MEMORY not in resources:
             resources[GPU_MEMORY] = memory
     return num_gpus, resources
+
+
+def max_lease_queue() -> int:
+    """Bound on lease requests waiting at this node (``GDFUT_MAX_LEASE_QUEUE``);
+    a request beyond it is refused with ``LEASE_QUEUE_FULL`` and its sender
+    backs off and asks again."""
+    raw = os.environ.get("GDFUT_MAX_LEASE_QUEUE", "100000")
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SystemExit(f"GDFUT_MAX_LEASE_QUEUE must be an integer, got {raw!r}") from None
+    if value < 1:
+        raise SystemExit(f"GDFUT_MAX_LEASE_QUEUE must be >= 1, got {value}")
+    return value
 
 
 def max_concurrent_starts() -> int:

@@ -52,6 +52,7 @@ NODE_MEMORY = 24          # req -> memory listing of every owner on this node
 CANCEL_LEASE_REQUEST = 25
 NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, size)
 NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
+DETACH_LEASE = 28         # lease_id: a detached actor's worker holds its own lease from now on
 # owner <-> worker (direct task push)
 PUSH_TASK = 30            # spec
 TASK_DONE = 31            # task_id, status, returns[, seconds the worker spent on it]
@@ -77,15 +78,16 @@ BORROWER_SETTLED = 57     # oid, borrower_wid, via_wid: the answer
 HEAD_REGISTER_NODE = 60   # req: node info
 HEAD_HEARTBEAT = 61       # node_id, stats
 HEAD_LIST_NODES = 62      # req
-HEAD_REGISTER_ACTOR = 63  # req: name, actor_id, owner_addr, owner_wid
-HEAD_LOOKUP_ACTOR = 64    # req: name
+HEAD_REGISTER_ACTOR = 63  # req: name, namespace, actor_id, owner_wid, owner_addr, meta, detached
+HEAD_LOOKUP_ACTOR = 64    # req: name, namespace
 HEAD_REMOVE_ACTOR = 65    # req: actor_id (frees its name)
 HEAD_STATUS = 66          # req -> cluster status
 HEAD_REGISTER_JOB = 67    # req: driver info -> job id
 HEAD_SHUTDOWN = 68        # req: stop the cluster (CLI `gdfut stop`)
 HEAD_PROCESSES_DIED = 69  # [wid, ...]: a node saw these drivers/workers go
 HEAD_DEAD_PROCESSES = 70  # req: since_seq -> [seq, [wid, ...]] died after since_seq
-HEAD_PROCESSES_STARTED = 71   # node_id, [wid, ...]: drivers/workers that registered there
+HEAD_PROCESSES_STARTED = 71   # node_id, [wid, ...][, snapshot]: drivers/workers that registered there
+HEAD_ACTOR_PLACED = 72    # req: actor_id, worker_wid, worker_addr: a detached actor's worker owns it
 # placement groups (gdfut.util): driver/worker -> head
 HEAD_PG_CREATE = 80       # req: pg_id, name, bundles, strategy, detached -> True
 HEAD_PG_REMOVE = 81       # req: pg_id -> True
@@ -100,6 +102,9 @@ NODE_RETURN_BUNDLES = 87    # req: group hex, [index, ...] | None (all) -> True
 # Start of the lease-request error a node sends when its workers cannot start
 # (the owner then fails the tasks with WorkerCrashedError, not Unschedulable).
 WORKERS_FAIL_TO_START = "workers fail to start"
+# error text of a lease request refused because the node's bounded queue is full:
+# back-pressure, not a verdict on the task; the requester waits and asks again
+LEASE_QUEUE_FULL = "lease queue full"
 
 
 def pack_frame(messages: list) -> bytes:

@@ -87,7 +87,7 @@ class TaskSpec:
         return [self.tid, self.fn_id, self.fn_bytes if include_fn else None, self.name,
                 self.args, self.kwargs, self.wire_returns(), rt.wid, list(rt.addr),
                 self.actor_id, self.method, self.actor_options, list(gpu_ids),
-                self.strategy if is_placement_group(self.strategy) else None]
+                self.strategy if is_placement_group(self.strategy) else None, rt.namespace]
 
     def wire_returns(self):
         """num_returns on the wire: an int, or [mode, backpressure] for a generator."""
@@ -785,6 +785,7 @@ def stored_arg_bytes(spec: TaskSpec) -> dict:
 
 
 MAX_SPILLBACKS = 4
+QUEUE_FULL_BACKOFF_S = (0.05, 1.0)   # first and longest wait after "lease queue full"
 
 
 async def lease_from_cluster(rt, resources, is_actor, actor_id, hints):
@@ -792,8 +793,18 @@ async def lease_from_cluster(rt, resources, is_actor, actor_id, hints):
     Returns (grant, node connection that granted it)."""
     conn = rt.node_conn
     hints = dict(hints)
-    for _ in range(MAX_SPILLBACKS):
-        reply = await conn.request(P.REQUEST_LEASE, resources, is_actor, actor_id, hints)
+    spillbacks, backoff = 0, QUEUE_FULL_BACKOFF_S[0]
+    while spillbacks < MAX_SPILLBACKS:
+        try:
+            reply = await conn.request(P.REQUEST_LEASE, resources, is_actor, actor_id, hints)
+        except tcp.RemoteError as exc:
+            if P.LEASE_QUEUE_FULL not in str(exc):
+                raise
+            # back-pressure from a node whose queue is full: wait, ask again
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, QUEUE_FULL_BACKOFF_S[1])
+            continue
+        spillbacks += 1
         if "spillback" not in reply:
             return reply, conn
         rt.node_addrs[reply["node_id"]] = tuple(reply["spillback"])

@@ -22,6 +22,7 @@ from . import protocol as P
 
 MAX_ID_BYTES = 64               # ids are 16-20 bytes; some slack, never megabytes
 MAX_NAME = 1024                 # resource names, actor names, kinds, reasons
+MAX_NAMESPACE_LEN = 256        # head_state.MAX_NAMESPACE_LEN
 MAX_TEXT = 64 * 1024            # error texts, free-form strings
 MAX_ITEMS = 100_000             # lists of ids in one message
 MAX_RESOURCES = 256             # distinct resources of one request or node
@@ -356,14 +357,19 @@ SCHEMAS: dict[int, Schema] = {
     P.NODE_PULL: _schema("NODE_PULL", ("req_id", REQ_ID), ("object_id", ID), ("size", Int()),
                          ("source_node", ID)),
     P.NODE_CLUSTER_VIEW: _schema("NODE_CLUSTER_VIEW", ("req_id", REQ_ID)),
+    P.DETACH_LEASE: _schema("DETACH_LEASE", ("lease_id", Int())),
     # --- node / driver <-> head -------------------------------------------------------
     P.HEAD_REGISTER_NODE: _schema("HEAD_REGISTER_NODE", ("req_id", REQ_ID), ("info", NODE_INFO)),
     P.HEAD_HEARTBEAT: _schema("HEAD_HEARTBEAT", ("node_id", ID), ("stats", NODE_STATS)),
     P.HEAD_LIST_NODES: _schema("HEAD_LIST_NODES", ("req_id", REQ_ID)),
     P.HEAD_REGISTER_ACTOR: _schema("HEAD_REGISTER_ACTOR", ("req_id", REQ_ID), ("name", Str()),
-                                   ("actor_id", ID), ("owner_wid", ID), ("owner_addr", ADDR),
-                                   ("meta", Json())),
-    P.HEAD_LOOKUP_ACTOR: _schema("HEAD_LOOKUP_ACTOR", ("req_id", REQ_ID), ("name", Str())),
+                                   ("namespace", Str(MAX_NAMESPACE_LEN, 1)), ("actor_id", ID),
+                                   ("owner_wid", ID), ("owner_addr", ADDR), ("meta", Json()),
+                                   ("detached", Bool())),
+    P.HEAD_LOOKUP_ACTOR: _schema("HEAD_LOOKUP_ACTOR", ("req_id", REQ_ID), ("name", Str()),
+                                 ("namespace", Str(MAX_NAMESPACE_LEN, 1))),
+    P.HEAD_ACTOR_PLACED: _schema("HEAD_ACTOR_PLACED", ("req_id", REQ_ID), ("actor_id", ID),
+                                 ("worker_wid", ID), ("worker_addr", ADDR)),
     P.HEAD_REMOVE_ACTOR: _schema("HEAD_REMOVE_ACTOR", ("req_id", REQ_ID), ("actor_id", ID)),
     P.HEAD_STATUS: _schema("HEAD_STATUS", ("req_id", REQ_ID)),
     P.HEAD_REGISTER_JOB: _schema("HEAD_REGISTER_JOB", ("req_id", REQ_ID),
@@ -373,7 +379,8 @@ SCHEMAS: dict[int, Schema] = {
     P.HEAD_PROCESSES_DIED: _schema("HEAD_PROCESSES_DIED", ("worker_ids", ListOf(ID))),
     P.HEAD_DEAD_PROCESSES: _schema("HEAD_DEAD_PROCESSES", ("req_id", REQ_ID), ("since_seq", Int())),
     P.HEAD_PROCESSES_STARTED: _schema("HEAD_PROCESSES_STARTED", ("node_id", ID),
-                                      ("worker_ids", ListOf(ID))),
+                                      ("worker_ids", ListOf(ID)),
+                                      optional=(("snapshot", Bool()),)),
     # --- placement groups: driver/node <-> head, head -> node --------------------------
     P.HEAD_PG_CREATE: _schema("HEAD_PG_CREATE", ("req_id", REQ_ID), ("pg_id", ID),
                               ("name", Str()), ("bundles", ListOf(RESOURCES, MAX_BUNDLES, 1)),

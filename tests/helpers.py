@@ -65,3 +65,66 @@ def node_status():
 
 def store_stats():
     return node_status()["store"]
+
+
+# ------------------------------------------------ clusters started by the CLI
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def gdfut_cli(*args, check=True, timeout=60, env=None):
+    """``python -m gdfut.cli ARGS`` (its daemons inherit ``env`` additions)."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", "gdfut.cli", *args], cwd=REPO,
+                          stdin=subprocess.DEVNULL, capture_output=True, text=True,
+                          timeout=timeout, env={**os.environ, **(env or {})})
+    if check and proc.returncode != 0:
+        raise AssertionError(f"gdfut {' '.join(args)} exited {proc.returncode}\n"
+                             f"stdout:\n{proc.stdout}\nstderr:\n{proc.stderr}")
+    return proc
+
+
+def session_processes(session_dir: str) -> list:
+    """(kind, pid) of every gdfut daemon or worker of a session still running
+    (CLI daemons are not this process's children, so look in /proc)."""
+    from gdfut.cli import _session_processes
+    from gdfut.cluster import pid_alive
+    return [kp for kp in _session_processes(os.path.realpath(session_dir))
+            if pid_alive(kp[1])]
+
+
+class CliCluster:
+    """A cluster started with ``gdfut start --head`` in ``session_dir``;
+    ``stop()`` stops it and checks that nothing of it is left (processes,
+    shared memory, spill files)."""
+
+    def __init__(self, session_dir: str, num_cpus: int = 2, store: int = 64 * 1024 * 1024,
+                 env: dict | None = None):
+        import json
+        self.session_dir = os.path.realpath(str(session_dir))
+        self.env = dict(env or {})
+        out = gdfut_cli("start", "--head", "--num-cpus", str(num_cpus),
+                        "--object-store-memory", str(store), "--session-dir",
+                        self.session_dir, env=self.env, check=False)
+        if out.returncode != 0:
+            self.stop(check=False)
+            raise AssertionError(f"start --head failed: {out.stdout}\n{out.stderr}")
+        with open(os.path.join(self.session_dir, "address")) as f:
+            self.address = f.read().strip()
+        self.json = json
+
+    def head_pid(self) -> int:
+        with open(os.path.join(self.session_dir, "head.json")) as f:
+            return self.json.load(f)["pid"]
+
+    def status(self) -> dict:
+        return self.json.loads(gdfut_cli("status", "--session-dir", self.session_dir,
+                                         "--json").stdout)
+
+    def stop(self, check: bool = True) -> None:
+        gdfut_cli("stop", "--session-dir", self.session_dir, check=False)
+        if check:
+            wait_until(lambda: not session_processes(self.session_dir), timeout=10,
+                       what="the session's processes to exit")
+            assert not shm_files(self.session_dir), shm_files(self.session_dir)
+            assert not spill_files(self.session_dir), spill_files(self.session_dir)

@@ -323,6 +323,17 @@ class LeaseManager:
 
     # -- events: leases -------------------------------------------------------
 
+    def detach(self, lease_id: LeaseId, client_id: ClientId) -> bool:
+        """A detached actor outlives its creator: the lease on its worker is
+        held by the worker itself from now on, so ``client_died(creator)``
+        leaves it, and it ends with the worker (``worker_died``). Only the
+        holder of an actor lease may do this; False (nothing changed) otherwise."""
+        lease = self._leases.get(lease_id)
+        if lease is None or not lease.is_actor or lease.client_id != client_id:
+            return False
+        lease.client_id = lease.worker_id
+        return True
+
     def return_lease(self, lease_id: LeaseId, worker_reusable: bool = True) -> list[Instruction]:
         """The client is done with the lease. Unknown ids are ignored (idempotent)."""
         lease = self._leases.get(lease_id)

@@ -80,3 +80,13 @@ def test_an_actor_holds_its_cpus_while_it_lives(ray_cluster):
     assert _eventually(lambda: ray.available_resources().get("CPU") == 3)
     del actor
     assert _eventually(lambda: ray.available_resources().get("CPU") == 4)
+
+
+def test_nodes_lists_this_node_with_rays_keys(ray_cluster):
+    # Ray docs: "ray.nodes() ... Get a list of the nodes in the cluster"
+    alive = [n for n in ray.nodes() if n["Alive"]]
+    me = ray.get_runtime_context().get_node_id()
+    assert me in [n["NodeID"] for n in alive]
+    row = next(n for n in alive if n["NodeID"] == me)
+    assert row["Resources"]["CPU"] == ray.cluster_resources()["CPU"]
+    assert isinstance(row["NodeManagerAddress"], str) and row["NodeManagerPort"] > 0

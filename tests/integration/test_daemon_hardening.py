@@ -334,3 +334,22 @@ def test_cli_start_address_returns_once_the_node_is_registered():
         assert driver.returncode == 0 and driver.stdout.strip() == "ran", driver.stderr
     finally:
         _cli("stop", "--session-dir", session)
+
+
+def test_full_lease_queue_is_back_pressure_not_a_task_failure(monkeypatch):
+    """A node whose bounded lease queue is full refuses more requests; the
+    requester waits and asks again instead of failing its tasks."""
+    monkeypatch.setenv("GDFUT_MAX_LEASE_QUEUE", "1")
+    with Cluster() as c:
+        c.add_node(num_cpus=1)
+        c.connect()
+
+        @gdfut.remote
+        def slow(i):
+            time.sleep(0.2)
+            return i
+
+        # several shapes, so the driver has several lease requests out at once
+        refs = [slow.options(num_cpus=cpus).remote(i)
+                for i, cpus in enumerate([1, 0.5, 0.25, 0.75] * 3)]
+        assert gdfut.get(refs, timeout=60) == list(range(12))

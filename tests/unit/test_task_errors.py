@@ -102,3 +102,18 @@ def test_error_survives_a_second_trip():
 def test_load_error_never_raises_a_pickling_failure():
     assert isinstance(load_error(b"not a pickle"), GdfutError)
     assert isinstance(load_error(pickle.dumps(42)), GdfutError)
+
+
+def test_memoryerror_subclass_rebuilds_when_its_whole_pickle_fails(monkeypatch):
+    """tblib's pickling_support (installed by dask.distributed, imported by
+    ucxx) pickles exceptions so that unpickling calls ``cls.__new__``, which
+    MemoryError subclasses refuse; the cause is then rebuilt from its parts."""
+    import gdfut.exceptions as E
+    monkeypatch.setattr(E, "_loads_or_none",
+                        lambda data, real=E._loads_or_none: None if data is first[0] else real(data))
+    first = [None]
+    cause = ObjectStoreFullError("the store is full")
+    packed = E._pack_cause(cause)
+    first[0] = packed[0]                     # the whole pickle "fails" on the caller's side
+    rebuilt = E._unpack_cause(packed)
+    assert type(rebuilt) is ObjectStoreFullError and rebuilt.args == ("the store is full",)

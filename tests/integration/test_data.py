@@ -1,0 +1,350 @@
+"""gdfut.data against pandas/numpy results on small data, on one cluster
+with two emulated GPUs. After every test: no object left in the store, no
+actor lease, every resource free (nothing left running); at the end, no
+process, shared memory or spill file left."""
+import gc
+import os
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+
+import gdfut
+import gdfut.data as gd
+from helpers import STORE, assert_no_leaks, node_status, wait_until
+
+pd = pytest.importorskip("pandas")
+
+
+@pytest.fixture(scope="module")
+def data_cluster():
+    info = gdfut.init(num_cpus=2, num_gpus=2, object_store_memory=STORE)
+    try:
+        yield info
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"])
+
+
+def _nothing_left():
+    s = node_status()
+    return (s["store"]["num_objects"] == 0 and s["leases"]["num_actor_leases"] == 0
+            and s["resources_available"] == s["resources_total"])
+
+
+@pytest.fixture(autouse=True)
+def no_leftovers(data_cluster):
+    yield
+    gc.collect()
+    wait_until(_nothing_left, timeout=20, what="no objects, actors or leases left")
+
+
+def df_of(ds):
+    return ds.to_pandas().reset_index(drop=True)
+
+
+ITEMS = [{"a": i, "b": float(i) / 2, "s": f"r{i}"} for i in range(50)]
+
+
+# ------------------------------------------------------------ sources
+def test_range_count_take_schema_take_all():
+    ds = gd.range(100, override_num_blocks=4)
+    assert ds.count() == 100
+    assert ds.take(5) == [{"id": i} for i in range(5)]
+    assert [r["id"] for r in ds.take_all()] == list(range(100))
+    assert ds.schema().names == ["id"]
+    pd.testing.assert_frame_equal(df_of(ds), pd.DataFrame({"id": np.arange(100, dtype=np.int64)}))
+    assert ds.materialize().num_blocks() == 4
+
+
+def test_from_items_pandas_arrow_numpy():
+    expected = pd.DataFrame(ITEMS)
+    pd.testing.assert_frame_equal(df_of(gd.from_items(ITEMS)), expected)
+    pd.testing.assert_frame_equal(df_of(gd.from_pandas(expected, override_num_blocks=3)),
+                                  expected)
+    pd.testing.assert_frame_equal(df_of(gd.from_arrow(pa.Table.from_pandas(expected))), expected)
+    assert gd.from_items([1, 2, 3]).take_all() == [{"item": 1}, {"item": 2}, {"item": 3}]
+    images = np.arange(2 * 4 * 3 * 3, dtype=np.float32).reshape(8, 3, 3)
+    batches = list(gd.from_numpy(images).iter_batches(batch_size=None))
+    np.testing.assert_array_equal(np.concatenate([b["data"] for b in batches]), images)
+
+
+def test_read_parquet_csv_numpy(tmp_path):
+    frames = [pd.DataFrame({"x": np.arange(i * 10, i * 10 + 10), "y": np.random.rand(10)})
+              for i in range(3)]
+    pdir = tmp_path / "pq"
+    pdir.mkdir()
+    for i, f in enumerate(frames):
+        pq.write_table(pa.Table.from_pandas(f, preserve_index=False), pdir / f"part{i}.parquet")
+        f.to_csv(tmp_path / f"part{i}.csv", index=False)
+        np.save(tmp_path / f"part{i}.npy", f["y"].to_numpy())
+    expected = pd.concat(frames, ignore_index=True)
+    pd.testing.assert_frame_equal(df_of(gd.read_parquet(str(pdir))), expected)
+    pd.testing.assert_frame_equal(df_of(gd.read_parquet(str(pdir), columns=["y"])),
+                                  expected[["y"]])
+    csvs = [str(tmp_path / f"part{i}.csv") for i in range(3)]
+    pd.testing.assert_frame_equal(df_of(gd.read_csv(csvs)), expected)
+    npys = [str(tmp_path / f"part{i}.npy") for i in range(3)]
+    np.testing.assert_allclose(df_of(gd.read_numpy(npys))["data"].to_numpy(),
+                               expected["y"].to_numpy())
+
+
+def test_write_parquet_round_trip(tmp_path):
+    ds = gd.range(30, override_num_blocks=3).map(lambda r: {"id": r["id"], "sq": r["id"] ** 2})
+    ds.write_parquet(str(tmp_path / "out"))
+    assert len(os.listdir(tmp_path / "out")) == 3
+    back = pd.read_parquet(tmp_path / "out").sort_values("id").reset_index(drop=True)
+    expected = pd.DataFrame({"id": np.arange(30), "sq": np.arange(30) ** 2})
+    pd.testing.assert_frame_equal(back, expected)
+
+
+# ------------------------------------------------------------ transforms
+def test_map_filter_flat_map_match_pandas():
+    ds = (gd.from_items(ITEMS)
+          .map(lambda r: {**r, "c": r["a"] * 3})
+          .filter(lambda r: r["a"] % 4 != 0)
+          .flat_map(lambda r: [r, {**r, "c": -r["c"]}]))
+    expected = pd.DataFrame(ITEMS)
+    expected["c"] = expected["a"] * 3
+    expected = expected[expected["a"] % 4 != 0]
+    neg = expected.assign(c=-expected["c"])
+    expected = pd.concat([expected, neg]).sort_index(kind="stable").reset_index(drop=True)
+    pd.testing.assert_frame_equal(df_of(ds), expected)
+
+
+@pytest.mark.parametrize("batch_format", ["numpy", "pyarrow", "pandas"])
+def test_map_batches_formats_and_batch_size(batch_format):
+    def double(batch):
+        if batch_format == "numpy":
+            assert isinstance(batch, dict) and isinstance(batch["a"], np.ndarray)
+            return {"a": batch["a"] * 2, "n": np.full(len(batch["a"]), len(batch["a"]))}
+        if batch_format == "pyarrow":
+            assert isinstance(batch, pa.Table)
+            a = batch.column("a").to_numpy()
+            return pa.table({"a": a * 2, "n": np.full(len(a), len(a))})
+        assert isinstance(batch, pd.DataFrame)
+        return pd.DataFrame({"a": batch["a"] * 2, "n": len(batch)})
+
+    out = df_of(gd.from_items(ITEMS, override_num_blocks=2)
+                .map_batches(double, batch_size=7, batch_format=batch_format))
+    np.testing.assert_array_equal(out["a"].to_numpy(), np.arange(50) * 2)
+    assert out["n"].max() <= 7 and out["n"].min() >= 1
+
+
+def test_add_column_and_select_columns():
+    ds = gd.from_items(ITEMS).add_column("z", lambda df: df["a"] + df["b"])
+    ds = ds.add_column("w", lambda b: b["a"] * 10, batch_format="numpy")
+    out = df_of(ds.select_columns(["z", "a", "w"]))
+    expected = pd.DataFrame(ITEMS)
+    expected = pd.DataFrame({"z": expected["a"] + expected["b"], "a": expected["a"],
+                             "w": expected["a"] * 10})
+    pd.testing.assert_frame_equal(out, expected)
+
+
+def test_repartition_random_shuffle_split():
+    ds = gd.range(60, override_num_blocks=4)
+    rep = ds.repartition(3).materialize()
+    assert rep.num_blocks() == 3 and [r["id"] for r in rep.take_all()] == list(range(60))
+    shuffled = [r["id"] for r in ds.random_shuffle(seed=7).take_all()]
+    assert sorted(shuffled) == list(range(60)) and shuffled != list(range(60))
+    assert shuffled == [r["id"] for r in ds.random_shuffle(seed=7).take_all()]
+    parts = ds.split(2)
+    ids = [sorted(r["id"] for r in p.take_all()) for p in parts]
+    assert sorted(ids[0] + ids[1]) == list(range(60)) and ids[0] and ids[1]
+    equal = gd.range(61, override_num_blocks=4).split(3, equal=True)
+    assert [p.count() for p in equal] == [20, 20, 20]
+    del rep, parts, equal
+
+
+# ------------------------------------------------------------ consumers
+def test_iter_batches_sizes_formats_drop_last():
+    ds = gd.range(50, override_num_blocks=3)
+    sizes = [len(b["id"]) for b in ds.iter_batches(batch_size=8, prefetch_batches=2)]
+    assert sizes == [8] * 6 + [2]
+    assert [len(b["id"]) for b in ds.iter_batches(batch_size=8, drop_last=True)] == [8] * 6
+    got = np.concatenate([b["id"] for b in ds.iter_batches(batch_size=8)])
+    np.testing.assert_array_equal(got, np.arange(50))
+    tables = list(ds.iter_batches(batch_size=20, batch_format="pyarrow"))
+    assert all(isinstance(t, pa.Table) for t in tables) and sum(len(t) for t in tables) == 50
+    frames = list(ds.iter_batches(batch_size=None, batch_format="pandas"))
+    assert sum(len(f) for f in frames) == 50 and len(frames) == 3
+    with pytest.raises(ValueError, match="batch_format"):
+        ds.iter_batches(batch_format="arrow")
+
+
+def test_to_arrow_refs_and_materialize():
+    ds = gd.from_items(ITEMS).map_batches(lambda b: {"a": b["a"] + 1})
+    refs = ds.to_arrow_refs()
+    table = pa.concat_tables(gdfut.get(refs))
+    np.testing.assert_array_equal(table.column("a").to_numpy(), np.arange(50) + 1)
+    mat = ds.materialize()
+    assert mat.count() == 50 and mat.take(2) == [{"a": 1}, {"a": 2}]
+    del refs, table, mat
+
+
+def test_iter_torch_batches():
+    ds = gd.range(10, override_num_blocks=2)
+    try:
+        import torch
+    except ImportError:
+        with pytest.raises(ImportError, match="pip install torch"):
+            next(iter(ds.iter_torch_batches(batch_size=4)))
+        return
+    batches = list(ds.iter_torch_batches(batch_size=4, dtypes=torch.float32, device="cpu"))
+    assert [b["id"].shape[0] for b in batches] == [4, 4, 2]
+    assert batches[0]["id"].dtype == torch.float32
+    assert torch.equal(torch.cat([b["id"] for b in batches]), torch.arange(10).float())
+
+
+def test_stats_report_operators_rows_and_consumer_wait():
+    ds = gd.range(200, override_num_blocks=4).map_batches(lambda b: {"id": b["id"] * 2})
+    assert "not run yet" in ds.stats()
+    assert sum(len(b["id"]) for b in ds.iter_batches(batch_size=50)) == 200
+    st = ds.stats()
+    assert isinstance(st, str) and "ReadRange->MapBatches(<lambda>)" in st
+    (op,) = st.operators
+    assert op["rows"] == 200 and op["blocks"] == 4 and op["bytes_out"] == 200 * 8
+    assert op["rows_per_s"] > 0 and st.wall_s > 0 and st.consumer_wait_s >= 0
+
+
+# ------------------------------------------------------------ class stages, emulated GPUs
+def make_tagger():
+    """The class, made here so that workers get it by value (this test
+    module is not importable in a worker)."""
+    return _tagger_class()
+
+
+def _tagger_class():
+    class Tagger:
+        def __init__(self, offset):
+            self.offset = offset
+            self.pid = os.getpid()
+            self.gpus = gdfut.get_gpu_ids()
+
+        def __call__(self, batch):
+            n = len(batch["id"])
+            return {"id": batch["id"] + self.offset, "pid": np.full(n, self.pid),
+                    "gpu": np.full(n, self.gpus[0] if self.gpus else -1)}
+    return Tagger
+
+
+def test_class_stage_gets_its_own_emulated_gpu():
+    ds = gd.range(64, override_num_blocks=8).map_batches(
+        make_tagger(), num_gpus=1, concurrency=2, fn_constructor_kwargs={"offset": 1000})
+    out = df_of(ds)
+    np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(64) + 1000)
+    assert out["pid"].nunique() == 2                     # the pool started at its full size
+    assert sorted(out.groupby("pid")["gpu"].nunique()) == [1, 1]
+    assert sorted(out["gpu"].unique()) == [0, 1]         # each actor its own GPU
+    (read, pool) = ds.stats().operators
+    assert pool["actors"] == 2 and pool["rows"] == 64
+
+
+def test_fractional_gpus_and_autoscaling_pool():
+    ds = gd.range(40, override_num_blocks=8).map_batches(
+        make_tagger(), num_gpus=0.5, concurrency=(1, 3), fn_constructor_kwargs={"offset": 0})
+    out = df_of(ds)
+    np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(40))
+    assert 1 <= out["pid"].nunique() <= 3
+    assert 1 <= ds.stats().operators[1]["actors"] <= 3
+
+
+# ------------------------------------------------------------ bad input
+def test_batch_function_returning_wrong_type():
+    ds = gd.range(20, override_num_blocks=2).map_batches(lambda b: 5)
+    with pytest.raises(gd.BatchFormatError, match=r"MapBatches\(<lambda>\).*returned int"):
+        ds.take_all()
+
+
+def test_error_in_batch_function_names_operator():
+    def boom(batch):
+        if batch["id"][0] >= 10:
+            raise ValueError("boom at ten")
+        return batch
+
+    with pytest.raises(gd.UserCodeException,
+                       match=r"MapBatches\(.*boom\).*ValueError: boom at ten"):
+        for _ in gd.range(40, override_num_blocks=4).map_batches(boom).iter_batches():
+            pass
+
+
+def test_error_in_class_stage_kills_its_actors():
+    class Bad:
+        def __call__(self, batch):
+            raise RuntimeError("model exploded")
+
+    ds = gd.range(20, override_num_blocks=4).map_batches(Bad, num_gpus=1, concurrency=2)
+    with pytest.raises(gd.UserCodeException, match="MapBatches\\(.*Bad\\).*model exploded"):
+        ds.count()
+    # no_leftovers then checks that the actors are gone and the GPUs free
+
+
+def test_missing_column_and_missing_path(tmp_path):
+    with pytest.raises(gd.ColumnNotFoundError, match=r"SelectColumns\(\['nope'\]\).*'nope'"):
+        gd.from_items(ITEMS).select_columns(["nope"]).take_all()
+    with pytest.raises(FileNotFoundError, match="read_parquet: path .*missing does not exist"):
+        gd.read_parquet(str(tmp_path / "missing"))
+    pq.write_table(pa.table({"x": [1, 2]}), tmp_path / "a.parquet")
+    with pytest.raises(gd.ColumnNotFoundError, match=r"ReadParquet: column\(s\) \['y'\]"):
+        gd.read_parquet(str(tmp_path / "a.parquet"), columns=["y"]).count()
+    ds = gd.read_parquet(str(tmp_path / "a.parquet"))
+    os.remove(tmp_path / "a.parquet")           # gone after listing: raised at the consumer
+    with pytest.raises(gd.DataError, match=r"ReadParquet: .*a.parquet does not exist"):
+        ds.take_all()
+
+
+def test_take_stops_pipeline_early():
+    def slow(batch):
+        import time
+        time.sleep(0.2)
+        return batch
+
+    ds = gd.range(400, override_num_blocks=20).map_batches(slow)
+    assert ds.take(3) == [{"id": 0}, {"id": 1}, {"id": 2}]
+    assert ds.stats().operators[0]["blocks"] < 20        # it did not run to the end
+
+
+def test_function_stage_options_and_bad_arguments():
+    def scale(batch, k, *, offset=0):
+        return {"id": batch["id"] * k + offset,
+                "gpu": np.full(len(batch["id"]), (gdfut.get_gpu_ids() or [-1])[0])}
+
+    ds = gd.range(30, override_num_blocks=3).map_batches(
+        scale, fn_args=(3,), fn_kwargs={"offset": 1}, num_gpus=1, concurrency=1)
+    out = df_of(ds)
+    np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(30) * 3 + 1)
+    assert set(out["gpu"]) <= {0, 1}                     # a GPU task sees its GPU
+    with pytest.raises(ValueError, match=r"concurrency must be an int >= 1 \(a \(min, max\)"):
+        gd.range(3).map_batches(scale, concurrency=(1, 2))
+    with pytest.raises(ValueError, match="num_gpus must be a number >= 0"):
+        gd.range(3).map_batches(scale, num_gpus=-1)
+    with pytest.raises(ValueError, match="fn_constructor_args/kwargs are for a class"):
+        gd.range(3).map_batches(scale, fn_constructor_kwargs={"a": 1})
+    with pytest.raises(ValueError, match="batch_size must be an int >= 1"):
+        gd.range(3).map_batches(scale, batch_size=0)
+
+
+def test_iter_batches_is_reiterable_local_shuffle_and_early_break():
+    ds = gd.range(64, override_num_blocks=4)
+    batches = ds.iter_batches(batch_size=16)
+    assert [len(b["id"]) for b in batches] == [16] * 4
+    assert [len(b["id"]) for b in batches] == [16] * 4        # iterable again, as Ray's
+    mixed = np.concatenate([b["id"] for b in ds.iter_batches(
+        batch_size=8, local_shuffle_buffer_size=20, local_shuffle_seed=3)])
+    assert sorted(mixed.tolist()) == list(range(64)) and mixed.tolist() != list(range(64))
+    slow = gd.range(200, override_num_blocks=20).map_batches(make_tagger(), num_gpus=1,
+                                                             concurrency=2,
+                                                             fn_constructor_kwargs={"offset": 0})
+    for batch in slow.iter_batches(batch_size=5):
+        break                      # no_leftovers then checks the pool's actors are gone
+
+
+def test_dead_actor_names_its_stage_and_nothing_is_left():
+    class Crash:
+        def __call__(self, batch):
+            os._exit(1)
+
+    ds = gd.range(20, override_num_blocks=4).map_batches(Crash, num_gpus=1, concurrency=2)
+    with pytest.raises(gd.DataError, match=r"MapBatches\(Crash\): ActorDiedError"):
+        ds.count()
