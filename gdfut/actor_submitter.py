@@ -183,6 +183,7 @@ class ActorSubmitter:
         client.conn = conn
         client.state = ALIVE
         self.by_conn[conn] = client
+        self.rt.conn_wid.setdefault(conn, client.worker_id)   # its close: that worker died
         if client.is_creator and client.detached:
             self._hand_over(client)
         for cb in client.location_waiters:
@@ -290,8 +291,11 @@ class ActorSubmitter:
             if client is None or client.state != DEAD:   # else: failed here already
                 log.warning("reply for unknown task %s", short(m[1]))
             return
+        if self.rt.table.is_dead(client.worker_id):      # its close comes next
+            client.in_flight[spec.tid] = spec
+            return
         client.restarts.call_done(spec.tid)
-        self.rt.submitter.finish(spec, m[3])
+        self.rt.submitter.finish(spec, m[3], executor=client.worker_id)
         if m[2] == DONE_ACTOR_EXIT:
             client.exited = True
             self._mark_dead(client, "it ended itself with exit_actor()")

@@ -45,6 +45,11 @@ MAX_INBOX = 1_000_000
 CANCEL_TIMEOUT_S = 30        # for the owner's answer to a cancel
 
 
+# Fault injection for tests (tests/integration/test_owner_death.py): a worker
+# with this set dies after its registrations for a submitter's nested refs
+# were acked and before the reply that carries them.
+FAULT_EXIT_BEFORE_REPLY = os.environ.get("GDFUT_FAULT_EXIT_BEFORE_REPLY") == "1"
+
 class IoThread:
     """An asyncio loop on a daemon thread with a cheap cross-thread inbox."""
 
@@ -279,6 +284,9 @@ class CoreWorker:
         d[P.GET_OBJECT] = self._on_get_object
         d[P.ADD_BORROWER] = self._on_add_borrower
         d[P.REMOVE_BORROWER] = self._on_remove_borrower
+        d[P.CONFIRM_BORROWER] = self._on_confirm_borrower
+        d[P.SETTLE_BORROWER] = self._on_settle_borrower
+        d[P.BORROWER_SETTLED] = self._on_borrower_settled
         d[P.OWNER_MEMORY] = self._on_owner_memory
         d[P.TASK_DONE] = self.submitter.on_task_done
         d[P.TASK_YIELD] = self.submitter.on_task_yield
@@ -342,6 +350,8 @@ class CoreWorker:
 
         async def register_then_reply():
             await asyncio.gather(*(self.register_borrow(i) for i in adds))
+            if FAULT_EXIT_BEFORE_REPLY and any(i.via is not None for i in adds):
+                os._exit(1)     # fault injection (tests): die between registrations and reply
             then()
         self.io.loop.create_task(register_then_reply())
 
@@ -383,6 +393,12 @@ class CoreWorker:
                 self._send_to_owner(ins.owner, [P.REMOVE_BORROWER, ins.oid, self.wid, ins.n])
             elif kind is own.SendAddBorrower:
                 self.io.loop.create_task(self._add_borrower_for(ins))
+            elif kind is own.SendConfirmBorrower:
+                self._send_to_owner(ins.owner, [P.CONFIRM_BORROWER, ins.oid, self.wid, ins.via])
+            elif kind is own.SendSettleBorrower:     # the borrower's address came with the Add
+                self._send_to_owner(ins.borrower, [P.SETTLE_BORROWER, ins.oid, self.wid, ins.via])
+            elif kind is own.SendBorrowerSettled:
+                self._send_to_owner(ins.owner, [P.BORROWER_SETTLED, ins.oid, self.wid, ins.via])
             elif kind is own.OwnerDied:
                 self._owner_died(ins.oid, ins.owner)
             elif kind is own.ReleaseLineage:
@@ -459,7 +475,12 @@ class CoreWorker:
         addr = self.owner_addrs.get(ins.owner)
         try:
             conn = await self.connect_peer(addr)
-            await conn.request(P.ADD_BORROWER, ins.oid, ins.borrower, ins.n)
+            if ins.via is None:
+                await conn.request(P.ADD_BORROWER, ins.oid, ins.borrower, ins.n)
+            else:       # for our submitter: the owner may have to ask it to settle
+                where = self.owner_addrs.get(ins.borrower)
+                await conn.request(P.ADD_BORROWER, ins.oid, ins.borrower, ins.n, ins.via,
+                                   *(list(where) if where else []))
         except (OSError, tcp.ConnectionLost, tcp.RemoteError, asyncio.TimeoutError) as exc:
             log.info("could not register borrower of %s: %s", short(ins.oid), exc)
             return
@@ -470,15 +491,30 @@ class CoreWorker:
         await self.register_borrow(ins)
 
     def _on_add_borrower(self, conn, m):
-        _, req_id, oid, borrower, n = m
-        if borrower == self.conn_wid.get(conn, borrower):
-            self.conn_wid[conn] = borrower
-        self.run_instructions(self.table.borrow_added(oid, borrower, n))
+        _, req_id, oid, borrower, n = m[:5]
+        via = m[5] if len(m) > 5 else None
+        sender = borrower if via is None else via     # who is on the other end
+        self.conn_wid.setdefault(conn, sender)
+        if via is not None and len(m) > 7:
+            self.owner_addrs.setdefault(borrower, (m[6], m[7]))
+        self.run_instructions(self.table.borrow_added(oid, borrower, n, via=via))
         conn.reply(req_id, True)
 
     def _on_remove_borrower(self, conn, m):
         _, oid, borrower, n = m
         self.run_instructions(self.table.borrow_removed(oid, borrower, n))
+
+    def _on_confirm_borrower(self, conn, m):
+        _, oid, borrower, via = m
+        self.run_instructions(self.table.borrow_confirmed(oid, borrower, via))
+
+    def _on_settle_borrower(self, conn, m):
+        _, oid, owner, via = m
+        self.run_instructions(self.table.borrow_settle(oid, owner, via))
+
+    def _on_borrower_settled(self, conn, m):
+        _, oid, borrower, via = m
+        self.run_instructions(self.table.borrow_settled(oid, borrower, via))
 
     def _owner_died(self, oid, owner):
         err = OwnerDiedError(f"the owner {short(owner)} of object {short(oid)} died, "
@@ -705,6 +741,10 @@ class CoreWorker:
         layout = s.store_layout()
         total = layout[2]
         reply = self.node_request(P.STORE_CREATE, oid, total, True, owner or self.wid)
+        if reply.get("exists"):
+            # written again (a retry or rebuild) where a sealed copy of this
+            # task's output of the same size is: the node made it the primary
+            return [STORE, self.node_id, total]
         if reply.get("error"):
             raise ObjectStoreFullError(
                 f"object {short(oid)} of {total} bytes does not fit in the object store "

@@ -23,7 +23,7 @@ from . import protocol as P
 from . import validate
 from .devstore.arena import SharedArena
 from .devstore.disk_store import DiskStore
-from .devstore.host_store import HostStoreState
+from .devstore.host_store import CREATED, SEALED, HostStoreState
 from .head_state import reconnect_delay
 from .ids import new_id, short
 from .sched.lease_queue import (GrantLease, KillWorker, LeaseLost, LeaseManager, QueueFull,
@@ -259,8 +259,18 @@ class NodeDaemon:
         """A worker died before registering: retry after a back-off; after
         MAX_START_FAILURES in a row, answer the queued requests with the cause
         instead of letting their callers wait for a worker that never comes."""
-        self.start_failures += 1
         log_path = os.path.join(self.session_dir, "logs", f"worker-{w.wid[:6].hex()}.log")
+        if w.popen.returncode is not None and w.popen.returncode < 0:
+            # Killed from outside (a signal: the OOM killer, an operator, a
+            # chaos test) says nothing about whether workers can start here:
+            # start another, without counting towards failing the queue.
+            log.warning("worker %s was killed by signal %d before registering; starting "
+                        "another", short(w.wid), -w.popen.returncode)
+            self.run_instructions(self.leases.worker_start_failed(1))
+            asyncio.get_running_loop().call_later(
+                START_BACKOFF_S, lambda: self.run_instructions(self.leases.dispatch()))
+            return
+        self.start_failures += 1
         log.warning("worker %s exited with %s before registering (%d in a row); see %s",
                     short(w.wid), w.popen.returncode, self.start_failures, log_path)
         self.run_instructions(self.leases.worker_start_failed(1))
@@ -382,6 +392,7 @@ class NodeDaemon:
         self.dead_seq = seq
         for wid in dead:
             self.free_objects_of(wid)
+            self.cancel_work_of(wid)
 
     def free_objects_of(self, owner_wid):
         """Fate sharing: what a dead owner owned can never be reached again."""
@@ -389,6 +400,22 @@ class NodeDaemon:
             return
         for oid in list(self.objects_of_owner.get(owner_wid, ())):
             self.delete_object(oid)
+
+    def cancel_work_of(self, owner_wid):
+        """Fate sharing for tasks: the head declared ``owner_wid`` dead (its
+        node died or stopped answering), so the workers it leased here run
+        work nobody will collect, and its queued requests wait for nobody.
+        Usually its connection closed already and ``on_peer_closed`` did
+        this; a connection still open (the owner's host froze or is cut
+        off) is closed now, which releases the same way."""
+        peer = self.peers.get(owner_wid)
+        if peer is not None:
+            if peer.kind == "remote-client":       # a local one is judged by its own close
+                log.info("closing the connection of %s: the head declared it dead",
+                         short(owner_wid))
+                peer.conn.close()
+            return
+        self.run_instructions(self.leases.client_died(owner_wid))
 
     def node_views(self) -> list:
         """Placement-policy snapshot: this node exact, the others as last heard.
@@ -648,6 +675,10 @@ class NodeDaemon:
         """A slot for a new object; when the host tier is full the answer
         comes once spilling made room (or says why it never can)."""
         _, req_id, oid, size, primary, owner = m
+        if primary and self.copy_for_rewrite(oid, size, peer.wid):
+            self.note_owner(oid, owner)
+            peer.conn.reply(req_id, {"exists": True})
+            return
 
         def done(offset, message):
             if peer.closed:
@@ -689,6 +720,38 @@ class NodeDaemon:
             if not peer.closed:
                 peer.conn.reply(m[1], True)
         self.tasks.spawn("evacuate", evacuate())
+
+    def copy_for_rewrite(self, oid, size, writer) -> bool:
+        """A task's return is written again here (a retry: the last attempt
+        died after writing it and before its reply reached the owner; or a
+        rebuild: the owner found every copy it knew of lost) while this node
+        has a copy: one left by that attempt, or a secondary a reader pulled
+        before the primary was lost. A sealed copy of the same size is a value
+        of that task: it becomes the primary and the writer is told to use it
+        (True). A copy the earlier attempt left unfinished, or of another
+        size and unpinned, is dropped so that the write can go ahead."""
+        stale = self.store.get(oid)
+        tier = self.tiers.policy.tier_of(oid)
+        if tier is None and stale is None:
+            return False                      # nothing here: the usual case
+        sealed_size = stale.size if stale is not None else self.tiers.policy.size_of(oid)
+        sealed = tier is not None and (stale is None or stale.state == SEALED)
+        if sealed and sealed_size == size and not (stale is not None and stale.delete_pending):
+            log.info("object %s written again by %s: using the copy here", short(oid),
+                     short(writer))
+            self.tiers.make_primary(oid)
+            return True
+        readers = stale is not None and any(h != stale.creator for h in stale.pins)
+        if readers or (stale is not None and stale.creator == writer):
+            return False                      # in use: the create fails, saying it exists
+        log.info("object %s written again by %s: dropping the earlier copy", short(oid),
+                 short(writer))
+        if stale is not None and stale.state == CREATED:
+            self.tiers.abort(oid, stale.creator)
+            self.forget_owner(oid)
+        else:
+            self.delete_object(oid)
+        return False
 
     async def create_secondary(self, oid, size) -> int:
         """A slot for a copy pulled from another node (evicted, not spilled,

@@ -99,6 +99,11 @@ class TieredStore:
         if self.store.abort(oid, holder).ok:
             self.run(self.policy.freed(oid))
 
+    def make_primary(self, oid) -> None:
+        """A copy here becomes the object's primary (spilled, not evicted)."""
+        self.store.make_primary(oid)
+        self.policy.make_primary(oid)
+
     def free(self, oid) -> None:
         if self.device is not None:
             self.device.free(oid)

@@ -81,17 +81,39 @@ re-run task's ``task_submitted``. ``ReleaseLineage`` says only that no
 result of a task is alive; whether its spec may go is the lineage machine's
 call (a kept descendant may still need it).
 
-Known gaps (failure paths only; nothing is freed early in failure-free runs):
+Registrations made via an executor (closing what was a leak): executor W
+registers its submitter S at a third owner Q with ``SendAddBorrower(via=W)``.
+Q counts it for S at once and also records it as *provisional* for W. S,
+when it accepts W's reply (``return_received(executor=W)``) or gives the
+registration back (``return_discarded``), sends ``SendConfirmBorrower`` first:
+Q then drops the provisional mark. If W dies before S got its reply, nobody
+would ever remove that registration; so Q, at ``process_died(W)`` (or at a
+later Add via the dead W), asks S with ``SendSettleBorrower``. S answers
+``SendBorrowerSettled`` only once it knows W is dead (``borrow_settle`` waits
+for its own ``process_died(W)``): from then on it accepts no reply of W,
+and every confirm it sent is ahead of the answer on the same connection.
+So at the answer (``borrow_settled``) what is still provisional was never
+taken by S, and Q removes it. The extra messages are one confirm per ref of
+a third owner nested in a return value, and one settle round per such
+registration of a dead executor; the provisional marks are bounded by the
+registrations they stand for. Seeded in tests/sim/test_ownership_sim.py (the
+executor dies at every step).
 
-* Reference cycles between objects are never freed (plain counting).
-* An executor that dies after some of its Adds for the submitter landed but
-  before its reply leaks those registrations at the third owner (until the
-  submitter dies).
+Known gaps (failure paths only; nothing is freed early in failure-free runs),
+each bounded:
+
+* Reference cycles between objects are never freed (plain counting): bounded
+  by the objects in the cycle, freed when the owner dies; ``gdfut memory``
+  lists them.
 * An executor's hold on arguments rests on the submitter's hold, and refs
   read out of an object rest on that object's owner until their Adds are
-  acked. If that process dies first the ref can be freed under the reader
-  (fate sharing: the runtime should cancel tasks of a dead submitter); the
-  late Add is then ignored as stale.
+  acked. If that process dies first the ref can be freed under the reader;
+  the late Add is then ignored as stale and the reader's ``get`` fails
+  (FREED or OwnerDied), never reads a wrong value. Bounded by fate sharing
+  in the shells: a node kills the workers leased by a dead owner
+  (``LeaseManager.client_died``, ``NodeDaemon.cancel_work_of``), so tasks of
+  a dead submitter do not run on; what is left is a reader racing the
+  death of the object's owner.
 """
 from __future__ import annotations
 
@@ -163,11 +185,44 @@ class SendAddBorrower:
     """Tell ``owner`` that ``borrower`` holds oid (+n); wait for the ack.
 
     If ``borrower`` is this process, report the ack with ``borrower_registered``.
+    ``via``: this process (an executor) registers its submitter ``borrower``
+    for a ref nested in a return value; the owner holds that registration
+    as provisional until the borrower confirms it (see "Registrations made
+    via an executor" in the module doc). None for a process's own Adds.
     """
     owner: WorkerId
     oid: ObjectId
     borrower: WorkerId
     n: int = 1
+    via: WorkerId = None
+
+
+@dataclass(frozen=True)
+class SendConfirmBorrower:
+    """Tell ``owner`` that this process took over (accepted or gave back)
+    the registration executor ``via`` made for it for oid."""
+    owner: WorkerId
+    oid: ObjectId
+    via: WorkerId
+
+
+@dataclass(frozen=True)
+class SendSettleBorrower:
+    """Owner side: executor ``via`` died; ask ``borrower`` to answer, once it
+    knows ``via`` is dead, with ``SendBorrowerSettled`` (everything it
+    confirmed for oid via that executor is then on the wire before it)."""
+    borrower: WorkerId
+    oid: ObjectId
+    via: WorkerId
+
+
+@dataclass(frozen=True)
+class SendBorrowerSettled:
+    """Borrower side: answer to SendSettleBorrower; ``via`` is dead here, so
+    no more replies of it are accepted and no more confirms will follow."""
+    owner: WorkerId
+    oid: ObjectId
+    via: WorkerId
 
 
 @dataclass(frozen=True)
@@ -220,6 +275,7 @@ UNBOUNDED = -1
 """StreamAck.consumed when the executor must not wait for the caller any more."""
 
 Instruction = Union[FreeObject, ReleaseLineage, SendAddBorrower, SendRemoveBorrower,
+                    SendConfirmBorrower, SendSettleBorrower, SendBorrowerSettled,
                     OwnerDied, ObjectLost, StreamAck, NextRef, StreamEnd]
 
 
@@ -301,8 +357,13 @@ class ReferenceTable:
         self._tombstones = tombstones
         self._dead: set = set()
         self._addrs: dict[WorkerId, Any] = {}
+        # owner side: executor -> {(oid, borrower): n} registrations it made
+        # for its submitter that the submitter has not confirmed yet
+        self._provisional: dict[WorkerId, dict[tuple, int]] = {}
+        # borrower side: executor not known dead yet -> [(owner, oid)] settles asked
+        self._settles: dict[WorkerId, list] = {}
         self._stats = {"freed": 0, "stale_messages": 0, "dead_borrower_messages": 0,
-                       "early_removes": 0, "stale_events": 0}
+                       "early_removes": 0, "stale_events": 0, "settled_registrations": 0}
 
     # ---------------------------------------------------------------- queries
     def status(self, oid: ObjectId) -> Status:
@@ -313,6 +374,10 @@ class ReferenceTable:
         if b is not None:
             return Status.OWNER_DIED if b.owner_dead else Status.BORROWED
         return Status.FREED if oid in self._freed else Status.UNKNOWN
+
+    def is_dead(self, wid: WorkerId) -> bool:
+        """``process_died(wid)`` was called here."""
+        return wid in self._dead
 
     def is_owned(self, oid: ObjectId) -> bool:
         return oid in self._owned
@@ -349,12 +414,15 @@ class ReferenceTable:
 
     def is_empty(self) -> bool:
         return not (self._owned or self._borrowed or self._tasks or self._returning
-                    or self._lineage_live or self._streams)
+                    or self._lineage_live or self._streams or self._provisional
+                    or self._settles)
 
     def stats(self) -> dict:
         return dict(self._stats, owned=len(self._owned), borrowed=len(self._borrowed),
                     tasks=len(self._tasks), lineages=len(self._lineage_live),
-                    streams=len(self._streams))
+                    streams=len(self._streams),
+                    provisional=sum(sum(p.values()) for p in self._provisional.values()),
+                    settles_waiting=sum(len(v) for v in self._settles.values()))
 
     # ------------------------------------------------------- owned lifecycle
     def add_owned(self, oid: ObjectId, *, lineage: TaskId | None = None, call_site: str = "",
@@ -530,7 +598,7 @@ class ReferenceTable:
 
     def stream_item(self, tid: TaskId, index: int, oid: ObjectId, *, size: int | None,
                     location: Location | None, nested: Sequence = (),
-                    failed: Any = None) -> list[Instruction]:
+                    failed: Any = None, executor: WorkerId = None) -> list[Instruction]:
         """Item ``index`` of generator tid arrived as object oid: at ``location``,
         or failed with ``failed``. ``nested``: refs its value holds, as for
         ``return_received`` (registered for us by the executor). Items arrive in
@@ -539,13 +607,13 @@ class ReferenceTable:
         s = self._streams.get(tid)
         if s is None or s.ended or index != s.received:
             self._stats["stale_events"] += 1
-            out = self.return_discarded(nested)
+            out = self.return_discarded(nested, executor)
             if location is not None and oid not in self._owned and oid not in self._borrowed:
                 out.append(FreeObject(oid, frozenset([location]), size))
             return out
         self.add_owned(oid, lineage=tid, call_site=s.call_site, local=0 if s.dropped else 1)
         s.received += 1
-        out = self.return_received(oid, nested) if nested else []
+        out = self.return_received(oid, nested, executor) if nested else []
         if failed is not None:
             out += self.object_failed(oid, failed)
         else:
@@ -704,7 +772,7 @@ class ReferenceTable:
             if owner == self.wid:
                 out += self._add_borrower(oid, submitter, 1)
             elif not e.owner_dead:
-                out.append(SendAddBorrower(owner, oid, submitter, 1))
+                out.append(SendAddBorrower(owner, oid, submitter, 1, via=self.wid))
         self._returning[return_oid] = tuple(nested)
         return out
 
@@ -720,14 +788,20 @@ class ReferenceTable:
             e.returning -= 1
         return self._release(nested)
 
-    def return_received(self, return_oid: ObjectId, nested: Sequence) -> list[Instruction]:
+    def return_received(self, return_oid: ObjectId, nested: Sequence,
+                        executor: WorkerId = None) -> list[Instruction]:
         """Submitter side: the reply for ``return_oid`` holds refs ``nested``
         (pairs (oid, owner) or triples with the owner's address). Call before
-        ``task_finished``. Each borrowed one was registered for us already."""
+        ``task_finished``. Each borrowed one was registered for us already;
+        ``executor`` (the process that sent the reply) made those of third
+        owners, and each of them is confirmed to its owner."""
         o = self._owned.get(return_oid)
         if o is None or o.contains:      # freed meanwhile, or a duplicate reply
             self._stats["stale_events"] += 1
-            return self.return_discarded(nested)
+            return self.return_discarded(nested, executor)
+        if executor is not None and executor in self._dead:
+            raise OwnershipError(f"reply of dead executor {executor!r} accepted: its task "
+                                 "must have failed when it died (return_discarded)")
         out: list[Instruction] = []
         kept = []
         for oid, owner in self._pairs(nested):
@@ -744,27 +818,95 @@ class ReferenceTable:
                 if not c.owner_dead:
                     c.registrations += 1
                     self._unregistered.pop(oid, None)
+                    if executor is not None and owner != executor:
+                        out.append(SendConfirmBorrower(owner, oid, executor))
             c.contained_in.add(return_oid)
             kept.append(oid)
         o.contains = tuple(kept)
         return out
 
-    def return_discarded(self, nested: Sequence) -> list[Instruction]:
+    def return_discarded(self, nested: Sequence, executor: WorkerId = None) -> list[Instruction]:
         """A reply whose return object is gone (freed, task already failed):
-        give back the registrations the executor made for us."""
+        give back the registrations the executor made for us (confirmed
+        first, so the owner does not also drop them as provisional). From an
+        executor known dead here: nothing, the owners drop what it made for
+        us when we answer their settles."""
+        if executor is not None and executor in self._dead:
+            return []
         out: list[Instruction] = []
         for oid, owner in self._pairs(nested):
             if owner != self.wid:
+                if executor is not None and owner != executor and owner not in self._dead:
+                    out.append(SendConfirmBorrower(owner, oid, executor))
                 out += self.registered_by_other(oid, owner, 1)
         return out
 
     # -------------------------------------------------------------- owner side
-    def borrow_added(self, oid: ObjectId, borrower: WorkerId, n: int = 1) -> list[Instruction]:
-        """Message: ``borrower`` holds oid (+n). The shell acks it either way."""
+    def borrow_added(self, oid: ObjectId, borrower: WorkerId, n: int = 1,
+                     via: WorkerId = None) -> list[Instruction]:
+        """Message: ``borrower`` holds oid (+n). The shell acks it either way.
+        ``via``: the executor that sent it for its submitter ``borrower``:
+        provisional until confirmed; settled at once if ``via`` is dead."""
         assert n > 0 and borrower != self.wid, (oid, borrower, n)
         if self._ignored(oid, borrower):
             return []
-        return self._add_borrower(oid, borrower, n)
+        before = self._owned[oid].borrowers.get(borrower, 0)
+        out = self._add_borrower(oid, borrower, n)
+        # what cancelled an early-remove debt is not a registration to settle
+        added = self._owned[oid].borrowers.get(borrower, 0) - before if oid in self._owned else 0
+        if via is not None and via != borrower and added > 0:
+            pending = self._provisional.setdefault(via, {})
+            pending[(oid, borrower)] = pending.get((oid, borrower), 0) + added
+            if via in self._dead:       # a late Add of a dead executor
+                out.append(SendSettleBorrower(borrower, oid, via))
+        return out
+
+    def borrow_confirmed(self, oid: ObjectId, borrower: WorkerId, via: WorkerId) -> list[Instruction]:
+        """Message: ``borrower`` took over one registration ``via`` made for it."""
+        pending = self._provisional.get(via)
+        key = (oid, borrower)
+        if pending is None or key not in pending:
+            # S confirms only what W's Add (processed before W's reply) put here,
+            # and a settle drops only what S never confirmed: stale means the
+            # borrower or the object is gone meanwhile.
+            self._stats["stale_messages"] += 1
+            return []
+        self._take_provisional(via, key, 1)
+        return []
+
+    def borrow_settled(self, oid: ObjectId, borrower: WorkerId, via: WorkerId) -> list[Instruction]:
+        """Message: ``borrower`` knows ``via`` is dead and confirmed before this
+        everything it took over: drop the rest of what ``via`` made for it."""
+        pending = self._provisional.get(via)
+        key = (oid, borrower)
+        left = pending.get(key, 0) if pending is not None else 0
+        if not left:
+            return []                   # settled by an earlier answer
+        self._take_provisional(via, key, left)
+        if borrower in self._dead or oid not in self._owned:
+            return []
+        self._stats["settled_registrations"] += left
+        return self.borrow_removed(oid, borrower, left)
+
+    def _take_provisional(self, via, key, n) -> None:
+        pending = self._provisional[via]
+        left = pending[key] - n
+        assert left >= 0, (via, key, n)
+        if left:
+            pending[key] = left
+        else:
+            del pending[key]
+            if not pending:
+                del self._provisional[via]
+
+    def borrow_settle(self, oid: ObjectId, owner: WorkerId, via: WorkerId) -> list[Instruction]:
+        """Message from ``owner``: answer once ``via`` is dead here."""
+        if owner in self._dead:
+            return []
+        if via in self._dead:
+            return [SendBorrowerSettled(owner, oid, via)]
+        self._settles.setdefault(via, []).append((owner, oid))
+        return []
 
     def borrow_removed(self, oid: ObjectId, borrower: WorkerId, n: int = 1) -> list[Instruction]:
         """Message: ``borrower`` dropped n registrations of oid.
@@ -820,6 +962,21 @@ class ReferenceTable:
         self._dead.add(wid)
         self._addrs.pop(wid, None)
         out: list[Instruction] = []
+        # as borrower: settles that waited for this death, and gone provisional
+        # registrations it was given; as executor: ask its submitters to settle
+        out += [SendBorrowerSettled(owner, oid, wid) for owner, oid in self._settles.pop(wid, ())
+                if owner not in self._dead]
+        for via in list(self._provisional):
+            pending = self._provisional[via]
+            for key in [k for k in pending if k[1] == wid]:
+                del pending[key]
+            if not pending:
+                del self._provisional[via]
+        for owner_oids in self._settles.values():
+            owner_oids[:] = [(q, oid) for q, oid in owner_oids if q != wid]
+        self._settles = {v: l for v, l in self._settles.items() if l}
+        for (oid, borrower) in sorted(self._provisional.get(wid, {}), key=repr):
+            out.append(SendSettleBorrower(borrower, oid, wid))
         touched = []
         for oid, o in self._owned.items():
             had = o.borrowers.pop(wid, None), o.early_removes.pop(wid, None)
@@ -983,6 +1140,13 @@ class ReferenceTable:
             for x in b.contained_in:
                 assert oid in self._owned[x].contains, (oid, x)
         assert self._unregistered.keys() <= self._borrowed.keys()
+        for via, pending in self._provisional.items():
+            for (oid, borrower), n in pending.items():
+                assert n > 0 and borrower not in self._dead, (via, oid, borrower, n)
+                # a provisional registration is one of the borrower's counted ones
+                assert n <= self._owned[oid].borrowers.get(borrower, 0), (via, oid, borrower)
+        for via, owner_oids in self._settles.items():
+            assert owner_oids and via not in self._dead, (via, owner_oids)
         for tid, st in self._streams.items():
             assert st.acked <= st.consumed <= st.received, (tid, st)
             assert not (st.ended and st.dropped), (tid, st)    # such a stream is forgotten

@@ -70,13 +70,17 @@ GENERATOR_ACK = 35        # task_id, consumed: the caller took that many items (
 # any process <-> owner
 CANCEL_OWNED_TASK = 39    # req: task_id, force, recursive -> None | why the cancel is refused
 GET_OBJECT = 40           # req: oid, wait -> object status/value/location
-ADD_BORROWER = 41         # req: oid, borrower_wid, n -> ack
+ADD_BORROWER = 41         # req: oid, borrower_wid, n[, via_wid, borrower host, port] -> ack
 REMOVE_BORROWER = 42      # oid, borrower_wid, n
 ACTOR_LOCATION = 43       # req: actor_id[, dead worker_id] -> (addr, worker_id, node_id, restart options) | error
 OWNER_MEMORY = 44         # req -> ownership summary of this process
 ADD_LOCATION = 45         # oid, node_id (a node pulled a secondary copy)
 KILL_ACTOR = 49           # req: actor_id, no_restart -> None once the owner killed it
 WORKER_OUTPUT = 46        # [[label, stream, line], ...]: what a task printed
+# registrations an executor made for its submitter (ownership.py, "made via an executor")
+CONFIRM_BORROWER = 55     # oid, borrower_wid, via_wid: the borrower took it over
+SETTLE_BORROWER = 56      # oid, owner_wid, via_wid: via died; answer once you know it
+BORROWER_SETTLED = 57     # oid, borrower_wid, via_wid: the answer
 # node / driver <-> head (control plane)
 HEAD_REGISTER_NODE = 60   # req: node info
 HEAD_HEARTBEAT = 61       # node_id, stats

@@ -390,6 +390,7 @@ class TaskSubmitter:
         except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
             self._return_lease(lease, worker_died=True)
             return None
+        rt.conn_wid.setdefault(lease.conn, lease.worker_id)   # its close: that worker died
         return lease
 
     def _return_lease(self, lease: Lease, worker_died: bool):
@@ -430,14 +431,25 @@ class TaskSubmitter:
         except (TypeError, ValueError, IndexError) as exc:
             log.warning("malformed generator item from %s: %s", conn.peer, exc)
             return
+        executor = self.executor_of(tid, conn)
+        if executor is not None and rt.table.is_dead(executor):
+            return          # its death is being handled: the task fails or runs again
         self.stream_conns[tid] = conn
         rt.note_owners(nested)
         rt.run_instructions(rt.table.stream_item(
             tid, index, oid, size=size, location=location, nested=pairs,
-            failed="error" if entry[0] == ERROR else None))
+            failed="error" if entry[0] == ERROR else None, executor=executor))
         if rt.table.is_owned(oid):
             rt.set_value(oid, entry)
         rt.wake_stream(tid)
+
+    def executor_of(self, tid: bytes, conn):
+        """The worker id of the process running task tid (on ``conn``)."""
+        lease = self.lease_of_task.get(tid)
+        if lease is not None:
+            return lease.worker_id
+        client = self.rt.actors.by_conn.get(conn)
+        return client.worker_id if client is not None else None
 
     def _runs_on(self, tid: bytes, conn) -> bool:
         lease = self.lease_of_task.get(tid)
@@ -472,10 +484,18 @@ class TaskSubmitter:
     # ----------------------------------------------------------- replies
     def on_task_done(self, conn, m):
         tid, status, returns = m[1], m[2], m[3]
-        lease = self.lease_of_task.pop(tid, None)
+        lease = self.lease_of_task.get(tid)
         if lease is None:
             self.rt.actors.on_task_done(conn, m)
             return
+        if self.rt.table.is_dead(lease.worker_id):
+            # Seen dead on another connection first: the lease's own close
+            # comes next and retries or fails the task. Accepting the reply
+            # now would take over registrations its owners may drop.
+            log.info("reply of task %s from dead worker %s ignored", short(tid),
+                     short(lease.worker_id))
+            return
+        del self.lease_of_task[tid]
         spec = lease.in_flight.pop(tid)
         q = self.queues[lease.key]
         if status == DONE_RESCHEDULE:
@@ -487,7 +507,7 @@ class TaskSubmitter:
             self.enqueue(spec, front=True)
         else:
             q.note_exec_time(m[4] if len(m) > 4 else None)
-            self.finish(spec, returns)
+            self.finish(spec, returns, executor=lease.worker_id)
         self.dispatch(q)
         self._maybe_return_later(q, lease)
 
@@ -507,13 +527,15 @@ class TaskSubmitter:
                  decision.attempt, classes[0] if classes else "an exception")
         return True
 
-    def finish(self, spec: TaskSpec, returns: list):
-        """Record a task's results (values, locations or errors)."""
+    def finish(self, spec: TaskSpec, returns: list, executor: bytes | None = None):
+        """Record a task's results (values, locations or errors); ``executor``:
+        the worker that sent them (it registered us for their nested refs)."""
         rt = self.rt
         for oid, entry, nested in returns:
             if nested:
                 rt.note_owners(nested)
-                rt.run_instructions(rt.table.return_received(oid, [(n[0], n[1]) for n in nested]))
+                rt.run_instructions(rt.table.return_received(
+                    oid, [(n[0], n[1]) for n in nested], executor))
             size, loc = entry_location(entry)
             if entry[0] == ERROR:
                 rt.run_instructions(rt.table.object_failed(oid, "error"))

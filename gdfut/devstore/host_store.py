@@ -237,6 +237,12 @@ class HostStoreState:
         return [(oid, self._records[oid].state, self._records[oid].pins[holder])
                 for oid in self._by_holder.get(holder, ())]
 
+    def make_primary(self, object_id: ObjectId) -> None:
+        """The copy here is the object's primary from now on."""
+        record = self._records.get(object_id)
+        if record is not None:
+            record.primary = True
+
     def contains(self, object_id: ObjectId) -> bool:
         """True if the object is sealed and readable (not being deleted)."""
         record = self._records.get(object_id)

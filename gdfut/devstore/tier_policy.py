@@ -202,6 +202,18 @@ class TierPolicy:
             return None
         return HOST if obj.on_host and obj.state != _RESTORING else DISK
 
+    def size_of(self, oid: ObjectId) -> int | None:
+        obj = self._objects.get(oid)
+        return None if obj is None or obj.freed else obj.size
+
+    def make_primary(self, oid: ObjectId) -> list:
+        """A secondary copy becomes the primary (a task's output written
+        again found it here): from now on it is spilled, not evicted."""
+        obj = self._objects.get(oid)
+        if obj is not None and not obj.freed:
+            obj.primary = True
+        return []
+
     def reserved(self, size: int, tier: str) -> int:
         return _round_up(size, self._align[tier])
 

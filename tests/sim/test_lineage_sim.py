@@ -3,7 +3,12 @@ random tasks, ref drops, node deaths (every copy on that node lost) and
 reads, with the same reactions as the shell (TaskSubmitter's lineage
 section). Invariants of both machines hold after every step; every read
 ends with a value or an ObjectLostError reason the machine gave; when
-every ref is dropped, no lineage is left."""
+every ref is dropped, no lineage is left.
+
+Faults: nodes die at random steps, and ``test_node_death_at_each_step``
+kills one at every step of a short run in turn; task replies are dropped
+(the worker died after the task ran: the shell runs it again, so it stays
+pending) and arrive in any order (any pending task may end next)."""
 import random
 
 import pytest
@@ -17,8 +22,9 @@ NODES = ("n1", "n2", "n3")
 class Owner:
     """The owner: table + lineage, and what the shell does with them."""
 
-    def __init__(self, rng, max_bytes):
+    def __init__(self, rng, max_bytes, drop=0.0):
         self.rng = rng
+        self.drop_reply = drop    # chance that a finished task's reply is lost
         self.table = own.ReferenceTable("me")
         self.lineage = lin.Lineage(max_bytes)
         self.specs = {}           # tid -> (arg oids, ret oid), kept lineage
@@ -28,6 +34,7 @@ class Owner:
         self.dead = set()
         self.n = 0
         self.failed = {}          # oid -> reason
+        self.dropped = 0
 
     def run(self, instructions):
         for ins in instructions:
@@ -67,6 +74,9 @@ class Owner:
         states = {self.table.status(a) for a in self.args[tid]}
         if own.Status.OWNED_PENDING in states:
             return
+        if self.rng.random() < self.drop_reply:
+            self.dropped += 1
+            return                # reply lost with its worker: the task runs again
         rebuild = self.pending.pop(tid)
         oid = "o" + tid[1:]
         if own.Status.OWNED_FAILED in states:        # a lost argument: the task fails too
@@ -115,11 +125,13 @@ class Owner:
         assert set(self.specs) <= {f"t{i}" for i in range(1, self.n + 1)}
 
 
-@pytest.mark.parametrize("seed", range(40))
-def test_random_losses_rebuild_or_fail_and_release_everything(seed):
+def run_sim(seed, steps=200, drop=0.0, kill_at=None):
     rng = random.Random(seed)
-    o = Owner(rng, max_bytes=rng.choice([40, 200, 10_000]))
-    for _ in range(200):
+    o = Owner(rng, max_bytes=rng.choice([40, 200, 10_000]), drop=drop)
+    for i in range(steps):
+        if i == kill_at and len(o.dead) < len(NODES) - 1:
+            o.kill_node(rng.choice([n for n in NODES if n not in o.dead]))
+            o.validate()
         r = rng.random()
         if r < 0.35:
             o.submit()
@@ -130,6 +142,31 @@ def test_random_losses_rebuild_or_fail_and_release_everything(seed):
         elif o.refs:
             o.drop()
         o.validate()
+    finish_and_check(o)
+    return o
+
+
+@pytest.mark.parametrize("seed", range(40))
+def test_random_losses_rebuild_or_fail_and_release_everything(seed):
+    run_sim(seed)
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_dropped_and_reordered_replies(seed):
+    o = run_sim(seed, drop=0.3)
+    assert o.dropped > 0
+
+
+@pytest.mark.parametrize("seed", range(2))
+def test_node_death_at_each_step(seed):
+    lost = 0
+    for k in range(60):
+        o = run_sim(seed * 1000 + k, steps=60, drop=0.1, kill_at=k)
+        lost += bool(o.dead)
+    assert lost == 60
+
+
+def finish_and_check(o):
     for _ in range(10_000):               # let everything finish
         if not o.pending:
             break

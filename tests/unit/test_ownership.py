@@ -4,8 +4,8 @@ from itertools import permutations
 import pytest
 
 from gdfut.ownership import (INLINE, FreeObject, ObjectLost, OwnerDied, OwnershipError,
-                             ReferenceTable, ReleaseLineage, SendAddBorrower, SendRemoveBorrower,
-                             Status)
+                             ReferenceTable, ReleaseLineage, SendAddBorrower, SendBorrowerSettled,
+                             SendConfirmBorrower, SendRemoveBorrower, SendSettleBorrower, Status)
 
 S, W, Q, B = b"S", b"W", b"Q", b"B"          # submitter, worker, third owner, borrower
 X, Y, R, O, O2, A = b"x", b"y", b"r", b"o", b"o2", b"a"
@@ -245,13 +245,15 @@ def test_return_contains_ref_owned_by_third_process():
     put(q, R)
     borrow(q, w, R)
     submit(s, T1, [])
-    assert w.returning_refs(O, S, [R]) == [SendAddBorrower(Q, R, S, 1)]
-    assert q.borrow_added(R, S, 1) == []        # acked before the reply
+    assert w.returning_refs(O, S, [R]) == [SendAddBorrower(Q, R, S, 1, via=W)]
+    assert q.borrow_added(R, S, 1, via=W) == []     # acked before the reply
+    assert q.stats()["provisional"] == 1
     assert w.remove_local_ref(R) == []
     assert w.return_sent(O) == [SendRemoveBorrower(Q, R, 1, W)]
     assert q.borrow_removed(R, W, 1) == []
     assert q.remove_local_ref(R) == []          # only S holds it now
-    assert s.return_received(O, [(R, Q, ("h", 1))]) == []
+    assert s.return_received(O, [(R, Q, ("h", 1))], executor=W) == [SendConfirmBorrower(Q, R, W)]
+    assert q.borrow_confirmed(R, S, W) == [] and q.stats()["provisional"] == 0
     assert s.owner_addr_of_object(R) == ("h", 1)
     assert s.object_ready(O, 4, INLINE) == []
     assert s.task_finished(T1) == []
@@ -458,3 +460,71 @@ def test_freed_argument_revived_for_a_rerun_and_freed_again():
     assert s.task_finished(b"t2") == [free(A, 8, [LOC]), ReleaseLineage(T1)]
     with pytest.raises(OwnershipError):
         s.object_revived(O, lineage=b"t2")            # o is alive: not freed
+
+
+def _executor_dies_after_its_add(reply_reached_submitter: bool):
+    """W registered S at Q for R (nested in O), then died; S got the reply or not."""
+    q, s, w = Table(Q), Table(S), Table(W)
+    put(q, R)
+    borrow(q, w, R)
+    submit(s, T1, [])
+    assert w.returning_refs(O, S, [R]) == [SendAddBorrower(Q, R, S, 1, via=W)]
+    assert q.borrow_added(R, S, 1, via=W) == []
+    out_s = []
+    if reply_reached_submitter:
+        out_s = s.return_received(O, [(R, Q)], executor=W)
+        assert out_s == [SendConfirmBorrower(Q, R, W)]
+        assert s.object_ready(O, 4, INLINE) == [] and s.task_finished(T1) == []
+    assert q.process_died(W) == [SendSettleBorrower(S, R, W)]     # W's own registration gone
+    # S has not heard of W's death yet: the settle waits for it
+    assert s.borrow_settle(R, Q, W) == []
+    assert s.stats()["settles_waiting"] == 1
+    assert s.process_died(W) == [SendBorrowerSettled(Q, R, W)]
+    if not reply_reached_submitter:
+        assert s.object_failed(O, "worker died") == [] and s.task_finished(T1) == []
+        # a late reply of the dead executor is discarded without a message
+        assert s.return_discarded([(R, Q)], executor=W) == []
+    for ins in out_s:                                  # S's confirm precedes its answer
+        assert q.borrow_confirmed(ins.oid, S, ins.via) == []
+    return q, s
+
+
+def test_executor_dying_before_its_reply_leaks_no_registration():
+    q, s = _executor_dies_after_its_add(reply_reached_submitter=False)
+    assert q.remove_local_ref(R) == []                  # S's provisional one still counts
+    assert q.borrow_settled(R, S, W) == [free(R)]       # dropped: S never took it
+    assert q.is_empty() and q.stats()["settled_registrations"] == 1
+    assert s.remove_local_ref(O) == [FreeObject(O, frozenset(), None), ReleaseLineage(T1)]
+    assert s.is_empty()
+
+
+def test_executor_dying_after_its_reply_keeps_the_confirmed_registration():
+    q, s = _executor_dies_after_its_add(reply_reached_submitter=True)
+    assert q.remove_local_ref(R) == []
+    assert q.borrow_settled(R, S, W) == []              # confirmed: S's own now
+    assert q.stats()["settled_registrations"] == 0
+    assert s.remove_local_ref(O) == [free(O, 4), ReleaseLineage(T1),
+                                     SendRemoveBorrower(Q, R, 1, S)]
+    assert q.borrow_removed(R, S, 1) == [free(R)]
+    assert q.is_empty() and s.is_empty()
+
+
+def test_late_add_of_a_dead_executor_is_settled_at_once():
+    q = Table(Q)
+    put(q, R)
+    assert q.process_died(W) == []
+    assert q.borrow_added(R, S, 1, via=W) == [SendSettleBorrower(S, R, W)]
+    assert q.remove_local_ref(R) == []
+    assert q.borrow_settled(R, S, W) == [free(R)]
+    assert q.borrow_settled(R, S, W) == []              # a second answer: nothing left
+    assert q.is_empty()
+
+
+def test_dead_borrower_drops_its_provisional_registrations():
+    q = Table(Q)
+    put(q, R)
+    assert q.borrow_added(R, S, 1, via=W) == []
+    assert q.remove_local_ref(R) == []
+    assert q.process_died(S) == [free(R)]
+    assert q.is_empty()
+    assert q.process_died(W) == []                      # nothing to settle with a dead S

@@ -19,8 +19,8 @@ import signal
 import time
 from dataclasses import dataclass
 
-from . import cluster as _cluster
-from . import protocol as P
+from .. import cluster as _cluster
+from .. import protocol as P
 
 DEFAULT_NODE_STORE = 256 * 1024 * 1024
 
@@ -73,7 +73,7 @@ class Cluster:
         return node
 
     def alive_nodes(self) -> list[dict]:
-        from .cli import head_request
+        from ..cli import head_request
         nodes = head_request(self.head_addr, self.token, P.HEAD_LIST_NODES)
         return [n for n in nodes if n["state"] == "ALIVE"]
 
@@ -120,7 +120,7 @@ class Cluster:
         self.head.stop()
         for path in glob.glob(f"/dev/shm/gdfut-{os.path.basename(self.session_dir)}-*"):
             os.unlink(path)
-        from .devstore.disk_store import remove_dead_node_dirs    # of nodes killed mid-test
+        from ..devstore.disk_store import remove_dead_node_dirs    # of nodes killed mid-test
         remove_dead_node_dirs(os.path.join(self.session_dir, "spill"))
 
     def _unlink_arena(self, node: NodeHandle) -> None:
