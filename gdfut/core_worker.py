@@ -741,25 +741,22 @@ class CoreWorker:
         layout = s.store_layout()
         total = layout[2]
         reply = self.node_request(P.STORE_CREATE, oid, total, True, owner or self.wid)
-        if reply.get("exists"):
-            # written again (a retry or rebuild) where a sealed copy of this
-            # task's output of the same size is: the node made it the primary
+        if not _slot_to_fill(oid, total, reply):
             return [STORE, self.node_id, total]
-        if reply.get("error"):
-            raise ObjectStoreFullError(
-                f"object {short(oid)} of {total} bytes does not fit in the object store "
-                f"(capacity {reply['capacity']} bytes, {reply['used']} in use, largest free "
-                f"block {reply['largest_free']} bytes): {reply.get('message', '')}")
         try:
-            if "file" in reply:     # larger than the host tier: into its spill file
-                _write_file(reply["file"], reply["file_offset"], total, s, layout)
-            else:
-                ser.write_into(self.arena.view(reply["offset"], total), s, layout)
+            self._fill_slot(reply, total, s, layout)
         except BaseException:
             self.io.post(self.node_conn.send, [P.STORE_ABORT, oid])
             raise
         self.node_request(P.STORE_SEAL, oid)
         return [STORE, self.node_id, total]
+
+    def _fill_slot(self, reply: dict, total: int, s: ser.Serialized, layout) -> None:
+        """Write a value into the slot a STORE_CREATE reply gave."""
+        if "file" in reply:     # larger than the host tier: into its spill file
+            _write_file(reply["file"], reply["file_offset"], total, s, layout)
+        else:
+            ser.write_into(self.arena.view(reply["offset"], total), s, layout)
 
     def store_serialized_many(self, items: list, owner: bytes | None = None) -> list:
         """``store_serialized`` for several values (a task's many returns) with
@@ -786,26 +783,22 @@ class CoreWorker:
         creates = [asyncio.run_coroutine_threadsafe(
             ask(P.STORE_CREATE, oid, layout[2], True, holder), loop)
             for _, oid, _, layout in stored]
-        seals, written = [], []
+        answered, seals, written = 0, [], []
         try:
             for (i, oid, s, layout), fut in zip(stored, creates):
                 reply = fut.result(60)
-                if reply.get("error"):
-                    raise ObjectStoreFullError(
-                        f"object {short(oid)} of {layout[2]} bytes does not fit in the object "
-                        f"store (capacity {reply['capacity']} bytes, {reply['used']} in use, "
-                        f"largest free block {reply['largest_free']} bytes): "
-                        f"{reply.get('message', '')}")
-                written.append(oid)
-                ser.write_into(self.arena.view(reply["offset"], layout[2]), s, layout)
-                seals.append(asyncio.run_coroutine_threadsafe(ask(P.STORE_SEAL, oid), loop))
+                answered += 1
+                if _slot_to_fill(oid, layout[2], reply):
+                    written.append(oid)
+                    self._fill_slot(reply, layout[2], s, layout)
+                    seals.append(asyncio.run_coroutine_threadsafe(ask(P.STORE_SEAL, oid), loop))
                 entries[i] = [STORE, self.node_id, layout[2]]
             for fut in seals:
                 fut.result(60)
         except BaseException:
             # slots not yet sealed are aborted, sealed ones freed; creates still in
             # flight are aborted once answered
-            for (_, oid, _, _), fut in zip(stored[len(written):], creates[len(written):]):
+            for (_, oid, _, _), fut in zip(stored[answered:], creates[answered:]):
                 fut.add_done_callback(lambda f, oid=oid: f.cancelled() or f.exception() or
                                       self.io.post(conn.send, [P.STORE_ABORT, oid]))
             sealed = written[:len(seals)]
@@ -1259,6 +1252,21 @@ def _pinned_entry(reply) -> list:
         return ["mapped", reply[0], reply[1], reply[2]]
     return ["pinned", reply[0], reply[1]]
 
+
+
+def _slot_to_fill(oid: bytes, total: int, reply: dict) -> bool:
+    """What a STORE_CREATE reply asks of the writer: fill the slot (True), or
+    nothing (False: written again, by a retry or a rebuild, where a sealed
+    copy of this task's output of the same size is; the node made that copy
+    the primary). A refusal raises ObjectStoreFullError naming the sizes."""
+    if reply.get("exists"):
+        return False
+    if reply.get("error"):
+        raise ObjectStoreFullError(
+            f"object {short(oid)} of {total} bytes does not fit in the object store "
+            f"(capacity {reply['capacity']} bytes, {reply['used']} in use, largest free "
+            f"block {reply['largest_free']} bytes): {reply.get('message', '')}")
+    return True
 
 def _write_file(path: str, offset: int, total: int, s, layout) -> None:
     """Write a serialized value into the spill file its node made for it."""

@@ -189,7 +189,20 @@ def many_returns(sizes):
     return tuple(np.full(n, i, dtype=np.uint8) for i, n in enumerate(sizes))
 
 
-def test_many_returns_are_stored_and_a_failed_one_leaves_nothing(cluster):
+def test_many_returns_are_stored_and_a_failed_one_leaves_nothing(monkeypatch):
+    # a disk quota, so that one return can fit no tier (larger than the host
+    # tier alone, it would go to its own spill file)
+    monkeypatch.setenv("GDFUT_SPILL_CAPACITY", str(64 * MIB))
+    from helpers import STORE, assert_no_leaks
+    info = gdfut.init(num_cpus=2, object_store_memory=STORE)
+    try:
+        _many_returns_then_one_that_fits_nowhere()
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"])
+
+
+def _many_returns_then_one_that_fits_nowhere():
     from gdfut.exceptions import ObjectStoreFullError
     from helpers import STORE, store_stats
     sizes = [3 * MIB, 10, 2 * MIB, 200_000, 5 * MIB]       # stored and inline values mixed

@@ -279,3 +279,23 @@ def test_an_object_on_disk_only_is_served_to_a_node_with_a_bigger_host_tier():
     finally:
         c.shutdown()
         assert_no_leaks(c.session_dir)
+
+
+@gdfut.remote(num_returns=3)
+def small_and_big_results(n, fill):
+    return (np.full(MIB, fill, dtype=np.uint8), np.full(n, fill, dtype=np.uint8),
+            np.full(2 * MIB, fill + 1, dtype=np.uint8))
+
+
+def test_one_of_many_returns_larger_than_the_host_tier_lives_on_disk(small_store):
+    """Many returns are written with pipelined creates: one of them larger
+    than the host tier goes into a spill file of its own like a single one."""
+    n = HOST + 16 * MIB
+    small, big, after = small_and_big_results.remote(n, 3)
+    assert gdfut.get(check_big.remote(big, 3), timeout=120) == (True, n)
+    assert tier_of(big) == "disk"
+    assert (gdfut.get(small) == 3).all() and (gdfut.get(after) == 4).all()
+    del small, big, after
+    wait_until(lambda: node_status()["tiers"]["disk_bytes"] == 0 and
+               spill_bytes(small_store["spill_dir"]) == 0, timeout=10,
+               what="its spill file to go")
