@@ -391,6 +391,8 @@ class CoreWorker:
                 self._free_object(ins)
             elif kind is own.SendRemoveBorrower:
                 self._send_to_owner(ins.owner, [P.REMOVE_BORROWER, ins.oid, self.wid, ins.n])
+            elif kind is own.ForgetBorrowed:
+                self.values.pop(ins.oid, None)   # the cache of a borrowed value is bounded by refs
             elif kind is own.SendAddBorrower:
                 self.io.loop.create_task(self._add_borrower_for(ins))
             elif kind is own.SendConfirmBorrower:

@@ -235,6 +235,13 @@ class SendRemoveBorrower:
 
 
 @dataclass(frozen=True)
+class ForgetBorrowed:
+    """This process holds no ref to borrowed oid any more: drop what it
+    cached of the object (its value entry); a later ref fetches it anew."""
+    oid: ObjectId
+
+
+@dataclass(frozen=True)
 class OwnerDied:
     """The owner of this borrowed ref died: fail gets with OwnerDiedError."""
     oid: ObjectId
@@ -275,7 +282,7 @@ UNBOUNDED = -1
 """StreamAck.consumed when the executor must not wait for the caller any more."""
 
 Instruction = Union[FreeObject, ReleaseLineage, SendAddBorrower, SendRemoveBorrower,
-                    SendConfirmBorrower, SendSettleBorrower, SendBorrowerSettled,
+                    ForgetBorrowed, SendConfirmBorrower, SendSettleBorrower, SendBorrowerSettled,
                     OwnerDied, ObjectLost, StreamAck, NextRef, StreamEnd]
 
 
@@ -1010,6 +1017,7 @@ class ReferenceTable:
             if b is not None and not b.held() and not b.inflight:
                 del self._borrowed[oid]
                 self._unregistered.pop(oid, None)
+                out.append(ForgetBorrowed(oid))
                 if b.registrations and not b.owner_dead:
                     out.append(SendRemoveBorrower(b.owner, oid, b.registrations, self.wid))
         return out

@@ -168,3 +168,25 @@ def test_owner_death_fails_borrowed_refs_clearly(cluster):
     time.sleep(1.0)
     with pytest.raises(OwnerDiedError, match="owner"):
         gdfut.get(inner, timeout=20)
+
+
+@gdfut.remote
+class Reader:
+    def read(self, box):
+        return sum(gdfut.get(box[0]))       # refs nested in an argument: borrowed here
+
+    def cached_values(self):
+        from gdfut import runtime_context
+        return len(runtime_context.require().values)
+
+
+def test_a_borrowers_value_cache_is_bounded_by_the_refs_it_holds(cluster):
+    """A long-lived borrower that reads many objects and drops their refs
+    keeps nothing of them (their cached values went with the last ref)."""
+    reader = Reader.remote()
+    baseline = gdfut.get(reader.cached_values.remote())
+    for round_ in range(5):
+        refs = [gdfut.put(i) for i in range(100)]
+        assert gdfut.get(reader.read.remote([refs])) == sum(range(100))
+        del refs
+    assert gdfut.get(reader.cached_values.remote()) <= baseline + 10

@@ -33,9 +33,9 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from gdfut.ownership import (INLINE, FreeObject, ObjectLost, OwnerDied, ReferenceTable,
-                             ReleaseLineage, SendAddBorrower, SendBorrowerSettled,
-                             SendConfirmBorrower, SendRemoveBorrower, SendSettleBorrower)
+from gdfut.ownership import (INLINE, ForgetBorrowed, FreeObject, ObjectLost, OwnerDied,
+                             ReferenceTable, ReleaseLineage, SendAddBorrower, SendBorrowerSettled,
+                             SendConfirmBorrower, SendRemoveBorrower, SendSettleBorrower, Status)
 
 HEAD = b"head"
 
@@ -116,6 +116,8 @@ class Sim:
                 tokens.append(self.ids)
                 self.tokens[self.ids] = (p, ins.owner, None)
                 self.send(p, ins.owner, ("add", ins.oid, ins.borrower, ins.n, self.ids, ins.via))
+            elif isinstance(ins, ForgetBorrowed):
+                assert self.tables[p].status(ins.oid) not in (Status.BORROWED, Status.OWNER_DIED), ins
             elif isinstance(ins, SendRemoveBorrower):
                 assert ins.owner == self.owner[ins.oid] and ins.borrower == p
                 self.send(p, ins.owner, ("rm", ins.oid, p, ins.n))

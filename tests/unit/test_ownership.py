@@ -3,8 +3,9 @@ from itertools import permutations
 
 import pytest
 
-from gdfut.ownership import (INLINE, FreeObject, ObjectLost, OwnerDied, OwnershipError,
-                             ReferenceTable, ReleaseLineage, SendAddBorrower, SendBorrowerSettled,
+from gdfut.ownership import (INLINE, ForgetBorrowed, FreeObject, ObjectLost, OwnerDied,
+                             OwnershipError, ReferenceTable, ReleaseLineage, SendAddBorrower,
+                             SendBorrowerSettled,
                              SendConfirmBorrower, SendRemoveBorrower, SendSettleBorrower, Status)
 
 S, W, Q, B = b"S", b"W", b"Q", b"B"          # submitter, worker, third owner, borrower
@@ -99,7 +100,7 @@ def test_nested_chain_and_borrowed_inner():
     put(s, X, contains=[A])
     assert s.remove_local_ref(R) == []
     assert s.remove_local_ref(A) == []
-    assert s.remove_local_ref(X) == [free(X), free(A), SendRemoveBorrower(Q, R, 1, S)]
+    assert s.remove_local_ref(X) == [free(X), free(A), ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, S)]
     assert q.borrow_removed(R, S, 1) == []
     assert q.remove_local_ref(R) == [free(R)]
     assert s.is_empty() and q.is_empty()
@@ -130,7 +131,7 @@ def test_borrower_keeps_object_after_owner_drops():
     assert q.remove_local_ref(R) == []
     assert q.status(R) is Status.OWNED_READY
     assert b.status(R) is Status.BORROWED and b.owner_of(R) == Q
-    assert b.remove_local_ref(R) == [SendRemoveBorrower(Q, R, 1, B)]
+    assert b.remove_local_ref(R) == [ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, B)]
     assert q.borrow_removed(R, B, 1) == [free(R)]
     assert q.is_empty() and b.is_empty()
 
@@ -138,7 +139,7 @@ def test_borrower_keeps_object_after_owner_drops():
 def test_unregistered_borrowed_ref_is_forgotten_silently():
     w = Table(W)
     assert w.add_local_ref(R, owner=Q) == []
-    assert w.remove_local_ref(R) == []
+    assert w.remove_local_ref(R) == [ForgetBorrowed(R)]
     assert w.is_empty()
 
 
@@ -148,7 +149,7 @@ def test_drop_while_registration_in_flight():
     assert w.register_held_refs() == [SendAddBorrower(Q, R, W, 1)]
     assert w.remove_local_ref(R) == []          # entry kept: the ack is coming
     assert w.status(R) is Status.BORROWED
-    assert w.borrower_registered(R) == [SendRemoveBorrower(Q, R, 1, W)]
+    assert w.borrower_registered(R) == [ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, W)]
     assert w.is_empty()
 
 
@@ -169,7 +170,7 @@ def test_borrower_passes_ref_on_then_dies():
     assert q.summary()[0]["borrowed"] == 1
     assert q.borrow_removed(R, B, 1) == []      # late message of the dead: ignored
     assert q.stats()["dead_borrower_messages"] == 1
-    assert w.remove_local_ref(R) == [SendRemoveBorrower(Q, R, 1, W)]
+    assert w.remove_local_ref(R) == [ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, W)]
     assert q.borrow_removed(R, W, 1) == [free(R)]
     assert q.is_empty() and w.is_empty()
 
@@ -198,7 +199,7 @@ def test_return_contains_ref_owned_by_worker():
     assert s.task_finished(T1) == []
     assert s.status(Y) is Status.BORROWED
     assert s.remove_local_ref(O) == [free(O, 4), ReleaseLineage(T1),
-                                     SendRemoveBorrower(W, Y, 1, S)]
+                                     ForgetBorrowed(Y), SendRemoveBorrower(W, Y, 1, S)]
     assert w.borrow_removed(Y, S, 1) == [free(Y)]
     assert s.is_empty() and w.is_empty()
 
@@ -211,7 +212,7 @@ def test_return_contains_ref_owned_by_submitter():
     assert w.returning_refs(O, S, [X]) == []
     assert w.remove_local_ref(X) == []          # held by the outgoing reply
     assert w.register_held_refs() == []         # that hold needs no registration
-    assert w.return_sent(O) == []               # never registered: nothing to send
+    assert w.return_sent(O) == [ForgetBorrowed(X)]   # never registered: nothing to send
     assert w.return_sent(O) == []               # no-op for a return not being sent
     assert w.is_empty()
     assert s.return_received(O, [(X, S)]) == []  # before task_finished
@@ -232,7 +233,7 @@ def test_registered_worker_remove_cannot_overtake_reply():
     assert s.remove_local_ref(X) == []          # only W's registration is left
     assert w.returning_refs(O, S, [X]) == []
     assert w.remove_local_ref(X) == []          # not yet: the reply holds it
-    assert w.return_sent(O) == [SendRemoveBorrower(S, X, 1, W)]
+    assert w.return_sent(O) == [ForgetBorrowed(X), SendRemoveBorrower(S, X, 1, W)]
     assert s.return_received(O, [(X, S)]) == []  # the reply arrives first...
     assert s.borrow_removed(X, W, 1) == []      # ...then the Remove: X lives in O
     assert s.object_ready(O, 4, INLINE) == []
@@ -249,7 +250,7 @@ def test_return_contains_ref_owned_by_third_process():
     assert q.borrow_added(R, S, 1, via=W) == []     # acked before the reply
     assert q.stats()["provisional"] == 1
     assert w.remove_local_ref(R) == []
-    assert w.return_sent(O) == [SendRemoveBorrower(Q, R, 1, W)]
+    assert w.return_sent(O) == [ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, W)]
     assert q.borrow_removed(R, W, 1) == []
     assert q.remove_local_ref(R) == []          # only S holds it now
     assert s.return_received(O, [(R, Q, ("h", 1))], executor=W) == [SendConfirmBorrower(Q, R, W)]
@@ -259,7 +260,7 @@ def test_return_contains_ref_owned_by_third_process():
     assert s.task_finished(T1) == []
     assert s.summary()[1]["registrations"] == 1
     assert s.remove_local_ref(O) == [free(O, 4), ReleaseLineage(T1),
-                                     SendRemoveBorrower(Q, R, 1, S)]
+                                     ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, S)]
     assert q.borrow_removed(R, S, 1) == [free(R)]
     assert q.is_empty() and s.is_empty() and w.is_empty()
 
@@ -269,7 +270,7 @@ def test_reply_for_freed_return_gives_registrations_back():
     submit(s, T1, [])
     assert s.remove_local_ref(O) == [FreeObject(O, frozenset(), None), ReleaseLineage(T1)]
     assert s.return_received(O, [(R, Q), (Y, W), (X, S)]) == [
-        SendRemoveBorrower(Q, R, 1, S), SendRemoveBorrower(W, Y, 1, S)]
+        ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, S), ForgetBorrowed(Y), SendRemoveBorrower(W, Y, 1, S)]
     assert s.task_finished(T1) == []
     assert s.is_empty()
 
@@ -286,11 +287,11 @@ def test_task_fails_after_borrowing():
     assert s.object_failed(O, "boom") == []
     assert s.status(O) is Status.OWNED_FAILED and s.error_of(O) == "boom"
     assert s.task_finished(T1) == []
-    assert s.remove_local_ref(R) == [SendRemoveBorrower(Q, R, 1, S)]
+    assert s.remove_local_ref(R) == [ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, S)]
     assert s.remove_local_ref(O) == [FreeObject(O, frozenset(), None), ReleaseLineage(T1)]
     assert q.borrow_removed(R, S, 1) == []
     assert q.remove_local_ref(R) == []          # W still holds it
-    assert w.remove_local_ref(R) == [SendRemoveBorrower(Q, R, 1, W)]
+    assert w.remove_local_ref(R) == [ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, W)]
     assert q.borrow_removed(R, W, 1) == [free(R)]
 
 
@@ -365,11 +366,11 @@ def test_owner_died():
     assert b.process_died(Q) == [OwnerDied(R, Q), OwnerDied(X, Q)]
     assert b.status(R) is Status.OWNER_DIED and b.status(Y) is Status.BORROWED
     assert b.owner_addr(Q) is None
-    assert b.remove_local_ref(R) == []          # nothing to tell a dead owner
-    assert b.remove_local_ref(X) == []          # in-flight Add abandoned
+    assert b.remove_local_ref(R) == [ForgetBorrowed(R)]          # nothing to tell a dead owner
+    assert b.remove_local_ref(X) == [ForgetBorrowed(X)]          # in-flight Add abandoned
     assert b.add_local_ref(A, owner=Q) == [OwnerDied(A, Q)]
-    assert b.remove_local_ref(A) == []
-    assert b.remove_local_ref(Y) == []
+    assert b.remove_local_ref(A) == [ForgetBorrowed(A)]
+    assert b.remove_local_ref(Y) == [ForgetBorrowed(Y)]
     assert b.is_empty()
 
 
@@ -381,7 +382,7 @@ def test_owner_died_frees_nested_borrowed_without_messages():
     assert s.register_held_refs() == [SendAddBorrower(Q, R, S, 1)]
     assert s.borrower_registered(R) == []
     assert s.process_died(Q) == [OwnerDied(R, Q)]
-    assert s.remove_local_ref(X) == [free(X)]
+    assert s.remove_local_ref(X) == [free(X), ForgetBorrowed(R)]
     assert s.is_empty()
 
 
@@ -504,7 +505,7 @@ def test_executor_dying_after_its_reply_keeps_the_confirmed_registration():
     assert q.borrow_settled(R, S, W) == []              # confirmed: S's own now
     assert q.stats()["settled_registrations"] == 0
     assert s.remove_local_ref(O) == [free(O, 4), ReleaseLineage(T1),
-                                     SendRemoveBorrower(Q, R, 1, S)]
+                                     ForgetBorrowed(R), SendRemoveBorrower(Q, R, 1, S)]
     assert q.borrow_removed(R, S, 1) == [free(R)]
     assert q.is_empty() and s.is_empty()
 

@@ -1,7 +1,7 @@
 """Generator streams in the ownership table: exact event -> instruction sequences."""
 import pytest
 
-from gdfut.ownership import (INLINE, UNBOUNDED, FreeObject, NextRef, OwnershipError,
+from gdfut.ownership import (INLINE, UNBOUNDED, ForgetBorrowed, FreeObject, NextRef, OwnershipError,
                              ReleaseLineage, SendAddBorrower, SendRemoveBorrower, Status,
                              StreamAck, StreamEnd)
 from test_ownership import Table, borrow, free, put
@@ -137,7 +137,8 @@ def test_item_with_nested_ref_of_a_third_owner():
     assert item(s, 0, I0, nested=[(b"x", Q)]) == []
     assert s.remove_local_ref(b"x") == []              # I0 still holds x
     assert s.stream_take(T) == [NextRef(T, I0)]
-    assert s.remove_local_ref(I0) == [free(I0, 4), SendRemoveBorrower(Q, b"x", 2, S)]
+    assert s.remove_local_ref(I0) == [free(I0, 4), ForgetBorrowed(b"x"),
+                                     SendRemoveBorrower(Q, b"x", 2, S)]
 
 
 def test_dynamic_generator_items_become_the_return_contents():
