@@ -136,14 +136,27 @@ def answer():
     return 42
 
 
-def test_workers_killed_while_starting_do_not_fail_queued_tasks():
+SLOW_WORKER_START = """
+import sys, time
+if "gdfut.worker_main" in sys.orig_argv:
+    time.sleep(float({delay!r}))
+"""
+
+
+def test_workers_killed_while_starting_do_not_fail_queued_tasks(tmp_path, monkeypatch):
     """A worker killed by a signal before it registers says nothing about
     whether workers can start on that node: the queued task waits for the
-    next one instead of failing with "workers fail to start" (5 in a row)."""
+    next one instead of failing with "workers fail to start" (5 in a row).
+    Every worker start is slowed (a sitecustomize on PYTHONPATH), so the
+    kills land before registration even on a loaded machine, where a worker
+    could otherwise register and run the task before the first kill."""
     import os
     import signal
 
     import psutil
+    (tmp_path / "sitecustomize.py").write_text(SLOW_WORKER_START.format(delay=3.0))
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(
+        p for p in (str(tmp_path), os.environ.get("PYTHONPATH")) if p))
     c = Cluster()
     try:
         node = c.add_node(num_cpus=1)
