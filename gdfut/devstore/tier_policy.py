@@ -23,7 +23,9 @@ per GPU, kept by ``device_policy.DeviceTierPolicy``: it moves objects into
 and ``disk`` (spill files). Decisions:
 
 * least-recently-used unpinned sealed objects move down first (``now`` is a
-  logical clock the shell passes in); nothing pinned, unsealed or with I/O in
+  logical clock the shell passes in), those that move down without a write
+  (a restored object whose disk copy is still valid, a secondary copy)
+  before those that need one; nothing pinned, unsealed or with I/O in
   flight is ever spilled;
 * room is made for the waiting requests (creates and restores, first come
   first served) with at most ``max_spills_in_flight`` spills at a time,
@@ -183,6 +185,9 @@ class TierPolicy:
         # shell's clock is monotonic, so touch order is last-access order):
         # spill victims are found without sorting the table on every event
         self._host_lru: OrderedDict[ObjectId, _Obj] = OrderedDict()
+        # the part of it that moves down without a write (a valid disk copy,
+        # or a secondary copy): victims are taken from here first
+        self._clean_lru: OrderedDict[ObjectId, _Obj] = OrderedDict()
         self._queue: deque[_Request] = deque()
         # creates still queued: oid -> (primary, last access, sequence)
         self._pending_meta: dict[ObjectId, tuple[bool, int, int]] = {}
@@ -212,6 +217,7 @@ class TierPolicy:
         obj = self._objects.get(oid)
         if obj is not None and not obj.freed:
             obj.primary = True
+            self._sync(obj)
         return []
 
     def reserved(self, size: int, tier: str) -> int:
@@ -419,6 +425,8 @@ class TierPolicy:
         obj.seq = self._seq
         if obj.oid in self._host_lru:
             self._host_lru.move_to_end(obj.oid)
+        if obj.oid in self._clean_lru:
+            self._clean_lru.move_to_end(obj.oid)
 
     def _sync(self, obj: _Obj) -> None:
         """Keep ``_host_lru`` = the live objects readable in the host tier
@@ -427,8 +435,16 @@ class TierPolicy:
                 and self._objects.get(obj.oid) is obj:
             if obj.oid not in self._host_lru:
                 self._host_lru[obj.oid] = obj
+            clean = obj.on_disk or not obj.primary
+            if clean and obj.oid not in self._clean_lru:
+                # order among the clean ones: as in _host_lru (a restored
+                # object is touched when its reader pins it)
+                self._clean_lru[obj.oid] = obj
+            elif not clean:
+                self._clean_lru.pop(obj.oid, None)
         else:
             self._host_lru.pop(obj.oid, None)
+            self._clean_lru.pop(obj.oid, None)
 
     def _free(self, tier: str) -> int:
         return self.capacity[tier] - self.used[tier]
@@ -451,6 +467,7 @@ class TierPolicy:
     def _remove(self, oid: ObjectId) -> list:
         obj = self._objects.pop(oid)
         self._host_lru.pop(oid, None)
+        self._clean_lru.pop(oid, None)
         out = []
         for tier, present in ((HOST, obj.on_host), (DISK, obj.on_disk)):
             if present:
@@ -513,6 +530,7 @@ class TierPolicy:
             elif not obj.primary:
                 self._objects.pop(oid)
                 self._host_lru.pop(oid)
+                self._clean_lru.pop(oid)
                 self.used[HOST] -= host
                 self.totals["evicted_objects"] += 1
                 out.append(Evict(oid))
@@ -526,22 +544,34 @@ class TierPolicy:
         return out
 
     def _victims(self, deficit: int) -> list:
-        """Least recently used movable objects covering ``deficit`` bytes, as
-        far as spill slots and disk room allow (secondaries need neither)."""
+        """Movable objects covering ``deficit`` bytes: first the least
+        recently used of those that move down without a write (a restored
+        object whose disk copy is still valid, a secondary copy), then the
+        least recently used of the others, as far as spill slots and disk
+        room allow. Dropping a clean copy costs no I/O now and at most a read
+        later; spilling a dirty one costs a write now, on the path of the
+        request that waits (a sequential scan of spilled data would otherwise
+        write the unread objects out to make room for the read ones)."""
         picked = []
+        for oid, obj in self._clean_lru.items():
+            if deficit <= 0:
+                return picked
+            if obj.state != _SEALED or obj.pins or obj.freed:
+                continue
+            picked.append((oid, obj))
+            deficit -= self.reserved(obj.size, HOST)
         slots = self._max_spills - self._spilling
         disk_free = self._free(DISK)
         for oid, obj in self._host_lru.items():
             if deficit <= 0 or slots == 0:
                 break
-            if obj.state != _SEALED or obj.pins or obj.freed:
+            if obj.state != _SEALED or obj.pins or obj.freed or oid in self._clean_lru:
                 continue
-            if obj.primary and not obj.on_disk:
-                disk = self.reserved(obj.size, DISK)
-                if disk > disk_free:
-                    continue
-                slots -= 1
-                disk_free -= disk
+            disk = self.reserved(obj.size, DISK)
+            if disk > disk_free:
+                continue
+            slots -= 1
+            disk_free -= disk
             picked.append((oid, obj))
             deficit -= self.reserved(obj.size, HOST)
         return picked
@@ -597,3 +627,5 @@ class TierPolicy:
                                        if o.on_host and o.state != _RESTORING
                                        and not o.spill_failed}
         assert all(self._objects[oid] is o for oid, o in self._host_lru.items())
+        assert set(self._clean_lru) == {oid for oid, o in self._host_lru.items()
+                                        if o.on_disk or not o.primary}

@@ -135,6 +135,54 @@ def test_pin_of_spilled_object_restores_it_first():
     p.validate()
 
 
+def test_clean_copies_are_dropped_before_dirty_ones_are_written():
+    """A sequential read of spilled data: the restored objects (disk copy
+    still valid) make room for the next restores, not the unread objects
+    that would have to be written out first (even though those are LRU)."""
+    p = policy(host=3 * MB)
+    put(p, "a", now=1)
+    put(p, "b", now=2)
+    put(p, "c", now=3)
+    assert p.create("r", "d", MB, now=4)[1:] == [Spill("a", MB)]
+    assert p.spill_done("a") == [Delete("a", HOST), Grant("r", "d", MB)]
+    p.sealed("d", 5)
+    assert p.create("r2", "e", MB, now=6)[1:] == [Spill("b", MB)]
+    assert p.spill_done("b") == [Delete("b", HOST), Grant("r2", "e", MB)]
+    p.sealed("e", 7)
+    # read a back: c is the LRU object and dirty, so it is written
+    assert p.access("a", now=8) == [Spill("c", MB)]
+    assert p.spill_done("c") == [Delete("c", HOST), Restore("a", MB)]
+    assert p.restore_done("a", pins=1) == []
+    p.unpinned("a")
+    # read b back: a is the most recently used, but clean: dropped, no write,
+    # and d and e (dirty, older) stay in memory
+    assert p.access("b", now=9) == [Delete("a", HOST), Restore("b", MB)]
+    assert p.tier_of("d") == HOST and p.tier_of("e") == HOST
+    assert p.stats()["spills_in_flight"] == 0
+    p.validate()
+    # a pinned clean copy is never dropped: the dirty LRU object is written
+    assert p.restore_done("b", pins=1) == []
+    assert p.access("a", now=10) == [Spill("d", MB)]
+    p.validate()
+
+
+def test_secondary_copy_is_evicted_before_a_primary_is_spilled():
+    p = policy(host=2 * MB)
+    put(p, "a", now=1)
+    put(p, "copy", now=2, primary=False)
+    assert p.create("r", "b", MB, now=3) == [Evict("copy"), Grant("r", "b", MB)]
+    assert p.tier_of("a") == HOST
+    p.validate()
+    # a copy that became the primary (a task's output written again) is
+    # dirty: the LRU primary is spilled, the copy is not evicted
+    p2 = policy(host=2 * MB)
+    put(p2, "a", now=1)
+    put(p2, "copy", now=2, primary=False)
+    p2.make_primary("copy")
+    assert p2.create("r", "b", MB, now=3) == [Wait("r", "b", MB), Spill("a", MB)]
+    p2.validate()
+
+
 def test_free_deletes_from_every_tier_and_waits_for_io():
     p = policy(host=MB)
     put(p, "a")
