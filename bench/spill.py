@@ -12,6 +12,10 @@ the get phase. The reference, measured in the same run in the same
 directory, is a plain sequential ``os.pwrite`` of the same bytes in chunks
 of the same size to one file, and ``os.preadv`` of them back (neither side
 calls fsync: both measure what the filesystem does with the same calls).
+Each measured write phase starts from the same state: an untimed
+``os.sync()`` first writes back the dirty pages left by the phase before (the
+reference's 4 GiB would otherwise still be flushing and throttle the spills
+that follow it, or the other way round).
 The figures quoted are the ratios to that reference. GB = 1e9 bytes.
 
 ``--compare ray`` runs the same program on Ray in the same run (Ray's
@@ -44,6 +48,7 @@ def reference(directory: str, total: int, chunk: int) -> tuple[float, float]:
     path = os.path.join(directory, "reference.bin")
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
     try:
+        os.sync()                 # untimed: start with no dirty backlog
         t0 = time.perf_counter()
         for off in range(0, total, chunk):
             os.pwrite(fd, buf, off)
@@ -65,6 +70,7 @@ def through_gdfut(directory: str, total: int, host: int, chunk: int) -> dict:
     try:
         rt = runtime_context.require()
         count = total // chunk
+        os.sync()                 # untimed: start with no dirty backlog
         t0 = time.perf_counter()
         refs = [gdfut.put(np.full(chunk, i % 251, dtype=np.uint8)) for i in range(count)]
         put_s = time.perf_counter() - t0
@@ -104,6 +110,7 @@ def through_ray(directory: str, total: int, host: int, chunk: int) -> dict:
                    object_spilling_directory=spill_dir)
     try:
         count = total // chunk
+        os.sync()                 # untimed: start with no dirty backlog
         t0 = time.perf_counter()
         refs = [ray.put(np.full(chunk, i % 251, dtype=np.uint8)) for i in range(count)]
         put_s = time.perf_counter() - t0

@@ -32,7 +32,9 @@ and ``disk`` (spill files). Decisions:
   counting bytes already being spilled, so a create waits for spills in
   flight instead of failing; spilling starts once the host tier is fuller
   than ``spill_threshold`` (0.8, as Ray's ``object_spilling_threshold``), so
-  writers usually find room made ahead of them;
+  writers usually find room made ahead of them (while spilled data is read
+  back, i.e. the last request was a restore, only clean copies are dropped
+  ahead of need: a dirty object written out then would be one more to read);
 * a pin of a spilled object restores it first (``access``), and the restore
   hands the waiting pins over atomically (``restore_done(oid, pins)``) so a
   restored object is never picked for spilling before its reader has it;
@@ -191,6 +193,10 @@ class TierPolicy:
         self._queue: deque[_Request] = deque()
         # creates still queued: oid -> (primary, last access, sequence)
         self._pending_meta: dict[ObjectId, tuple[bool, int, int]] = {}
+        # the last request for host room was a restore: a node reading
+        # spilled data back spills ahead of need (to the threshold) only what
+        # moves down without a write (see _make_room)
+        self._reading = False
         self._spilling = 0          # spills in flight
         self._spilling_bytes = 0    # host bytes they will give back
         self._seq = 0
@@ -242,6 +248,7 @@ class TierPolicy:
         if host_need > self.capacity[HOST]:
             return [self._create_on_disk(req, oid, size, primary, now)]
         self._queue.append(_Request(req, oid, size, restore=False, extra=0))
+        self._reading = False
         self._seq += 1
         self._pending_meta[oid] = (primary, now, self._seq)
         out = self._progress()
@@ -350,6 +357,7 @@ class TierPolicy:
         if obj.on_host or obj.direct or any(r.oid == oid for r in self._queue):
             return []
         self._queue.append(_Request(("restore", oid), oid, obj.size, restore=True))
+        self._reading = True
         return self._progress()
 
     def freed(self, oid: ObjectId) -> list:
@@ -517,13 +525,20 @@ class TierPolicy:
 
     def _make_room(self) -> list:
         # host bytes that would be in use once the waiting requests got theirs
-        # and the spills in flight ended, over the threshold
-        deficit = sum(self.reserved(r.size, HOST) + r.extra for r in self._queue) \
-            + self.used[HOST] - self._spilling_bytes - self._threshold
+        # and the spills in flight ended
+        pending = sum(self.reserved(r.size, HOST) + r.extra for r in self._queue) \
+            + self.used[HOST] - self._spilling_bytes
+        # room is made down to the threshold, so writers find it made ahead
+        # of them; but while spilled data is read back (the last request
+        # was a restore) only clean copies go ahead of need: a dirty
+        # object written out now would be one more to read back (a sequential
+        # read of spilled data spilled the unread objects it was about to read)
+        deficit = pending - self._threshold
+        dirty_deficit = pending - (self.capacity[HOST] if self._reading else self._threshold)
         if deficit <= 0:
             return []
         out = []
-        for oid, obj in self._victims(deficit):
+        for oid, obj in self._victims(deficit, dirty_deficit):
             host = self.reserved(obj.size, HOST)
             if obj.on_disk:            # restored earlier: its disk copy is still there
                 out += self._drop(obj, oid, HOST)
@@ -543,27 +558,30 @@ class TierPolicy:
                 out.append(Spill(oid, obj.size))
         return out
 
-    def _victims(self, deficit: int) -> list:
+    def _victims(self, deficit: int, dirty_deficit: int | None = None) -> list:
         """Movable objects covering ``deficit`` bytes: first the least
         recently used of those that move down without a write (a restored
-        object whose disk copy is still valid, a secondary copy), then the
-        least recently used of the others, as far as spill slots and disk
-        room allow. Dropping a clean copy costs no I/O now and at most a read
-        later; spilling a dirty one costs a write now, on the path of the
-        request that waits (a sequential scan of spilled data would otherwise
-        write the unread objects out to make room for the read ones)."""
-        picked = []
+        object whose disk copy is still valid, a secondary copy), then, up to
+        ``dirty_deficit`` bytes (default ``deficit``), the least recently used
+        of the others, as far as spill slots and disk room allow. Dropping a
+        clean copy costs no I/O now and at most a read later; spilling a dirty
+        one costs a write now, on the path of the request that waits (a
+        sequential read of spilled data would otherwise write the unread
+        objects out to make room for the read ones)."""
+        if dirty_deficit is None:
+            dirty_deficit = deficit
+        picked, freed = [], 0
         for oid, obj in self._clean_lru.items():
-            if deficit <= 0:
+            if freed >= deficit:
                 return picked
             if obj.state != _SEALED or obj.pins or obj.freed:
                 continue
             picked.append((oid, obj))
-            deficit -= self.reserved(obj.size, HOST)
+            freed += self.reserved(obj.size, HOST)
         slots = self._max_spills - self._spilling
         disk_free = self._free(DISK)
         for oid, obj in self._host_lru.items():
-            if deficit <= 0 or slots == 0:
+            if freed >= dirty_deficit or slots == 0:
                 break
             if obj.state != _SEALED or obj.pins or obj.freed or oid in self._clean_lru:
                 continue
@@ -573,7 +591,7 @@ class TierPolicy:
             slots -= 1
             disk_free -= disk
             picked.append((oid, obj))
-            deficit -= self.reserved(obj.size, HOST)
+            freed += self.reserved(obj.size, HOST)
         return picked
 
     def _full_message(self, r: _Request) -> str:

@@ -261,6 +261,29 @@ def test_spilling_starts_above_the_threshold():
     p.validate()
 
 
+def test_reading_back_spills_no_dirty_object_ahead_of_need():
+    """Above the threshold, writers make the policy spill ahead; a restore
+    only makes the room it needs (clean copies still go ahead of need)."""
+    p = policy(host=4 * MB, spill_threshold=0.5)
+    put(p, "a", now=1)
+    assert p.create("r", "b", MB, now=2) == [Grant("r", "b", MB)]
+    p.sealed("b", 2)
+    # a third object goes over the threshold (2 MB): a is spilled ahead
+    assert p.create("r2", "c", MB, now=3) == [Grant("r2", "c", MB), Spill("a", MB)]
+    assert p.spill_done("a") == [Delete("a", HOST)]
+    p.sealed("c", 3)
+    # reading a back: it fits (3 MB of 4), nothing dirty is written ahead
+    assert p.access("a", now=4) == [Restore("a", MB)]
+    assert p.restore_done("a", pins=1) == []
+    assert p.stats()["spills_in_flight"] == 0
+    # unpinned, clean a goes ahead of need (3 MB > 2 MB); dirty b and c stay
+    assert p.unpinned("a") == [Delete("a", HOST)]
+    assert p.tier_of("b") == HOST and p.tier_of("c") == HOST
+    # a create: dirty objects are spilled ahead again
+    assert p.create("r3", "x", MB, now=5) == [Grant("r3", "x", MB), Spill("b", MB)]
+    p.validate()
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="capacities"):
         TierPolicy(-1, 0)
