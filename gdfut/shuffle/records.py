@@ -66,8 +66,18 @@ def _bswap32(w):
 
 def key_words(rec):
     """The 10-byte key as (hi, lo): bytes 0-7 as a big-endian uint64 and bytes
-    8-9 as a big-endian uint16, so (hi, lo) order is memcmp order. Read from
-    the uint32 view (no strided copy of the key bytes)."""
+    8-9 as a big-endian uint16 (in a uint32), so (hi, lo) order is memcmp
+    order. On numpy: the key bytes copied out (18 of every 100 bytes) and
+    byte-swapped, about 6x faster than the shifts; on a device (cupy has no
+    byteswap) from the uint32 view with shifts."""
+    xp = kernels.xp(rec)
+    if xp is np:
+        n = rec.shape[0]
+        hi = np.ascontiguousarray(rec[:, 0:8]).view(np.uint64).reshape(n)
+        if np.little_endian:
+            hi = hi.byteswap()
+        lo = np.ascontiguousarray(rec[:, 8:KEY_SIZE]).view(">u2").reshape(n).astype(np.uint32)
+        return hi, lo
     w = words32(rec)
     hi = (_bswap32(w[:, 0]).astype(np.uint64) << np.uint64(32)) | _bswap32(w[:, 1])
     w2 = w[:, 2]
@@ -100,19 +110,40 @@ def concat(blocks, xp=None):
     return xp.concatenate(blocks, axis=0)
 
 
+HASH_CHUNK = 16384      # records per step of the numpy hash: its uint64 copy stays in cache
+
+
+def _hash_consts():
+    return (np.arange(RECORD_SIZE // 4, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) \
+        * np.uint64(_H_MUL)
+
+
+def _mix(h) -> None:
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(_H_MIX)
+    h ^= h >> np.uint64(29)
+
+
 def record_hashes(rec):
     """A 64-bit hash of every record: its 25 uint32 words times distinct odd
-    constants, summed, then mixed (a matrix-vector product: one pass)."""
+    constants, summed, then mixed (a matrix-vector product: one pass). On
+    numpy in chunks of HASH_CHUNK records, so the words' uint64 copy and the
+    mixing stay in cache (about 2x faster than one product over all)."""
     xp = kernels.xp(rec)
     n = rec.shape[0]
     if n == 0:
         return xp.zeros(0, dtype=np.uint64)
-    consts = (np.arange(RECORD_SIZE // 4, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) \
-        * np.uint64(_H_MUL)
-    h = words32(rec) @ xp.asarray(consts)
-    h ^= h >> np.uint64(31)
-    h *= np.uint64(_H_MIX)
-    h ^= h >> np.uint64(29)
+    consts = _hash_consts()
+    w = words32(rec)
+    if xp is not np:
+        h = w @ xp.asarray(consts)
+        _mix(h)
+        return h
+    h = np.empty(n, dtype=np.uint64)
+    for s in range(0, n, HASH_CHUNK):
+        part = h[s:s + HASH_CHUNK]
+        np.matmul(w[s:s + HASH_CHUNK].astype(np.uint64), consts, out=part)
+        _mix(part)
     return h
 
 
