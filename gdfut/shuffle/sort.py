@@ -72,7 +72,8 @@ def split_records(total: int, maps: int) -> list[int]:
 
 def run_sort(gib: float, maps: int, reducers: int, strategy: str = "simple", *,
              output_dir: str | None = None, seed: int = 0, skew: float = 0.0,
-             merge_factor: int = 4, gpus_per_task: float = 0, progress: bool | None = None,
+             merge_factor: int = 4, max_reducer_blocks: int | None = None,
+             gpus_per_task: float = 0, progress: bool | None = None,
              records: int | None = None, sorted_merges: bool = False,
              after_sort=None) -> dict:
     """One sort on the running cluster; returns the report (``ok`` etc.).
@@ -92,7 +93,8 @@ def run_sort(gib: float, maps: int, reducers: int, strategy: str = "simple", *,
     t0 = time.perf_counter()
     out = shuffle(inputs, None, reduce_sorted if output_dir else reduce_summary, reducers,
                   "range", strategy, merge_fn=merge_sorted if sorted_merges else None,
-                  merge_factor=merge_factor, output_dir=output_dir, progress=progress,
+                  merge_factor=merge_factor, max_reducer_blocks=max_reducer_blocks,
+                  output_dir=output_dir, progress=progress,
                   map_options=opts, merge_options=opts, reduce_options=opts)
     results = gdfut.get(list(out))
     sort_s = time.perf_counter() - t0
@@ -132,6 +134,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--strategy", choices=("simple", "push", "riffle"), default="simple")
     ap.add_argument("--merge-factor", type=int, default=4,
                     help="maps per merge (push, riffle)")
+    ap.add_argument("--max-reducer-blocks", type=int, default=None,
+                    help="push: merge rounds only while a reducer would read more blocks "
+                         "than this (default: 0 on several nodes, 256 on one)")
     ap.add_argument("--sorted-merges", action="store_true",
                     help="merges sort their output too (default: they concatenate)")
     ap.add_argument("--num-cpus", type=float, default=None)
@@ -187,6 +192,7 @@ def main(argv=None) -> int:
     try:
         rep = run_sort(a.gib, a.maps, a.reducers, a.strategy, output_dir=a.output_dir,
                        seed=a.seed, skew=a.skew, merge_factor=a.merge_factor,
+                       max_reducer_blocks=a.max_reducer_blocks,
                        gpus_per_task=a.gpus_per_task,
                        progress=False if (a.no_progress or a.json) else None,
                        records=a.records, sorted_merges=a.sorted_merges)
