@@ -144,6 +144,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--spill-dir", default=None, metavar="DIR")
     ap.add_argument("--address", default=None, metavar="HOST:PORT",
                     help="join this cluster instead of starting one")
+    ap.add_argument("--session-dir", default=None, metavar="DIR",
+                    help="with --address: the cluster's session directory (its token); "
+                         "default: the latest session on this machine")
     ap.add_argument("--output-dir", default=None, metavar="DIR",
                     help="write sorted partitions here (validated from the files)")
     ap.add_argument("--gpus-per-task", type=float, default=0,
@@ -166,6 +169,8 @@ def _check_args(ap, a) -> None:
     if a.address and (a.num_cpus is not None or a.object_store_memory or a.spill_dir):
         ap.error("--num-cpus, --object-store-memory and --spill-dir apply to the cluster this "
                  "command starts; with --address the running cluster's settings hold")
+    if a.session_dir and not a.address:
+        ap.error("--session-dir names the session of the cluster --address joins")
 
 
 def _print_report(rep: dict) -> None:
@@ -185,7 +190,7 @@ def main(argv=None) -> int:
     _check_args(ap, a)
     import gdfut
     if a.address:
-        gdfut.init(address=a.address, log_to_driver=True)
+        gdfut.init(address=a.address, session_dir=a.session_dir, log_to_driver=True)
     else:
         gdfut.init(num_cpus=a.num_cpus, object_store_memory=a.object_store_memory,
                    spill_dir=a.spill_dir)
