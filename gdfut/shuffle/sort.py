@@ -49,8 +49,11 @@ def merge_sorted(blocks):
 
 
 def reduce_summary(blocks, reducer: int) -> dict:
+    """Sort and summarize; the concatenated and sorted records live in buffers
+    the process reuses (only the summary leaves), so they cost no page faults."""
     from gdfut.shuffle import records
-    return records.summarize(records.sort_records(records.concat(blocks)), reducer)
+    rec = records.concat(blocks, scratch_slot="reduce-in")
+    return records.summarize(records.sort_records(rec, scratch_slot="reduce-out"), reducer)
 
 
 def reduce_sorted(blocks, reducer: int):

@@ -136,3 +136,19 @@ def test_key_words_and_checksum_keep_their_definition():
     expected = [mix(sum(int(w) * c for w, c in zip(row, consts)) & mask) for row in words]
     assert [int(h) for h in R.record_hashes(rec)] == expected
     assert R.checksum(rec) == sum(expected) & mask
+
+
+def test_reduce_summary_reuses_its_buffers_and_stays_correct():
+    """The reducer's concatenated and sorted records go into per-thread
+    buffers reused by the next call; each call's summary is still its own."""
+    from gdfut.shuffle.sort import reduce_summary
+    parts = [partitions(R.generate(m, 3000, seed=2), 3) for m in range(4)]
+    first = [reduce_summary([p[r] for p in parts], r) for r in range(3)]
+    buf = R._scratch.__dict__["reduce-out"]
+    again = [reduce_summary([p[r] for p in parts], r) for r in range(3)]
+    assert R._scratch.__dict__["reduce-out"] is buf            # reused, not reallocated
+    expected = [R.summarize(R.sort_records(R.concat([p[r] for p in parts])), r)
+                for r in range(3)]
+    assert first == again == expected
+    assert all(s["sorted"] and s["intact"] for s in first)
+    assert R.scratch("x", (R.SCRATCH_MAX_BYTES + 1,)) is None     # too large: not kept
