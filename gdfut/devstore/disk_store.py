@@ -233,6 +233,9 @@ class DiskStore:
         self.layout = SpillLayout(max_file_bytes, streams=io_threads)
         self._fds: dict[int, int] = {}
         self._pool = ThreadPoolExecutor(max_workers=io_threads, thread_name_prefix="gdfut-spill")
+        # hole punches get a thread of their own: a slow punch must not hold
+        # an I/O thread a restore is waiting for
+        self._punch_pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="gdfut-punch")
         self._io_on: dict[int, int] = {}     # file -> reads/writes in flight on it
         self._doomed: set[int] = set()       # emptied files waiting for their I/O to end
         self.can_punch = True
@@ -339,6 +342,7 @@ class DiskStore:
         if self._closed:
             return
         self._closed = True
+        self._punch_pool.shutdown(wait=True, cancel_futures=True)
         self._pool.shutdown(wait=True, cancel_futures=True)
         for fd in self._fds.values():
             os.close(fd)
@@ -391,7 +395,7 @@ class DiskStore:
             self._punched(length, punch_hole(fd, where.offset, length))
             return
         self._io_on[where.file_no] = self._io_on.get(where.file_no, 0) + 1
-        fut = loop.run_in_executor(self._pool, punch_hole, fd, where.offset, length)
+        fut = loop.run_in_executor(self._punch_pool, punch_hole, fd, where.offset, length)
         self._punches.add(fut)
         fut.add_done_callback(lambda f: self._punch_ended(f, where.file_no, length))
 
