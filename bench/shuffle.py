@@ -431,7 +431,7 @@ def main(argv=None) -> int:
             runs = run_limit(p, args.repeat, os.cpu_count() or 1)
             res["systems"]["limit"] = {"status": "ok", "runs": runs, "summary": summary(runs)}
             _show(w, "limit", res["systems"]["limit"])
-        jobs = [("gdfut", s) for s in args.strategies.split(",")] + [(o, "simple") for o in others]
+        jobs = [("gdfut", s) for s in args.strategies.split(",") if s] + [(o, "simple") for o in others]
         for system, strategy in jobs:
             key = f"gdfut-{strategy}" if system == "gdfut" else system
             r = spawn(system, w, strategy, args.repeat, args.quick, args.timeout)

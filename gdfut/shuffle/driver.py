@@ -14,6 +14,10 @@ from gdfut.shuffle.progress import ShuffleProgress
 
 WAIT_S = 0.5            # longest the loop sleeps in wait() before polling stats
 STATS_EVERY_S = 1.0     # node stats come with the 1 s heartbeat: no use polling faster
+# push on one node: a merge copies blocks the reducer could read in place from
+# the same store, so rounds are merged only while a reducer would read more
+# blocks than this (per-object costs: a pin and a store entry each)
+ONE_NODE_MAX_REDUCER_BLOCKS = 256
 
 
 @dataclass
@@ -85,7 +89,8 @@ def _affinity(node: str | None, spread: bool, soft: bool = True) -> dict:
 
 def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
             strategy: str = "simple", *, merge_fn=None, map_parallelism: int | None = None,
-            merge_factor: int = 4, output_dir: str | None = None, progress: bool | None = None,
+            merge_factor: int = 4, max_reducer_blocks: int | None = None,
+            output_dir: str | None = None, progress: bool | None = None,
             placement: str = "soft", map_options: dict | None = None,
             merge_options: dict | None = None, reduce_options: dict | None = None) -> ShuffleOutput:
     """Shuffle ``inputs`` into ``num_reducers`` partitions and reduce each.
@@ -97,7 +102,11 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
     'hash', KeyRange, Hash or a function returning partition ids).
     ``reduce_fn(blocks, reducer) -> result`` gets the blocks of one reducer
     (for push and riffle, merged by ``merge_fn(blocks) -> block``, default
-    concatenation). ``output_dir``: each reducer's result (an array or bytes)
+    concatenation). ``max_reducer_blocks`` (push): rounds are merged only while
+    a reducer would otherwise read more blocks than this; default 0 (merge
+    every round) on several nodes and ONE_NODE_MAX_REDUCER_BLOCKS on one,
+    where merging copies blocks the reducer reads in place anyway, so push
+    with fewer maps runs as simple there. ``output_dir``: each reducer's result (an array or bytes)
     is written to ``output_dir/part-RRRRR`` and its ref resolves to that path.
     ``map_parallelism``: maps in flight at once (default: twice the cluster's CPUs).
     ``placement``: how merges (push: on their reducer's node; riffle: on
@@ -125,8 +134,10 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
         os.makedirs(output_dir, exist_ok=True)
     nodes = _alive_nodes()
     spread = len(nodes) > 1
+    if max_reducer_blocks is None:
+        max_reducer_blocks = 0 if spread else ONE_NODE_MAX_REDUCER_BLOCKS
     planner = ShufflePlanner(len(inputs), num_reducers, strategy, map_parallelism=map_parallelism,
-                             merge_factor=merge_factor,
+                             merge_factor=merge_factor, max_reducer_blocks=max_reducer_blocks,
                              reducer_nodes=[nodes[r % len(nodes)] for r in range(num_reducers)]
                              if strategy == "push" and nodes else [])
     run = _Run(planner, inputs, map_fn, part, merge_fn, reduce_fn, output_dir,

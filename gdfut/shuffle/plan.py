@@ -10,6 +10,11 @@ Strategies (Exoshuffle's, SIGCOMM'23):
 - ``push``: each time ``merge_factor`` maps have finished (a round), one merge
   task per reducer r combines block r of those maps, placed on reducer r's
   node; reduce r then reads one block per round instead of one per map.
+  Rounds are merged only while a reducer would otherwise read more than
+  ``max_reducer_blocks`` blocks (0: merge every round, the multi-node
+  default). On one node a merge only copies blocks the reducer could read
+  in place, so there the driver sets a high limit and push without enough
+  maps to pass it runs as simple: no merges, reduces submitted as early.
 - ``riffle``: map outputs are pre-merged on the map side: each time
   ``merge_factor`` maps have finished on the same node, one merge task on that
   node combines all R blocks of those maps into R larger blocks.
@@ -55,6 +60,7 @@ class ShufflePlanner:
     merge_factor: int = 4
     max_merges_in_flight: int | None = None
     reducer_nodes: list = field(default_factory=list)   # push: node of each reducer
+    max_reducer_blocks: int = 0         # push: merge rounds while reducers read more
 
     def __post_init__(self):
         if self.strategy not in STRATEGIES:
@@ -67,6 +73,10 @@ class ShufflePlanner:
         if self.max_merges_in_flight is None:
             per_round = self.num_reducers if self.strategy == "push" else 1
             self.max_merges_in_flight = 2 * max(per_round, self.map_parallelism)
+        if isinstance(self.max_reducer_blocks, bool) or \
+                not isinstance(self.max_reducer_blocks, int) or self.max_reducer_blocks < 0:
+            raise ValueError(f"max_reducer_blocks must be an int >= 0, "
+                             f"got {self.max_reducer_blocks!r}")
         if self.strategy == "push" and self.reducer_nodes and \
                 len(self.reducer_nodes) != self.num_reducers:
             raise ValueError("reducer_nodes needs one node per reducer")
@@ -80,6 +90,7 @@ class ShufflePlanner:
         self.reduces: dict[int, SubmitReduce] = {}
         self.reduces_done: set[int] = set()
         self.direct: list[int] = []              # maps the reducers read unmerged
+        self.reducer_blocks = self.num_maps      # push: blocks each reducer reads so far
 
     # ---- events ----
     def start(self) -> list:
@@ -90,7 +101,7 @@ class ShufflePlanner:
         self.maps_in_flight.discard(map_index)
         self.maps_done.add(map_index)
         out = []
-        if self.strategy != "simple":
+        if self.strategy != "simple" and not self.reduces and self._merging():
             key = node if self.strategy == "riffle" else None
             group = self.unmerged.setdefault(key, [])
             group.append(map_index)
@@ -126,21 +137,30 @@ class ShufflePlanner:
             out.append(SubmitMap(self.next_map))
             self.next_map += 1
         if not self.reduces and self.next_map == self.num_maps:
-            if self.strategy == "simple":
-                self.direct = list(range(self.num_maps))
+            if self.strategy == "simple" or not self._merging():
+                merged = {x for m in self.merges.values() for x in m.maps}
+                self.direct = [m for m in range(self.num_maps) if m not in merged]
+                self.unmerged.clear()
                 out += self._reduce()
             elif not self.maps_in_flight:
                 for key in list(self.unmerged):
                     group = self.unmerged.pop(key)
-                    if len(group) >= 2:
+                    if len(group) >= 2 and self._merging():
                         out += self._merge(group, key)
                     else:
                         self.direct += group
                 out += self._reduce()
         return out
 
+    def _merging(self) -> bool:
+        """Whether merges still pay: riffle always; push while a reducer would
+        read more than max_reducer_blocks blocks."""
+        return self.strategy == "riffle" or self.reducer_blocks > self.max_reducer_blocks
+
     def _merge(self, group: list, key) -> list:
         maps = tuple(sorted(group))
+        if self.strategy == "push":
+            self.reducer_blocks -= len(maps) - 1
         reducers = range(self.num_reducers) if self.strategy == "push" else [None]
         out = []
         for r in reducers:

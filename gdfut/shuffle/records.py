@@ -13,6 +13,8 @@ the sum over the output, which catches a corrupted, lost or duplicated record.
 """
 from __future__ import annotations
 
+import threading
+
 import numpy as np
 
 from gdfut import kernels
@@ -66,8 +68,18 @@ def _bswap32(w):
 
 def key_words(rec):
     """The 10-byte key as (hi, lo): bytes 0-7 as a big-endian uint64 and bytes
-    8-9 as a big-endian uint16, so (hi, lo) order is memcmp order. Read from
-    the uint32 view (no strided copy of the key bytes)."""
+    8-9 as a big-endian uint16 (in a uint32), so (hi, lo) order is memcmp
+    order. On numpy: the key bytes copied out (18 of every 100 bytes) and
+    byte-swapped, about 6x faster than the shifts; on a device (cupy has no
+    byteswap) from the uint32 view with shifts."""
+    xp = kernels.xp(rec)
+    if xp is np:
+        n = rec.shape[0]
+        hi = np.ascontiguousarray(rec[:, 0:8]).view(np.uint64).reshape(n)
+        if np.little_endian:
+            hi = hi.byteswap()
+        lo = np.ascontiguousarray(rec[:, 8:KEY_SIZE]).view(">u2").reshape(n).astype(np.uint32)
+        return hi, lo
     w = words32(rec)
     hi = (_bswap32(w[:, 0]).astype(np.uint64) << np.uint64(32)) | _bswap32(w[:, 1])
     w2 = w[:, 2]
@@ -75,9 +87,33 @@ def key_words(rec):
     return hi, lo
 
 
-def sort_records(rec):
+SCRATCH_MAX_BYTES = 256 << 20     # largest reusable buffer kept per slot and thread
+_scratch = threading.local()
+
+
+def scratch(slot: str, shape: tuple):
+    """A uint8 array of ``shape`` in a buffer this thread reuses for ``slot``
+    (None when larger than SCRATCH_MAX_BYTES). Fresh arrays of 100s of MB cost
+    a page fault per 4 KiB on every use (about 0.6 s of system time per GB
+    here); a reused one does not. Only for results that do not escape the
+    caller: the next call with the same slot overwrites it."""
+    nbytes = 1
+    for d in shape:
+        nbytes *= int(d)
+    if nbytes > SCRATCH_MAX_BYTES:
+        return None
+    buf = getattr(_scratch, slot, None)
+    if buf is None or buf.size < nbytes:
+        grow = min(SCRATCH_MAX_BYTES, nbytes + nbytes // 8)     # room for the next one
+        buf = np.empty(grow, dtype=np.uint8)
+        setattr(_scratch, slot, buf)
+    return buf[:nbytes].reshape(shape)
+
+
+def sort_records(rec, scratch_slot: str | None = None):
     """Records in key order. The 64-bit prefix decides almost always (argsort is
-    SIMD-fast); only when two prefixes tie does a full lexsort run."""
+    SIMD-fast); only when two prefixes tie does a full lexsort run.
+    ``scratch_slot``: the result goes into that reused buffer (see scratch)."""
     xp = kernels.xp(rec)
     if rec.shape[0] < 2:
         return rec
@@ -86,10 +122,15 @@ def sort_records(rec):
     shi = hi[order]
     if bool((shi[1:] == shi[:-1]).any()):
         order = xp.lexsort(xp.stack([lo, hi]))
+    out = scratch(scratch_slot, rec.shape) if scratch_slot and xp is np and \
+        rec.dtype == np.uint8 else None
+    if out is not None:
+        return np.take(rec, order, axis=0, out=out, mode="clip")   # "raise" buffers: a copy
     return xp.take(rec, order, axis=0)
 
 
-def concat(blocks, xp=None):
+def concat(blocks, xp=None, scratch_slot: str | None = None):
+    """The blocks as one array; ``scratch_slot``: into that reused buffer."""
     blocks = [b for b in blocks if b is not None]
     if xp is None:
         xp = kernels.xp(blocks[0]) if blocks else np
@@ -97,22 +138,47 @@ def concat(blocks, xp=None):
         return empty(xp)
     if len(blocks) == 1:
         return blocks[0]
+    if scratch_slot and xp is np and all(b.dtype == np.uint8 and b.ndim == 2 for b in blocks):
+        out = scratch(scratch_slot, (sum(b.shape[0] for b in blocks), blocks[0].shape[1]))
+        if out is not None:
+            return np.concatenate(blocks, axis=0, out=out)
     return xp.concatenate(blocks, axis=0)
+
+
+HASH_CHUNK = 16384      # records per step of the numpy hash: its uint64 copy stays in cache
+
+
+def _hash_consts():
+    return (np.arange(RECORD_SIZE // 4, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) \
+        * np.uint64(_H_MUL)
+
+
+def _mix(h) -> None:
+    h ^= h >> np.uint64(31)
+    h *= np.uint64(_H_MIX)
+    h ^= h >> np.uint64(29)
 
 
 def record_hashes(rec):
     """A 64-bit hash of every record: its 25 uint32 words times distinct odd
-    constants, summed, then mixed (a matrix-vector product: one pass)."""
+    constants, summed, then mixed (a matrix-vector product: one pass). On
+    numpy in chunks of HASH_CHUNK records, so the words' uint64 copy and the
+    mixing stay in cache (about 2x faster than one product over all)."""
     xp = kernels.xp(rec)
     n = rec.shape[0]
     if n == 0:
         return xp.zeros(0, dtype=np.uint64)
-    consts = (np.arange(RECORD_SIZE // 4, dtype=np.uint64) * np.uint64(2) + np.uint64(1)) \
-        * np.uint64(_H_MUL)
-    h = words32(rec) @ xp.asarray(consts)
-    h ^= h >> np.uint64(31)
-    h *= np.uint64(_H_MIX)
-    h ^= h >> np.uint64(29)
+    consts = _hash_consts()
+    w = words32(rec)
+    if xp is not np:
+        h = w @ xp.asarray(consts)
+        _mix(h)
+        return h
+    h = np.empty(n, dtype=np.uint64)
+    for s in range(0, n, HASH_CHUNK):
+        part = h[s:s + HASH_CHUNK]
+        np.matmul(w[s:s + HASH_CHUNK].astype(np.uint64), consts, out=part)
+        _mix(part)
     return h
 
 

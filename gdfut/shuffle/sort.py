@@ -49,8 +49,11 @@ def merge_sorted(blocks):
 
 
 def reduce_summary(blocks, reducer: int) -> dict:
+    """Sort and summarize; the concatenated and sorted records live in buffers
+    the process reuses (only the summary leaves), so they cost no page faults."""
     from gdfut.shuffle import records
-    return records.summarize(records.sort_records(records.concat(blocks)), reducer)
+    rec = records.concat(blocks, scratch_slot="reduce-in")
+    return records.summarize(records.sort_records(rec, scratch_slot="reduce-out"), reducer)
 
 
 def reduce_sorted(blocks, reducer: int):
@@ -72,7 +75,8 @@ def split_records(total: int, maps: int) -> list[int]:
 
 def run_sort(gib: float, maps: int, reducers: int, strategy: str = "simple", *,
              output_dir: str | None = None, seed: int = 0, skew: float = 0.0,
-             merge_factor: int = 4, gpus_per_task: float = 0, progress: bool | None = None,
+             merge_factor: int = 4, max_reducer_blocks: int | None = None,
+             gpus_per_task: float = 0, progress: bool | None = None,
              records: int | None = None, sorted_merges: bool = False,
              after_sort=None) -> dict:
     """One sort on the running cluster; returns the report (``ok`` etc.).
@@ -92,7 +96,8 @@ def run_sort(gib: float, maps: int, reducers: int, strategy: str = "simple", *,
     t0 = time.perf_counter()
     out = shuffle(inputs, None, reduce_sorted if output_dir else reduce_summary, reducers,
                   "range", strategy, merge_fn=merge_sorted if sorted_merges else None,
-                  merge_factor=merge_factor, output_dir=output_dir, progress=progress,
+                  merge_factor=merge_factor, max_reducer_blocks=max_reducer_blocks,
+                  output_dir=output_dir, progress=progress,
                   map_options=opts, merge_options=opts, reduce_options=opts)
     results = gdfut.get(list(out))
     sort_s = time.perf_counter() - t0
@@ -132,6 +137,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--strategy", choices=("simple", "push", "riffle"), default="simple")
     ap.add_argument("--merge-factor", type=int, default=4,
                     help="maps per merge (push, riffle)")
+    ap.add_argument("--max-reducer-blocks", type=int, default=None,
+                    help="push: merge rounds only while a reducer would read more blocks "
+                         "than this (default: 0 on several nodes, 256 on one)")
     ap.add_argument("--sorted-merges", action="store_true",
                     help="merges sort their output too (default: they concatenate)")
     ap.add_argument("--num-cpus", type=float, default=None)
@@ -139,6 +147,9 @@ def _parser() -> argparse.ArgumentParser:
     ap.add_argument("--spill-dir", default=None, metavar="DIR")
     ap.add_argument("--address", default=None, metavar="HOST:PORT",
                     help="join this cluster instead of starting one")
+    ap.add_argument("--session-dir", default=None, metavar="DIR",
+                    help="with --address: the cluster's session directory (its token); "
+                         "default: the latest session on this machine")
     ap.add_argument("--output-dir", default=None, metavar="DIR",
                     help="write sorted partitions here (validated from the files)")
     ap.add_argument("--gpus-per-task", type=float, default=0,
@@ -161,6 +172,8 @@ def _check_args(ap, a) -> None:
     if a.address and (a.num_cpus is not None or a.object_store_memory or a.spill_dir):
         ap.error("--num-cpus, --object-store-memory and --spill-dir apply to the cluster this "
                  "command starts; with --address the running cluster's settings hold")
+    if a.session_dir and not a.address:
+        ap.error("--session-dir names the session of the cluster --address joins")
 
 
 def _print_report(rep: dict) -> None:
@@ -180,13 +193,14 @@ def main(argv=None) -> int:
     _check_args(ap, a)
     import gdfut
     if a.address:
-        gdfut.init(address=a.address, log_to_driver=True)
+        gdfut.init(address=a.address, session_dir=a.session_dir, log_to_driver=True)
     else:
         gdfut.init(num_cpus=a.num_cpus, object_store_memory=a.object_store_memory,
                    spill_dir=a.spill_dir)
     try:
         rep = run_sort(a.gib, a.maps, a.reducers, a.strategy, output_dir=a.output_dir,
                        seed=a.seed, skew=a.skew, merge_factor=a.merge_factor,
+                       max_reducer_blocks=a.max_reducer_blocks,
                        gpus_per_task=a.gpus_per_task,
                        progress=False if (a.no_progress or a.json) else None,
                        records=a.records, sorted_merges=a.sorted_merges)

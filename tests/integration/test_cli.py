@@ -300,3 +300,28 @@ def test_wrong_token_is_reported(tmp_path):
         assert "Traceback" not in proc.stderr
     finally:
         gdfut_cli("stop", "--session-dir", session, check=False)
+
+
+def test_sort_benchmark_joins_a_cli_cluster_by_address():
+    """``python -m gdfut.shuffle.sort --address`` runs on the cluster it names:
+    90 MB of records through that cluster's 64 MiB store must spill there (a
+    cluster of its own would get a store of several GiB and not spill)."""
+    address, session, _ = start_head("--num-cpus", "2")
+    try:
+        proc = subprocess.run(
+            [sys.executable, "-m", "gdfut.shuffle.sort", "--address", address,
+             "--session-dir", session, "--records", "900000", "--maps", "6",
+             "--reducers", "4", "--json"],
+            cwd=REPO, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=240)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+        rep = json.loads(proc.stdout.strip().splitlines()[-1])
+        assert rep["ok"] and rep["errors"] == [] and rep["records"] == 900000
+        assert rep["spilled_bytes"] > 0 and rep["peak_spill_dir_bytes"] > 0
+        assert all(pid_alive(p) for p in recorded_pids(session))   # the cluster outlives it
+    finally:
+        pids = recorded_pids(session)
+        stopped = gdfut_cli("stop", "--session-dir", session, check=False)
+    assert stopped.returncode == 0, stopped.stderr
+    assert not [p for p in pids if pid_alive(p)]
+    assert not shm_files(session)
+    assert not glob.glob(os.path.join(session, "spill", "*", "spill-*"))   # spill files gone

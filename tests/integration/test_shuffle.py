@@ -38,19 +38,33 @@ def expected_sorted(maps, n, skew=0.0):
 @pytest.mark.parametrize("strategy", ["simple", "push", "riffle"])
 @pytest.mark.parametrize("skew", [0.0, 3.0])
 def test_each_strategy_sorts(cluster, strategy, skew):
+    # push: max_reducer_blocks=0 merges every round even on this one node
     rep = run_sort(0, 6, 5, strategy, skew=skew, merge_factor=2, records=6 * 2500,
-                   progress=False)
+                   progress=False, max_reducer_blocks=0)
     assert rep["ok"], rep["errors"]
     assert rep["records"] == 15000
     if strategy != "simple":
         assert rep["merges"] > 0
     # the output itself, not only the summaries: equal to a sort of all input
     out = shuffle(inputs_of(6, 2500, skew), None, sort_reduce, 5, strategy=strategy,
-                  merge_factor=2, progress=False)
+                  merge_factor=2, progress=False, max_reducer_blocks=0)
     parts = gdfut.get(list(out))
     assert np.array_equal(R.concat(parts), expected_sorted(6, 2500, skew))
     if skew:
         assert any(len(p) == 0 for p in parts)          # empty partitions were handled
+
+
+def test_push_on_one_node_merges_only_past_the_block_limit(cluster):
+    """On one node a merge copies blocks the reducer reads in place: by
+    default push does no merges there (as simple); with a limit of 3 blocks
+    per reducer it merges just enough rounds of 2 maps (6 -> 3 blocks)."""
+    rep = run_sort(0, 6, 4, "push", merge_factor=2, records=6000, progress=False)
+    assert rep["ok"], rep["errors"]
+    assert rep["merges"] == 0
+    out = shuffle(inputs_of(6, 1000), None, sort_reduce, 4, strategy="push", merge_factor=2,
+                  max_reducer_blocks=3, progress=False)
+    assert out.stats.merges == 3 * 4             # 3 rounds, one merge per reducer each
+    assert np.array_equal(R.concat(gdfut.get(list(out))), expected_sorted(6, 1000))
 
 
 @pytest.mark.parametrize("strategy", ["simple", "push", "riffle"])

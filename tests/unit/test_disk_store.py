@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import time
 
 import numpy as np
 import pytest
@@ -70,14 +71,47 @@ def test_spill_restore_punch_and_delete(tmp_path):
         before = blocks(store.path)
         store.delete(0)
         store.delete(1)
+        assert store._punches or not store.can_punch      # off the loop, in the pool
+        await store.punches_done()
         if store.can_punch:
             assert blocks(store.path) <= before - 512 * KB   # space back per object
         for i in range(2, 6):
             store.delete(i)
+        await store.punches_done()
         assert blocks(store.path) == 0
         assert [n for n in os.listdir(store.path) if n.startswith("spill-")] == []
         store.close()
         assert not os.path.exists(store.path)
+    asyncio.run(main())
+
+
+def test_punch_runs_off_the_event_loop(tmp_path, monkeypatch):
+    """A hole punch can take 100 ms (writeback, discard): it runs in the I/O
+    pool, and a file emptied meanwhile is deleted once the punch ends."""
+    real = disk_store.punch_hole
+    calls = []
+
+    def slow(fd, offset, length):
+        time.sleep(0.3)
+        calls.append(offset)
+        return real(fd, offset, length)
+    monkeypatch.setattr(disk_store, "punch_hole", slow)
+
+    async def main():
+        store = DiskStore(str(tmp_path / "spill"), "node-p", max_file_bytes=1 << 20,
+                          io_threads=1)
+        for i in range(2):
+            await store.spill(i, memoryview(bytes([i]) * (64 * KB)))
+        t0 = time.perf_counter()
+        store.delete(0)
+        store.delete(1)               # the last object: the file goes after the punch
+        assert time.perf_counter() - t0 < 0.2 and calls == []
+        assert len([n for n in os.listdir(store.path) if n.startswith("spill-")]) == 1
+        await store.punches_done()
+        assert calls == [0]
+        assert store.stats["punched_bytes"] == (64 * KB if store.can_punch else 0)
+        assert [n for n in os.listdir(store.path) if n.startswith("spill-")] == []
+        store.close()
     asyncio.run(main())
 
 

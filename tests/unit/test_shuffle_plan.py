@@ -150,3 +150,31 @@ def test_push_merges_overlap_maps_still_running():
     assert len(merges) == 2 and merges[0].maps == (0, 1)
     assert p.maps_in_flight and p.next_map < 12     # maps still running and to come
     assert not p.reduces
+
+
+@pytest.mark.parametrize("seed", range(4))
+@pytest.mark.parametrize("maps,factor,limit", [(16, 4, 8), (16, 4, 13), (9, 3, 5), (6, 2, 6)])
+def test_push_merges_only_while_reducers_read_more_than_the_limit(seed, maps, factor, limit):
+    p = ShufflePlanner(maps, 2, "push", map_parallelism=3, merge_factor=factor,
+                       max_reducer_blocks=limit)
+    drive(p, seed)
+    for red in p.reduces.values():
+        blocks = len(red.maps) + len(red.merges)
+        assert blocks <= max(limit, 1)
+        if red.merges:      # the last merge was needed: one fewer and it would read more
+            last = p.merges[red.merges[-1]]
+            assert blocks + len(last.maps) - 1 > limit
+    p.validate()
+
+
+def test_push_without_merges_reduces_as_early_as_simple():
+    """A limit no round passes: push runs as simple, reduces submitted with
+    the last map, before any map is done."""
+    p = ShufflePlanner(4, 2, "push", map_parallelism=4, max_reducer_blocks=4)
+    out = p.start()
+    assert [type(i) for i in out] == [SubmitMap] * 4 + [SubmitReduce] * 2
+    assert all(r.maps == (0, 1, 2, 3) and r.merges == () for r in p.reduces.values())
+    for m in range(4):
+        assert p.map_done(m) == []
+    with pytest.raises(ValueError, match="max_reducer_blocks"):
+        ShufflePlanner(4, 2, "push", max_reducer_blocks=-1)

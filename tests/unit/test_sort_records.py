@@ -112,3 +112,43 @@ def test_hash_and_user_partitioners_split_every_row_once():
         P.KeyRange()(keys, 3)
     with pytest.raises(ValueError, match="unknown partitioner"):
         P.resolve("nope")
+
+
+def test_key_words_and_checksum_keep_their_definition():
+    """The numpy fast paths (byte-swapped key copy, chunked hash) give exactly
+    the definitions: keys as big-endian integers, and the checksum as the sum
+    of mix(sum_i word_i * (2i + 1) * K) over the records, mod 2**64."""
+    rec = R.generate(1, R.HASH_CHUNK + 77, seed=3)     # more than one hash chunk
+    rec[0, :10] = 255
+    rec[1, :10] = 0
+    hi, lo = R.key_words(rec[::2])                    # a strided view, too
+    for i, row in enumerate(rec[::2][:50]):
+        assert int(hi[i]) == int.from_bytes(bytes(row[0:8]), "big")
+        assert int(lo[i]) == int.from_bytes(bytes(row[8:10]), "big")
+    mask = (1 << 64) - 1
+
+    def mix(h):
+        h ^= h >> 31
+        h = (h * R._H_MIX) & mask
+        return h ^ (h >> 29)
+    words = rec.reshape(-1).view("<u4").reshape(len(rec), 25).astype(object)
+    consts = [((2 * i + 1) * R._H_MUL) & mask for i in range(25)]
+    expected = [mix(sum(int(w) * c for w, c in zip(row, consts)) & mask) for row in words]
+    assert [int(h) for h in R.record_hashes(rec)] == expected
+    assert R.checksum(rec) == sum(expected) & mask
+
+
+def test_reduce_summary_reuses_its_buffers_and_stays_correct():
+    """The reducer's concatenated and sorted records go into per-thread
+    buffers reused by the next call; each call's summary is still its own."""
+    from gdfut.shuffle.sort import reduce_summary
+    parts = [partitions(R.generate(m, 3000, seed=2), 3) for m in range(4)]
+    first = [reduce_summary([p[r] for p in parts], r) for r in range(3)]
+    buf = R._scratch.__dict__["reduce-out"]
+    again = [reduce_summary([p[r] for p in parts], r) for r in range(3)]
+    assert R._scratch.__dict__["reduce-out"] is buf            # reused, not reallocated
+    expected = [R.summarize(R.sort_records(R.concat([p[r] for p in parts])), r)
+                for r in range(3)]
+    assert first == again == expected
+    assert all(s["sorted"] and s["intact"] for s in first)
+    assert R.scratch("x", (R.SCRATCH_MAX_BYTES + 1,)) is None     # too large: not kept
