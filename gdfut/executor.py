@@ -480,7 +480,7 @@ class Executor:
             for reply_list in pins.values():        # pinned, never materialized
                 for oid, reply in reply_list:
                     if not isinstance(reply, BaseException):
-                        self.rt.unpin(oid)
+                        self.rt.unpin_reply(oid, reply)
             raise
         return args, kwargs
 
@@ -492,7 +492,8 @@ class Executor:
         stored = [e for e in entries if e[0] == STORE]
         if len(stored) < 2:
             return {}
-        replies = self.rt.pin_many([(e[3], e[1], e[2]) for e in stored])
+        replies = self.rt.pin_many([(e[3], e[1], e[2], e[4] if len(e) > 4 else None)
+                                    for e in stored])
         pins: dict = {}
         for e, reply in zip(stored, replies):
             pins.setdefault(e[3], []).append((e[3], reply))
@@ -510,7 +511,8 @@ class Executor:
         if kind == STORE:     # a lost copy is re-made by asking the task's submitter
             task = CURRENT_TASK.get(None)
             return self.rt.read_stored(entry[3], entry[1], entry[2],
-                                       task.owner_addr if task is not None else None)
+                                       task.owner_addr if task is not None else None,
+                                       entry[4] if len(entry) > 4 else None)
         raise AssertionError(f"unexpected argument entry kind {kind}")
 
     # ----------------------------------------------------------- returns

@@ -99,3 +99,44 @@ def test_real_gpu_host_twin_has_the_layout_its_dry_run_promised(fake_cupy):
     back = d.to_device(real)                      # a driver's get on a real GPU
     assert isinstance(back["emb"], _FakeCupyArray) and isinstance(back["ids"][0], _FakeCupyArray)
     assert back["ids"][1] == "tag"
+
+
+def test_an_emulated_export_is_a_shared_segment_read_without_a_copy(tmp_path):
+    """The emulated GPU's CUDA IPC: the holder's copy moves once into a
+    shared-memory segment, which it keeps using (writable); a reader maps
+    the same pages read-only, and its release runs when its views go."""
+    import gc
+    import os
+    from gdfut import device_ipc
+    from gdfut.devstore.arena import SHM_DIR
+    name = f"gdfut-unit-{os.getpid()}-dev-test"
+    value = {"x": np.arange(100_000, dtype=np.int64), "tag": "t"}
+    export, held = device_ipc.shm_export(value, name)
+    try:
+        assert export["shm"] == name and os.path.exists(os.path.join(SHM_DIR, name))
+        assert held["x"].flags.writeable and (held["x"] == value["x"]).all()
+        released = []
+        seen = device_ipc.shm_import(export, lambda: released.append(1))
+        assert (seen["x"] == value["x"]).all() and seen["tag"] == "t"
+        assert not seen["x"].flags.writeable
+        held["x"][0] = -7                              # same pages: no copy in between
+        assert seen["x"][0] == -7
+        x = seen["x"][10:20]
+        del seen
+        gc.collect()
+        assert not released                            # a slice still maps it
+        del x
+        gc.collect()
+        assert released == [1]
+    finally:
+        os.unlink(os.path.join(SHM_DIR, name))
+    assert (held["x"][1:] == value["x"][1:]).all()      # a mapping outlives the name
+
+
+def test_private_copy_is_writable_and_independent():
+    src = np.arange(1000)
+    src.flags.writeable = False
+    out = d.private_copy(({"a": src}, [src]))
+    assert out[0]["a"].flags.writeable and (out[1][0] == src).all()
+    out[0]["a"][0] = 5
+    assert src[0] == 0
