@@ -541,14 +541,27 @@ class Executor:
     def package_many(self, task: Task, values: list) -> list:
         """package_value for every return at once: the store writes are
         pipelined (CoreWorker.store_serialized_many); on failure nothing is
-        left stored (the task fails as a whole)."""
+        left stored (the task fails as a whole). A task holding a GPU keeps
+        its device values (e.g. a data stage's block beside its metadata) in
+        the device tier, as with one return."""
         oids = task.return_ids()
-        sers = [ser.serialize(v, f"the return value of {task.name}") for v in values]
-        entries = self.rt.store_serialized_many(list(zip(oids, sers)), owner=task.owner_wid)
-        out = []
-        for oid, s, entry in zip(oids, sers, entries):
+        out: list = [None] * len(values)
+        try:
+            if task.generator is None and self.rt.gpu_ids:
+                for i, (oid, v) in enumerate(zip(oids, values)):
+                    entry = self.rt.device.store(oid, v, task.owner_wid)
+                    if entry is not None:
+                        out[i] = [oid, entry, [], []]
+            rest = [i for i, row in enumerate(out) if row is None]
+            sers = [ser.serialize(values[i], f"the return value of {task.name}") for i in rest]
+            entries = self.rt.store_serialized_many([(oids[i], s) for i, s in zip(rest, sers)],
+                                                    owner=task.owner_wid)
+        except BaseException:
+            self.free_stored([row for row in out if row is not None])
+            raise
+        for i, s, entry in zip(rest, sers, entries):
             nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
-            out.append([oid, entry, nested, s.nested])
+            out[i] = [oids[i], entry, nested, s.nested]
         return out
 
     def package_value(self, task: Task, oid: bytes, value) -> list:
