@@ -273,12 +273,15 @@ class DeviceObjects:
         except Exception as exc:   # out of device memory: the host copy serves
             log.warning("object %s not restored onto the device: %s", oid.hex()[:12], exc)
             return value
+        nbytes = device_bytes(dev, real)
+        if nbytes < DEVICE_MIN_BYTES:     # nothing worth a device copy (e.g. Arrow on a GPU)
+            return value
         gpu = int(gpus[0])
         with self.lock:
             if oid in self.held:
                 return value
             self.held[oid] = _Held(dev, gpu, owner or self.rt.wid, host_size)
-        reply = self.rt.node_request(P.DEVICE_CREATE, oid, device_bytes(dev, real), host_size,
+        reply = self.rt.node_request(P.DEVICE_CREATE, oid, nbytes, host_size,
                                      gpu, owner or self.rt.wid, True)
         if not reply.get("ok"):
             with self.lock:

@@ -140,3 +140,98 @@ def test_private_copy_is_writable_and_independent():
     assert out[0]["a"].flags.writeable and (out[1][0] == src).all()
     out[0]["a"][0] = 5
     assert src[0] == 0
+
+
+def test_cuda_ipc_export_names_the_base_allocation_and_import_closes_its_handles(monkeypatch):
+    """The CUDA IPC path's bookkeeping, against a stand-in for cupy whose
+    "device memory" is host memory: a pool sub-allocation is exported as the
+    handle of its base allocation plus its offset; the importer rebuilds the
+    value's structure, maps each array at base + offset, and closes every
+    handle it opened (and releases its pin) once the last array is garbage.
+    (The real CUDA calls never ran here: no GPU.)"""
+    import gc
+    import sys
+    import types
+    from gdfut import device_ipc
+
+    pool = np.zeros(4 << 20, np.uint8)             # one cudaMalloc block of a memory pool
+    base = pool.ctypes.data
+    closed, opened = [], []
+
+    class Ptr:
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+    class FakeArray:                                # a cupy.ndarray over pool memory
+        def __init__(self, shape, dtype, memptr, strides=None):
+            self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+            self.data, self.nbytes = memptr, int(np.prod(shape)) * self.dtype.itemsize
+            self.strides = strides or (self.dtype.itemsize,)
+
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": self.shape, "typestr": self.dtype.str, "version": 3,
+                    "data": (self.data.ptr, False), "strides": self.strides}
+
+        def host(self):
+            return np.ctypeslib.as_array((np.ctypeslib.ctypes.c_uint8 * self.nbytes)
+                                         .from_address(self.data.ptr)).view(self.dtype)
+
+    class UnownedMemory:
+        def __init__(self, ptr, size, owner):
+            self.ptr, self.size, self.owner = ptr, size, owner
+
+    class MemoryPointer:
+        def __init__(self, mem, offset):
+            self.mem, self.ptr = mem, mem.ptr + offset
+
+    class Device:
+        def __init__(self, i=0):
+            self.i = i
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def synchronize(self):
+            pass
+
+    def open_handle(h):
+        opened.append(h)
+        return int.from_bytes(h, "little")
+
+    runtime = types.SimpleNamespace(
+        ipcGetMemHandle=lambda p: p.to_bytes(64, "little"), ipcOpenMemHandle=open_handle,
+        ipcCloseMemHandle=closed.append)
+    cupy = types.ModuleType("cupy")
+    cupy.ndarray = FakeArray
+    cupy.asarray = lambda x: x
+    cupy.cuda = types.SimpleNamespace(runtime=runtime, UnownedMemory=UnownedMemory,
+                                      MemoryPointer=MemoryPointer, Device=Device)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(device_ipc, "allocation_base",
+                        lambda p: (base, pool.nbytes) if base <= p < base + pool.nbytes else 1 / 0)
+
+    a = FakeArray((1000,), np.float32, Ptr(base + 4096))
+    b = FakeArray((500,), np.int64, Ptr(base + (1 << 20)))
+    a.host()[:] = np.arange(1000)
+    b.host()[:] = -np.arange(500)
+    export = device_ipc.cuda_export({"emb": a, "ids": [b, "tag"], "n": 7}, gpu=3)
+    assert [x["offset"] for x in export["ipc"]] == [4096, 1 << 20]
+    assert {x["handle"] for x in export["ipc"]} == {base.to_bytes(64, "little")}
+    assert export["gpu"] == 3
+    released = []
+    value = device_ipc.cuda_import(export, 0, lambda: released.append(1))
+    assert value["n"] == 7 and value["ids"][1] == "tag"
+    emb, ids = value["emb"], value["ids"][0]
+    assert emb.data.ptr == base + 4096 and ids.data.ptr == base + (1 << 20)
+    assert (emb.host() == np.arange(1000)).all() and (ids.host() == -np.arange(500)).all()
+    assert len(opened) == 2 and not closed
+    del value, emb
+    gc.collect()
+    assert not closed and not released            # ids still maps it
+    del ids
+    gc.collect()
+    assert closed == [base, base] and released == [1]
