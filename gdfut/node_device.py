@@ -22,10 +22,9 @@ import math
 import os
 import time
 
-from .devstore.arena import SHM_DIR
-
 from . import protocol as P
 from .devstore import device_policy as dp
+from .devstore.arena import SHM_DIR
 from .ids import short
 from .transport import tcp
 
