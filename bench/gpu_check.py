@@ -16,8 +16,10 @@ checked (issue 8, point 8). Checks, in order:
 - device objects (a gdfut cluster with one GPU, ``device_store_memory`` of a
   few ``--object-mib`` objects): a cupy array returned by a GPU task read by
   the next GPU task (same process: the object itself) and by an actor in
-  another process on the same GPU (through the host copy: CUDA IPC is not
-  built); device spill D->H->disk of more objects than device and host hold
+  another process on the same GPU (CUDA IPC, zero-copy: the node counts the
+  import, no host-tier byte is used, nothing moves down; first and second
+  read as GB/s); an object moved down to host read by a GPU task (restored
+  onto its device: tier "device" again); device spill D->H->disk of more objects than device and host hold
   together, every one read back intact by a GPU task and by ``get``; and the
   device tier's own copies: ``get(ref, device="cpu")`` of an object on the
   device (D->H: the holder writes the host copy) and ``get`` of a host-tier
@@ -232,12 +234,14 @@ def _make_array(i, n):
 
 def _check_array(a, i, n):
     """(intact, how it was served): a cupy array, or a writable numpy array
-    on an emulated GPU, is the producer's object itself; a read-only numpy
-    array is a view of the host copy."""
+    on an emulated GPU, is the object itself (or a device copy of it: IPC on
+    a real GPU, a restore); a read-only numpy array is a mapped view (of
+    another process's device copy, or of the host copy: the node's counters
+    tell which)."""
     intact = bool(a.shape == (n,) and bool((a == i % 251).all()))
     kind = type(a).__module__.split(".")[0]
     itself = kind != "numpy" or bool(a.flags.writeable)
-    return intact, f"{kind}, " + ("the object itself" if itself else "the host copy")
+    return intact, f"{kind}, " + ("the object itself" if itself else "a read-only view")
 
 
 def _plain_gbps(direction: str, nbytes: int, emulated: bool, ctx: Context) -> float:
@@ -283,6 +287,8 @@ def check_device_objects(ctx: Context) -> list[Row]:
         try:
             rows += _device_between_tasks(make, check, Side, obj)
             if ctx.time_left() > 30:
+                rows += _device_restore(make, check, obj, device_budget)
+            if ctx.time_left() > 30:
                 rows += _device_spill(make, check, obj, device_budget, host)
             if ctx.time_left() > 30:
                 rows += _device_copies(ctx, make, big, emulated)
@@ -305,20 +311,75 @@ def _device_between_tasks(make, check, Side, obj) -> list[Row]:
     intact, served = gdfut.get(check.remote(ref, 5, obj))
     rows = [Row("device: GPU task -> GPU task", "ok" if intact else "FAIL", served,
                 note=f"{obj >> 20} MiB (one GPU: the next task usually runs in the same worker)")]
+    rows += _device_ipc(Side, obj)
+    return rows
+
+
+def _device_ipc(Side, obj) -> list[Row]:
+    """Another process on the same GPU maps the producer's device copy (CUDA
+    IPC; a shared-memory segment on an emulated GPU): zero-copy, checked by
+    the node's counters — one more import, no host-tier byte, nothing moved
+    down. First read (the export: on an emulated GPU the copy moves into the
+    segment once) and a second read (mapping only), each as GB/s of the
+    object's size."""
+    import gdfut
     a, b = Side.remote(), Side.remote()
     ref = a.make.remote(9, obj)
     gdfut.wait([ref])
     gdfut.get(b.check.remote(np.full(4, 9, np.uint8), 9, 4))   # b started before timing
-    t0 = time.perf_counter()
-    intact, served = gdfut.get(b.check.remote(ref, 9, obj))
-    dt = time.perf_counter() - t0
-    rows.append(Row("device: other process, same GPU", "ok" if intact else "FAIL",
-                    f"{obj / dt / 1e9:.2f} GB/s", note=f"{served} (CUDA IPC is not built); "
-                    f"{obj >> 20} MiB in {dt * 1e3:.0f} ms"))
+    before = _tiers()
+    times, served = [], ""
+    intact = True
+    for _ in range(2):
+        t0 = time.perf_counter()
+        ok, served = gdfut.get(b.check.remote(ref, 9, obj))
+        times.append(time.perf_counter() - t0)
+        intact = intact and ok
+    after = _tiers()
+    imports = after.get("device_imports", 0) - before.get("device_imports", 0)
+    host = after["host_bytes"] - before["host_bytes"]
+    moved = after["moved_down_objects"] - before["moved_down_objects"]
+    zero_copy = imports == 2 and host == 0 and moved == 0
+    rows = [Row("device: other process, same GPU (IPC)", "ok" if intact and zero_copy else "FAIL",
+                f"{obj / times[0] / 1e9:.2f} / {obj / times[1] / 1e9:.2f} GB/s",
+                note=f"{served}; {imports} imports, {host} host-tier bytes, {moved} moved down; "
+                     f"{obj >> 20} MiB, first read {times[0] * 1e3:.0f} ms (export), "
+                     f"second {times[1] * 1e3:.0f} ms")]
     del ref
     gdfut.kill(a)
     gdfut.kill(b)
     return rows
+
+
+def _device_restore(make, check, obj, device_budget) -> list[Row]:
+    """An object moved down to host, read by a GPU task: restored onto that
+    task's device (tier "device" again, counted in the budget); figure: the
+    read with its restore, as GB/s (H->D on a real GPU)."""
+    import gdfut
+    from gdfut import protocol as P, runtime_context
+    n = device_budget // obj + 1                   # one more than fits: the first moves down
+    refs = [make.remote(i, obj) for i in range(n)]
+    gdfut.wait(refs, num_returns=n, timeout=300)
+
+    def tiers_of(ref):
+        rows = runtime_context.require().node_request(P.NODE_MEMORY)["store"]
+        return sorted(r["tier"] for r in rows if bytes(r["object_id"]) == ref.id)
+    deadline = time.monotonic() + 60
+    while "device" in tiers_of(refs[0]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    before = _tiers()
+    t0 = time.perf_counter()
+    intact, served = gdfut.get(check.remote(refs[0], 0, obj), timeout=300)
+    dt = time.perf_counter() - t0
+    after = _tiers()
+    restored = after.get("device_restores", 0) - before.get("device_restores", 0)
+    where = tiers_of(refs[0])
+    ok = intact and restored == 1 and "device" in where and after["device_bytes"] <= device_budget
+    del refs
+    return [Row("device: restore onto the device", "ok" if ok else "FAIL",
+                f"{obj / dt / 1e9:.2f} GB/s",
+                note=f"{served}; {restored} restored, now in {'+'.join(where)}; "
+                     f"{obj >> 20} MiB read by a GPU task in {dt * 1e3:.0f} ms")]
 
 
 def _device_spill(make, check, obj, device_budget, host) -> list[Row]:

@@ -697,24 +697,27 @@ class CoreWorker:
         self.io.post(self._put_done, oid, entry, [r.id for r in s.nested], self.call_site(), size)
         return ref
 
-    def read_stored(self, oid: bytes, node_id: bytes, size: int, ask=None):
+    def read_stored(self, oid: bytes, node_id: bytes, size: int, ask=None, gpu=None):
         """Pin a stored object (pulled to this node if needed) and rebuild it
         without copying. Any user thread. A lost copy is re-made first (see
         ``pin_or_recover``; ``ask``: the submitter of the running task),
         while this worker lends its CPU as in a blocking get. A device
-        object this worker holds is the value itself (pinned for the task)."""
-        if node_id == self.node_id and self.device.held:
+        object this worker holds is the value itself (pinned for the task);
+        ``gpu``: it was made on that GPU (a device object), so a reader
+        holding a GPU maps it where it is on the same GPU or else restores it
+        onto its own device (``pin_local_copy``)."""
+        if self.device.held:
             found, value = self.device.local_value(oid, self.submitting_task_id())
             if found:
                 return value
         try:
-            reply = self.io.run(self.pin_local_copy(oid, node_id, size))
+            reply = self.io.run(self.pin_local_copy(oid, node_id, size, gpu))
             entry = _pinned_entry(reply)
         except ObjectLostError:
             if self.mode == "worker":
                 self.io.post(self._notify_blocked, True)
             try:
-                entry = self.io.run(self.pin_or_recover(oid, node_id, size, ask))
+                entry = self.io.run(self.pin_or_recover(oid, node_id, size, ask, gpu))
             finally:
                 if self.mode == "worker":
                     self.io.post(self._notify_blocked, False)
@@ -725,14 +728,17 @@ class CoreWorker:
         requests in flight together; per item the (offset, size) reply or the
         exception (an ObjectLostError is left to ``read_stored``'s recovery)."""
         async def pin_all():
-            return await asyncio.gather(*(self.pin_local_copy(oid, node, size)
-                                          for oid, node, size in items),
+            return await asyncio.gather(*(self.pin_local_copy(*item) for item in items),
                                         return_exceptions=True)
         return self.io.run(pin_all())
 
     def materialize_pinned(self, oid: bytes, reply):
         """The value of an object ``pin_many`` pinned (unpinned when it goes)."""
-        return self._materialize(oid, ["pinned", reply[0], reply[1]])
+        return self._materialize(oid, _pinned_entry(reply))
+
+    def unpin_reply(self, oid: bytes, reply) -> None:
+        """Drop the pin a ``pin_local_copy`` reply holds (never materialized)."""
+        self.io.post(self._drop_pin, oid, _pinned_entry(reply))
 
     def store_serialized(self, oid: bytes, s: ser.Serialized, owner: bytes | None = None) -> list:
         """Inline entry for small values, else write into the local store.
@@ -896,8 +902,7 @@ class CoreWorker:
 
         def done(i, entry):
             if fut.done():   # the reader gave up (timeout, cancel): release its pin
-                if entry[0] in PINNED:
-                    self._send_unpin(oids[i])
+                self._drop_pin(oids[i], entry)
                 return
             results[i] = entry
             remaining[0] -= 1
@@ -912,9 +917,9 @@ class CoreWorker:
         (what comes later is unpinned as it comes, in _resolve_many)."""
         oids, results = getattr(fut, "gdfut_pins", ((), ()))
         for i, entry in enumerate(results):
-            if entry is not None and entry[0] in PINNED:
+            if entry is not None and entry[0] in PINNED + ("device", "restore"):
                 results[i] = None
-                self._send_unpin(oids[i])
+                self._drop_pin(oids[i], entry)
 
     def _pin_if_stored(self, oid, entry, i, done):
         if entry[0] != STORE:
@@ -923,9 +928,11 @@ class CoreWorker:
         self.io.loop.create_task(self._pin(oid, entry, i, done))
 
     async def _pin(self, oid, entry, i, done):
-        done(i, await self.pin_or_recover(oid, entry[1], entry[2]))
+        gpu = entry[3] if len(entry) > 3 else None
+        done(i, await self.pin_or_recover(oid, entry[1], entry[2], gpu=gpu))
 
-    async def pin_or_recover(self, oid: bytes, node_id: bytes, size: int, ask=None) -> list:
+    async def pin_or_recover(self, oid: bytes, node_id: bytes, size: int, ask=None,
+                             gpu=None) -> list:
         """Pin a stored copy: ``["pinned", offset, size]``. A copy that cannot
         be read (its node died, or its store dropped it) is reported to the
         owner, which re-makes the object from its lineage or names another
@@ -936,7 +943,7 @@ class CoreWorker:
         err = None
         for _ in range(MAX_RECOVERIES):
             try:
-                reply = await self.pin_local_copy(oid, node_id, size)
+                reply = await self.pin_local_copy(oid, node_id, size, gpu)
                 return _pinned_entry(reply)
             except ObjectLostError as exc:
                 err = exc
@@ -946,6 +953,7 @@ class CoreWorker:
             if entry[0] != STORE:
                 return entry
             node_id, size = entry[1], entry[2]
+            gpu = entry[3] if len(entry) > 3 else None
         return [ERROR, pickle.dumps(err)]
 
     async def recover(self, oid: bytes, node_id: bytes, ask=None) -> list | None:
@@ -985,12 +993,26 @@ class CoreWorker:
         for tier in ("device", "host"):
             self.run_instructions(self.table.remove_location(oid, (node_id, tier)))
 
-    async def pin_local_copy(self, oid: bytes, node_id: bytes, size: int):
+    async def pin_local_copy(self, oid: bytes, node_id: bytes, size: int, gpu=None):
         """Pin a copy in this node's store, pulling it from ``node_id`` first
-        when it lives elsewhere. Returns (offset, size)."""
+        when it lives elsewhere. Returns (offset, size). A device object
+        (``gpu``: made on that GPU) read by a process holding GPUs: the
+        node's ``{"device": export}`` where its device copy is on one of them
+        (mapped, zero-copy), else ``{"host": (offset, size), "to_device":
+        bool}`` (restore it onto this worker's device once read)."""
+        gpus = list(self.gpu_ids) if gpu is not None and self.gpu_ids else None
         if node_id == self.node_id:
-            reply = await self.node_conn.request(P.STORE_PIN, oid)
+            if gpus:
+                reply = await self.node_conn.request(P.STORE_PIN, oid, gpus)
+                if reply.get("host", True) is None:
+                    reply = None
+            else:
+                reply = await self.node_conn.request(P.STORE_PIN, oid)
         else:
+            if gpus:           # made on another node, maybe restored onto a device here
+                reply = await self.node_conn.request(P.STORE_PIN, oid, gpus)
+                if "device" in reply or reply.get("host") is not None:
+                    return reply
             try:
                 reply = await self.node_conn.request(P.NODE_PULL, oid, size, node_id)
             except tcp.RemoteError as exc:
@@ -998,6 +1020,8 @@ class CoreWorker:
                                       f"{short(node_id)}: {exc}") from None
             if reply is not None:
                 self._tell_owner_location(oid)
+                if gpus:       # a device object from another node: onto this device
+                    reply = {"host": reply, "to_device": True}
         if reply is None:
             raise ObjectLostError(f"object {short(oid)} is not in the object store of node "
                                   f"{short(node_id)} (it was freed)")
@@ -1029,11 +1053,57 @@ class CoreWorker:
             from .devstore.arena import map_file_readonly
             region = map_file_readonly(entry[1], entry[2], entry[3], _Unpin(self, oid))
             return ser.loads_from_store(region)
+        if kind == "device":         # another process's device copy on our GPU, mapped
+            return self._import_device(oid, entry[1])
+        if kind == "restore":        # a device object read through host memory
+            value = self._materialize(oid, entry[1])
+            if self.io.in_loop_thread():    # (a future's callback) cannot wait for the node
+                return value
+            return self.device.restore(oid, value, _entry_size(entry[1]),
+                                       self.table.owner_of(oid), self.submitting_task_id())
         raise AssertionError(f"bad entry {entry!r}")
+
+    def _import_device(self, oid, export):
+        from . import device_ipc
+        unpin = _DeviceUnpin(self, oid)
+        try:
+            if "shm" in export:
+                return device_ipc.shm_import(export, unpin)
+            return device_ipc.cuda_import(export, self.gpu_ids.index(export["gpu"]), unpin)
+        except (OSError, RuntimeError, ValueError) as exc:
+            # gone before we mapped it (its holder died): the host tier serves
+            self.device_unpin(oid)
+            if self.io.in_loop_thread():
+                raise ObjectLostError(f"device object {short(oid)} could not be mapped: "
+                                      f"{exc}") from None
+            log.warning("device object %s could not be mapped (%s): reading its host copy",
+                        short(oid), exc)
+            reply = self.io.run(self.node_conn.request(P.STORE_PIN, oid))
+            if reply is None:
+                raise ObjectLostError(f"object {short(oid)} is not in the object store of "
+                                      f"this node") from None
+            return self._materialize(oid, _pinned_entry(reply))
 
     def unpin(self, oid: bytes):
         if not self._closed:
             self.io.post(self._send_unpin, oid)
+
+    def device_unpin(self, oid: bytes):
+        if not self._closed:
+            self.io.post(self._send_device_unpin, oid)
+
+    def _send_device_unpin(self, oid):
+        if self.node_conn is not None and not self.node_conn.closed:
+            self.node_conn.send([P.DEVICE_UNPIN, [[oid, 1]]])
+
+    def _drop_pin(self, oid, entry):
+        """io thread: release the pin an entry holds (one never materialized)."""
+        if entry[0] == "restore":
+            entry = entry[1]
+        if entry[0] == "device":
+            self._send_device_unpin(oid)
+        elif entry[0] in PINNED:
+            self._send_unpin(oid)
 
     def _send_unpin(self, oid):
         if self.node_conn is not None and not self.node_conn.closed:
@@ -1249,7 +1319,14 @@ PINNED = ("pinned", "mapped")
 def _pinned_entry(reply) -> list:
     """The entry of a node's pin reply: ``["pinned", offset, size]`` in the
     arena, or ``["mapped", path, offset, size]`` for an object that lives in
-    a spill file of its own (larger than the host tier)."""
+    a spill file of its own (larger than the host tier); for a GPU reader of
+    a device object ``["device", export]`` (its device copy, mapped) or
+    ``["restore", host entry]`` (read from host, then onto the device)."""
+    if isinstance(reply, dict):
+        if "device" in reply:
+            return ["device", reply["device"]]
+        inner = _pinned_entry(reply["host"])
+        return ["restore", inner] if reply.get("to_device") else inner
     if len(reply) == 3:
         return ["mapped", reply[0], reply[1], reply[2]]
     return ["pinned", reply[0], reply[1]]
@@ -1298,6 +1375,22 @@ def _set_exception(fut: concurrent.futures.Future, exc: BaseException) -> bool:
         return True
     except concurrent.futures.InvalidStateError:   # resolved meanwhile: the get returns
         return False
+
+
+def _entry_size(entry) -> int:
+    return entry[3] if entry[0] == "mapped" else entry[2]
+
+
+class _DeviceUnpin:
+    """Called when the last view of a mapped device copy dies."""
+    __slots__ = ("rt", "oid")
+
+    def __init__(self, rt, oid):
+        self.rt = rt
+        self.oid = oid
+
+    def __call__(self):
+        self.rt.device_unpin(self.oid)
 
 
 class _Unpin:

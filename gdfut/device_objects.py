@@ -145,6 +145,26 @@ def host_twin(value, real: bool, dry: bool = False, depth: int = 0):
     return value
 
 
+def private_copy(value, depth: int = 0):
+    """A copy of ``value`` in this process's memory (an emulated GPU's device
+    copy of an object read through host memory): numpy arrays copied once
+    (writable), Arrow tables through their buffers, containers looked into."""
+    if isinstance(value, np.ndarray):
+        return np.array(value, copy=True)
+    if depth < MAX_DEPTH:
+        if type(value) is tuple:
+            return tuple(private_copy(v, depth + 1) for v in value)
+        if isinstance(value, list):
+            return [private_copy(v, depth + 1) for v in value]
+        if isinstance(value, dict):
+            return {k: private_copy(v, depth + 1) for k, v in value.items()}
+    if is_device_value(value, False):     # an Arrow table (immutable)
+        import pickle
+        s = ser.serialize(value, "a device object")
+        return pickle.loads(s.pickle_bytes, buffers=[bytearray(b) for b in s.buffers])
+    return value
+
+
 def to_device(value, depth: int = 0):
     """numpy arrays in ``value`` as cupy arrays (a driver's ``get`` of a
     device object on a real GPU)."""
@@ -163,10 +183,11 @@ def to_device(value, depth: int = 0):
 
 
 class _Held:
-    __slots__ = ("value", "gpu", "owner", "host_size")
+    __slots__ = ("value", "gpu", "owner", "host_size", "export")
 
     def __init__(self, value, gpu, owner, host_size):
         self.value, self.gpu, self.owner, self.host_size = value, gpu, owner, host_size
+        self.export = None      # what readers on the same GPU map (DEVICE_EXPORT's answer)
 
 
 class DeviceObjects:
@@ -180,6 +201,7 @@ class DeviceObjects:
         self.pool: concurrent.futures.ThreadPoolExecutor | None = None
         rt.dispatch[P.DEVICE_SPILL] = self.on_spill
         rt.dispatch[P.DEVICE_DELETE] = self.on_delete
+        rt.dispatch[P.DEVICE_EXPORT] = self.on_export
 
     # -- producing -------------------------------------------------------------
     def store(self, oid: bytes, value, owner: bytes) -> list | None:
@@ -228,6 +250,47 @@ class DeviceObjects:
             self.task_pins.setdefault(task_id, []).append(oid)
         return True, held.value
 
+    def _pin_for_task(self, oid: bytes, task_id: bytes | None) -> None:
+        with self.lock:
+            self.task_pins.setdefault(task_id, []).append(oid)
+
+    def restore(self, oid: bytes, value, host_size: int, owner: bytes | None,
+                task_id: bytes | None):
+        """A GPU task read ``value`` (a device object that was moved down to
+        host or disk, or lives on another node) through host memory: put it
+        onto this worker's device (a copy; cupy on a real GPU), accounted in
+        the device tier and evictable again (its host copy stays, so moving
+        it down writes nothing). Returns the device value, or ``value``
+        itself when the device tier has no room (or another copy of it is on
+        a device of this node already)."""
+        gpus = self.rt.gpu_ids
+        mode = device_mode()
+        if not gpus or mode is None:
+            return value
+        real = mode == REAL
+        try:
+            dev = to_device(value) if real else private_copy(value)
+        except Exception as exc:   # out of device memory: the host copy serves
+            log.warning("object %s not restored onto the device: %s", oid.hex()[:12], exc)
+            return value
+        nbytes = device_bytes(dev, real)
+        if nbytes < DEVICE_MIN_BYTES:     # nothing worth a device copy (e.g. Arrow on a GPU)
+            return value
+        gpu = int(gpus[0])
+        with self.lock:
+            if oid in self.held:
+                return value
+            self.held[oid] = _Held(dev, gpu, owner or self.rt.wid, host_size)
+        reply = self.rt.node_request(P.DEVICE_CREATE, oid, nbytes, host_size,
+                                     gpu, owner or self.rt.wid, True)
+        if not reply.get("ok"):
+            with self.lock:
+                self.held.pop(oid, None)
+            return value
+        if task_id is not None and self.rt.node_request(P.DEVICE_PIN, oid):
+            self._pin_for_task(oid, task_id)
+        return dev
+
     def release_task(self, task_id: bytes) -> None:
         if not self.task_pins:       # the common case, without the lock: only this
             return                   # task's own thread adds pins for it
@@ -270,6 +333,37 @@ class DeviceObjects:
         with self.lock:
             for oid in m[1]:
                 self.held.pop(oid, None)
+
+    def on_export(self, conn, m):
+        """The node asks to share a device copy with a reader on the same GPU."""
+        _, req_id, oid, name = m
+        if self.pool is None:
+            self.pool = concurrent.futures.ThreadPoolExecutor(MOVE_THREADS, "gdfut-device-move")
+        self.pool.submit(self._export, conn, req_id, oid, name)
+
+    def _export(self, conn, req_id, oid, name):
+        from . import device_ipc
+        try:
+            with self.lock:
+                held = self.held.get(oid)
+            if held is None:
+                raise KeyError(f"object {oid.hex()[:12]} is not held by this worker")
+            with self.lock:
+                export = held.export
+            if export is None:
+                if real_gpu():
+                    export = device_ipc.cuda_export(held.value, held.gpu)
+                else:   # process memory cannot be mapped by others: the copy moves to shm
+                    export, value = device_ipc.shm_export(held.value, name)
+                    with self.lock:
+                        held.value = value
+                with self.lock:
+                    held.export = export
+            reply = export
+        except Exception as exc:
+            log.warning("device object %s not shared: %s", oid.hex()[:12], exc)
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        self.rt.io.post(conn.reply, req_id, reply)
 
     # -- exit ----------------------------------------------------------------------
     def evacuate(self, timeout: float = 30.0) -> None:

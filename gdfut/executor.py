@@ -480,7 +480,7 @@ class Executor:
             for reply_list in pins.values():        # pinned, never materialized
                 for oid, reply in reply_list:
                     if not isinstance(reply, BaseException):
-                        self.rt.unpin(oid)
+                        self.rt.unpin_reply(oid, reply)
             raise
         return args, kwargs
 
@@ -492,7 +492,8 @@ class Executor:
         stored = [e for e in entries if e[0] == STORE]
         if len(stored) < 2:
             return {}
-        replies = self.rt.pin_many([(e[3], e[1], e[2]) for e in stored])
+        replies = self.rt.pin_many([(e[3], e[1], e[2], e[4] if len(e) > 4 else None)
+                                    for e in stored])
         pins: dict = {}
         for e, reply in zip(stored, replies):
             pins.setdefault(e[3], []).append((e[3], reply))
@@ -510,7 +511,8 @@ class Executor:
         if kind == STORE:     # a lost copy is re-made by asking the task's submitter
             task = CURRENT_TASK.get(None)
             return self.rt.read_stored(entry[3], entry[1], entry[2],
-                                       task.owner_addr if task is not None else None)
+                                       task.owner_addr if task is not None else None,
+                                       entry[4] if len(entry) > 4 else None)
         raise AssertionError(f"unexpected argument entry kind {kind}")
 
     # ----------------------------------------------------------- returns
@@ -539,14 +541,27 @@ class Executor:
     def package_many(self, task: Task, values: list) -> list:
         """package_value for every return at once: the store writes are
         pipelined (CoreWorker.store_serialized_many); on failure nothing is
-        left stored (the task fails as a whole)."""
+        left stored (the task fails as a whole). A task holding a GPU keeps
+        its device values (e.g. a data stage's block beside its metadata) in
+        the device tier, as with one return."""
         oids = task.return_ids()
-        sers = [ser.serialize(v, f"the return value of {task.name}") for v in values]
-        entries = self.rt.store_serialized_many(list(zip(oids, sers)), owner=task.owner_wid)
-        out = []
-        for oid, s, entry in zip(oids, sers, entries):
+        out: list = [None] * len(values)
+        try:
+            if task.generator is None and self.rt.gpu_ids:
+                for i, (oid, v) in enumerate(zip(oids, values)):
+                    entry = self.rt.device.store(oid, v, task.owner_wid)
+                    if entry is not None:
+                        out[i] = [oid, entry, [], []]
+            rest = [i for i, row in enumerate(out) if row is None]
+            sers = [ser.serialize(values[i], f"the return value of {task.name}") for i in rest]
+            entries = self.rt.store_serialized_many([(oids[i], s) for i, s in zip(rest, sers)],
+                                                    owner=task.owner_wid)
+        except BaseException:
+            self.free_stored([row for row in out if row is not None])
+            raise
+        for i, s, entry in zip(rest, sers, entries):
             nested = [[r.id, r.owner_wid, r.owner_addr[0], r.owner_addr[1]] for r in s.nested]
-            out.append([oid, entry, nested, s.nested])
+            out[i] = [oids[i], entry, nested, s.nested]
         return out
 
     def package_value(self, task: Task, oid: bytes, value) -> list:

@@ -234,6 +234,7 @@ class NodeDaemon:
                 _signal(p, signal.SIGKILL)
                 p.wait()
         log_totals(self.tiers)
+        self.device.close()
         self.tiers.close()
         self.arena.close()
         self.arena.unlink()
@@ -704,15 +705,16 @@ class NodeDaemon:
 
     # device tier: device objects live in the worker that made them
     def on_device_create(self, peer, m):
-        _, req_id, oid, size, host_size, gpu, owner = m
-        self.device.create(peer, req_id, oid, size, host_size, gpu, owner)
+        _, req_id, oid, size, host_size, gpu, owner = m[:7]
+        self.device.create(peer, req_id, oid, size, host_size, gpu, owner,
+                           restored=bool(m[7]) if len(m) > 7 else False)
 
     def on_device_pin(self, peer, m):
         _, req_id, oid = m
         peer.conn.reply(req_id, self.device.pin(oid, peer.wid))
 
     def on_device_unpin(self, peer, m):
-        self.device.unpin(m[1])
+        self.device.unpin(m[1], peer.wid)
 
     def on_device_evacuate(self, peer, m):
         async def evacuate():
@@ -827,13 +829,35 @@ class NodeDaemon:
         self.forget_owner(oid)
 
     def on_store_pin(self, peer, m):
-        """Pin for a reader; a spilled object is restored first (answered then)."""
-        _, req_id, oid = m
+        """Pin for a reader; a spilled object is restored first (answered then).
+        A reader that names its GPUs (it read a device object) maps the
+        device copy where it is on one of them (``{"device": export}``), else
+        gets the host copy and whether to restore it onto its device."""
+        req_id, oid = m[1], m[2]
+        gpus = m[3] if len(m) > 3 else None
+        if gpus and self.device.importable(oid, gpus, peer.wid):
+            self.tasks.spawn("device import", self._import_for(peer, req_id, oid, gpus))
+            return
 
         def done(loc):
-            if not peer.closed:
-                peer.conn.reply(req_id, list(loc) if loc is not None else None)
+            if peer.closed:
+                return
+            loc = list(loc) if loc is not None else None
+            if gpus:         # the device copy is on another GPU (it stays there), or gone
+                loc = {"host": loc, "to_device": not self.device.policy.holds(oid)}
+            peer.conn.reply(req_id, loc)
         self.tiers.pin_or_restore(oid, peer.wid, lambda: not peer.closed, done)
+
+    async def _import_for(self, peer, req_id, oid, gpus):
+        export = await self.device.import_for(oid, peer.wid)
+        if peer.closed:
+            if export is not None:
+                self.device.release_pins(peer.wid)
+            return
+        if export is not None:
+            peer.conn.reply(req_id, {"device": export})
+        else:                   # the host path, as for any other reader
+            self.on_store_pin(peer, [P.STORE_PIN, req_id, oid, [-1]])
 
     def on_store_unpin(self, peer, m):
         for oid, count in m[1]:

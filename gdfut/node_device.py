@@ -7,7 +7,12 @@ books (``devstore/device_policy.py``) and tells holders what to do:
 which may itself spill to disk) and ``DEVICE_DELETE`` (drop device copies).
 A reader in another process asks for the object as for any stored one
 (``STORE_PIN``, or a pull from another node): the host tier waits here until
-the host copy exists (``when_host_ready``).
+the host copy exists (``when_host_ready``). A reader that holds the same GPU
+maps the device copy instead (``import_for``: the holder exports it with
+``DEVICE_EXPORT`` — CUDA IPC on a real GPU, a shared-memory segment this
+node names, and unlinks, on an emulated one); its pin keeps the device copy
+until its view is garbage. A GPU reader of an object moved down restores it
+onto its own device (``create(..., restored=True)``).
 """
 from __future__ import annotations
 
@@ -19,12 +24,14 @@ import time
 
 from . import protocol as P
 from .devstore import device_policy as dp
+from .devstore.arena import SHM_DIR
 from .ids import short
 from .transport import tcp
 
 log = logging.getLogger("gdfut.node")
 
 MOVE_TIMEOUT_S = 120.0      # one host copy written by a holder
+EXPORT_TIMEOUT_S = 60.0     # a holder shares one device copy (a copy into shm when emulated)
 EVACUATE_TIMEOUT_S = 30.0   # a holder about to exit: all its objects moved down
 EMULATED_DEFAULT = 1 << 30  # per emulated GPU, at most (and half the host store)
 REAL_GPU_FRACTION = 0.5     # of each GPU's memory, by default
@@ -53,32 +60,112 @@ class DeviceTier:
         self.creates: dict = {}            # req key -> (peer, req_id, owner)
         self.host_waiters: dict = {}       # oid -> [callback] waiting for a host copy
         self.evacuations: dict = {}        # holder -> future set once it holds nothing
+        self.pins_of: dict = {}            # oid -> {process: pins} on its device copy
+        self.segments: dict = {}           # oid -> shm name of its exported device copy
+        self.imports = 0                   # device copies mapped by another process
+        self.restores = 0                  # objects restored onto a device from host
         self._ids = 0
 
     # -- events from workers -------------------------------------------------
-    def create(self, peer, req_id, oid, size, host_size, gpu, owner) -> None:
+    def create(self, peer, req_id, oid, size, host_size, gpu, owner, restored=False) -> None:
         """A device object of ``size`` bytes whose host copy takes
         ``host_size``: one whose host copy could never be written (larger
         than the host tier) is refused: it takes the host path (a spill file
         of its own, or ObjectStoreFullError with the sizes) instead of being
-        stuck on the device where no other process could read it."""
+        stuck on the device where no other process could read it.
+        ``restored``: a GPU reader put an object it read through host memory
+        onto its device; its host copy stays (moving it down again writes
+        nothing)."""
         host_capacity = self.node.tiers.policy.capacity["host"]
+        if restored:
+            self._ids += 1
+            key = ("device", self._ids)
+            self.creates[key] = (peer, req_id, oid, self.node.object_owner.get(oid, owner), True)
+            self.run(self.policy.create(key, oid, size, gpu, peer.wid, host_copy=True))
+            return
         if host_size > host_capacity:
             peer.conn.reply(req_id, {"fallback": f"its host copy ({host_size} bytes) would not "
                                                  f"fit in the host tier ({host_capacity} bytes)"})
             return
         self._ids += 1
         key = ("device", self._ids)
-        self.creates[key] = (peer, req_id, oid, owner)
+        self.creates[key] = (peer, req_id, oid, owner, False)
         self.run(self.policy.create(key, oid, size, gpu, peer.wid))
 
     def pin(self, oid, holder) -> bool:
         loc = self.policy.location(oid)
-        return loc is not None and loc[1] == holder and self.policy.pinned(oid)
+        if loc is None or loc[1] != holder or not self.policy.pinned(oid):
+            return False
+        self._count_pin(oid, holder)
+        return True
 
-    def unpin(self, pins) -> None:
+    def _count_pin(self, oid, process) -> None:
+        pins = self.pins_of.setdefault(oid, {})
+        pins[process] = pins.get(process, 0) + 1
+
+    def unpin(self, pins, process) -> None:
+        """``process`` let go of device copies (only pins it holds count)."""
         for oid, count in pins:
-            self.run(self.policy.unpinned(oid, count))
+            held = self.pins_of.get(oid, {})
+            n = min(count, held.get(process, 0))
+            if not n:
+                continue
+            held[process] -= n
+            if not held[process]:
+                del held[process]
+                if not held:
+                    del self.pins_of[oid]
+            self.run(self.policy.unpinned(oid, n))
+
+    def release_pins(self, process) -> None:
+        """A process went: its pins on device copies go (an importer's
+        mapping died with it)."""
+        for oid in [o for o, held in self.pins_of.items() if process in held]:
+            self.unpin([(oid, self.pins_of[oid][process])], process)
+
+    # -- readers on the same GPU (CUDA IPC / shared memory) ----------------------
+    def importable(self, oid, gpus, reader) -> bool:
+        """``reader`` (holding ``gpus``) can map the device copy itself: it is
+        on one of its GPUs, held by another live process."""
+        loc = self.policy.location(oid)
+        if loc is None or loc[0] not in gpus or loc[1] == reader:
+            return False
+        peer = self.node.peers.get(loc[1])
+        return peer is not None and not peer.closed
+
+    def segment_name(self, oid) -> str:
+        """The shared-memory segment an emulated GPU's exported device copy
+        lives in (named by this node, under the session's prefix, so the
+        node and the test helpers can find it)."""
+        return f"{self.node.arena_name}-dev-{oid.hex()}"
+
+    async def import_for(self, oid, reader):
+        """The export of ``oid``'s device copy for ``reader``, pinned for it
+        (``DEVICE_UNPIN`` when its view is garbage); None when it cannot
+        have one (the reader then goes through the host tier)."""
+        loc = self.policy.location(oid)
+        peer = self.node.peers.get(loc[1]) if loc is not None else None
+        if peer is None or peer.closed or not self.policy.pinned(oid):
+            return None
+        self._count_pin(oid, reader)
+        name = self.segment_name(oid)
+        try:
+            reply = await asyncio.wait_for(peer.conn.request(P.DEVICE_EXPORT, oid, name),
+                                           EXPORT_TIMEOUT_S)
+        except (tcp.ConnectionLost, tcp.RemoteError, OSError, asyncio.TimeoutError) as exc:
+            reply = {"error": f"{type(exc).__name__}: {exc}"}
+        if "shm" in reply:
+            if self.policy.holds(oid) or self.pins_of.get(oid):
+                self.segments[oid] = reply["shm"]
+            else:                          # gone meanwhile (its holder died)
+                _unlink(reply["shm"])
+        if reply.get("error") or not self.policy.known(oid):
+            log.warning("device object %s could not be shared with %s: %s", short(oid),
+                        short(reader), reply.get("error", "its device copy is gone"))
+            self.unpin([(oid, 1)], reader)
+            return None
+        self.imports += 1
+        return reply
 
     def free(self, oid) -> None:
         self.run(self.policy.freed(oid))
@@ -113,23 +200,43 @@ class DeviceTier:
                         short(holder), len(self.policy.objects_of(holder)), EVACUATE_TIMEOUT_S)
 
     def holder_gone(self, holder) -> None:
+        self.release_pins(holder)
         lost = self.policy.objects_of(holder)
         self.run(self.policy.holder_gone(holder))
         for oid in lost:
+            self._forget(oid)
             self._wake(oid)
         self._check_evacuated(holder)
+
+    def _forget(self, oid) -> None:
+        """The device copy is gone: its exported segment's name goes (the
+        mappings of readers stay valid until they drop them) and so do the
+        pins counted on it."""
+        if self.policy.known(oid):
+            return
+        name = self.segments.pop(oid, None)
+        if name is not None:
+            _unlink(name)
+        self.pins_of.pop(oid, None)
+
+    def close(self) -> None:
+        """The node stops: no exported segment outlives it."""
+        for name in self.segments.values():
+            _unlink(name)
+        self.segments.clear()
 
     # -- instructions ----------------------------------------------------------
     def run(self, instructions) -> None:
         for ins in instructions:
             kind = type(ins)
             if kind is dp.DevGrant:
-                peer, req_id, oid, owner = self.creates.pop(ins.req)
+                peer, req_id, oid, owner, restored = self.creates.pop(ins.req)
                 self.node.note_owner(oid, owner)
+                self.restores += restored
                 if not peer.closed:
                     peer.conn.reply(req_id, {"ok": True})
             elif kind is dp.DevFail:
-                peer, req_id, _, _ = self.creates.pop(ins.req)
+                peer, req_id, _, _, _ = self.creates.pop(ins.req)
                 if not peer.closed:
                     peer.conn.reply(req_id, {"fallback": ins.message})
             elif kind is dp.MoveDown:
@@ -138,6 +245,7 @@ class DeviceTier:
                 peer = self.node.peers.get(ins.holder)
                 if peer is not None and not peer.closed:
                     peer.conn.send([P.DEVICE_DELETE, [ins.oid]])
+                self._forget(ins.oid)
                 self._wake(ins.oid)
                 self._check_evacuated(ins.holder)
             else:
@@ -203,4 +311,13 @@ class DeviceTier:
                 "device_objects": len(self.policy.rows()),
                 "device_moves_in_flight": s["device_moves_in_flight"],
                 "moved_down_objects": s["moved_down_objects"],
-                "moved_down_bytes": s["moved_down_bytes"]}
+                "moved_down_bytes": s["moved_down_bytes"],
+                "device_imports": self.imports, "device_restores": self.restores,
+                "device_segments": len(self.segments)}
+
+
+def _unlink(name: str) -> None:
+    try:
+        os.unlink(os.path.join(SHM_DIR, name))
+    except FileNotFoundError:
+        pass

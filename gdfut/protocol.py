@@ -43,7 +43,8 @@ WORKER_UNBLOCKED = 15
 STORE_CREATE = 16         # req: oid, size, primary -> offset | error
 STORE_SEAL = 17           # req: oid
 STORE_ABORT = 18          # oid
-STORE_PIN = 19            # req: oid -> (offset, size) | None
+STORE_PIN = 19            # req: oid[, reader's GPUs] -> (offset, size) | None; with GPUs:
+#                           {"device": export} | {"host": (offset, size) | None, "to_device"}
 STORE_UNPIN = 20          # [(oid, count)...]
 STORE_FREE = 21           # [oid...]
 KILL_WORKER = 22          # req: worker_id, reason
@@ -54,12 +55,15 @@ NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, si
 NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
 DETACH_LEASE = 28         # lease_id: a detached actor's worker holds its own lease from now on
 # device tier: worker <-> node (device objects live in the worker that made them)
-DEVICE_CREATE = 50        # req: oid, device bytes, host bytes, gpu, owner -> {"ok"} | {"fallback": why}
+DEVICE_CREATE = 50        # req: oid, device bytes, host bytes, gpu, owner[, restored]
+#                           -> {"ok"} | {"fallback": why}
 DEVICE_PIN = 51           # req: oid -> True (the caller's device copy is pinned) | False
 DEVICE_UNPIN = 52         # [(oid, count)...]
 DEVICE_EVACUATE = 53      # req: move every device object of the caller to host -> True
 DEVICE_SPILL = 54         # node -> holder, req: oid: write a host copy -> {"ok"} | {"error"}
-DEVICE_DELETE = 55        # node -> holder: [oid...]: drop these device copies
+DEVICE_DELETE = 58        # node -> holder: [oid...]: drop these device copies
+DEVICE_EXPORT = 59        # node -> holder, req: oid, shm name: share the device copy with a
+#                           reader on the same GPU -> {"shm", "size"} | {"ipc": [...]} | {"error"}
 # owner <-> worker (direct task push)
 PUSH_TASK = 30            # spec
 TASK_DONE = 31            # task_id, status, returns[, seconds the worker spent on it]

@@ -273,8 +273,8 @@ class TaskSubmitter:
     def _dep_ready(self, spec, container, idx, oid, entry, then):
         if entry[0] == ERROR:
             container[idx] = entry
-        elif entry[0] == STORE:
-            container[idx] = [STORE, entry[1], entry[2], oid]
+        elif entry[0] == STORE:       # a 5th field: made on that GPU (a device object)
+            container[idx] = [STORE, entry[1], entry[2], oid, *entry[3:4]]
         else:
             container[idx] = entry
         spec.unresolved -= 1

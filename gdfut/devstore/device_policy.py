@@ -25,7 +25,14 @@ Decisions:
 * a reader in another process (``access``) gets a host copy written without
   dropping the device copy (the producer may still use it);
 * a holder that exits (``evacuate``) moves all its objects down first; one
-  that dies (``holder_gone``) loses them (the owner rebuilds them).
+  that dies (``holder_gone``) loses them (the owner rebuilds them);
+* pins count the holder's own readers and readers in other processes that
+  map the device copy (CUDA IPC, or a shared-memory segment of an emulated
+  GPU): a free of a pinned object drops the device copy only once the last
+  pin goes, so no importer ever maps freed memory;
+* an object restored onto a device (a GPU reader of an object that was
+  moved down, ``create(..., host_copy=True)``) already has its host copy:
+  it leaves the device again without a write.
 """
 
 from __future__ import annotations
@@ -86,6 +93,7 @@ class _Req:
     oid: ObjectId
     size: int
     holder: Hashable
+    host_copy: bool = False
 
 
 class DeviceTierPolicy:
@@ -148,8 +156,11 @@ class DeviceTierPolicy:
 
     # -- events ----------------------------------------------------------------
 
-    def create(self, req: RequestId, oid: ObjectId, size: int, gpu: int, holder) -> list:
-        """The holder made an object of ``size`` device bytes on ``gpu``."""
+    def create(self, req: RequestId, oid: ObjectId, size: int, gpu: int, holder,
+               host_copy: bool = False) -> list:
+        """The holder made an object of ``size`` device bytes on ``gpu``
+        (``host_copy``: restored onto the device from its host copy, which
+        stays)."""
         if size < 0:
             raise ValueError(f"object size must be >= 0, got {size}")
         if gpu not in self.capacity:
@@ -160,7 +171,7 @@ class DeviceTierPolicy:
                                       f"of GPU {gpu} ({self.capacity[gpu]} bytes)")]
         if oid in self._objects or any(r.oid == oid for q in self._queue.values() for r in q):
             return [DevFail(req, oid, f"object {oid!r} is on a device already")]
-        self._queue[gpu].append(_Req(req, oid, size, holder))
+        self._queue[gpu].append(_Req(req, oid, size, holder, host_copy))
         return self._progress(gpu)
 
     def pinned(self, oid: ObjectId, count: int = 1) -> bool:
@@ -182,6 +193,8 @@ class DeviceTierPolicy:
             return []
         assert obj.pins >= count, (oid, obj.pins, count)
         obj.pins -= count
+        if obj.freed and not obj.pins and not obj.moving:     # a deferred free
+            return self._remove(obj) + self._progress(obj.gpu)
         return self._progress(obj.gpu)
 
     def access(self, oid: ObjectId) -> list:
@@ -199,7 +212,7 @@ class DeviceTierPolicy:
         obj.host_copy = True
         self.totals["moved_down_objects"] += 1
         self.totals["moved_down_bytes"] += obj.size
-        if obj.freed or (obj.drop_after and not obj.pins):
+        if (obj.freed or obj.drop_after) and not obj.pins:
             return self._remove(obj) + self._progress(obj.gpu)
         obj.drop_after = False
         return self._progress(obj.gpu)
@@ -210,13 +223,14 @@ class DeviceTierPolicy:
         self._end_move(obj)
         obj.move_failed, obj.drop_after = True, False
         self._lru[obj.gpu].pop(oid, None)
-        if obj.freed:
+        if obj.freed and not obj.pins:
             return self._remove(obj) + self._progress(obj.gpu)
         return self._progress(obj.gpu)
 
     def freed(self, oid: ObjectId) -> list:
         """The owner freed the object: drop the device copy (after a move in
-        flight, which the shell then frees on the host too)."""
+        flight, which the shell then frees on the host too; after the last
+        pin, so nothing reading it loses its memory)."""
         for q in self._queue.values():
             for r in list(q):
                 if r.oid == oid:
@@ -226,7 +240,7 @@ class DeviceTierPolicy:
             return []
         obj.freed = True
         self._lru[obj.gpu].pop(oid, None)
-        if obj.moving:
+        if obj.moving or obj.pins:
             return []
         return self._remove(obj) + self._progress(obj.gpu)
 
@@ -238,13 +252,11 @@ class DeviceTierPolicy:
         for obj in [o for o in self._objects.values() if o.holder == holder]:
             gpus.add(obj.gpu)
             obj.pins = 0
-            if obj.freed:
-                continue
             if obj.moving:
                 if not obj.drop_after:
                     obj.drop_after = True
                     self._dropping[obj.gpu] += obj.size
-            elif obj.host_copy or obj.move_failed:
+            elif obj.host_copy or obj.move_failed or obj.freed:
                 out += self._remove(obj)
             else:
                 out.append(self._start_move(obj, drop=True, limit=False))
@@ -313,7 +325,8 @@ class DeviceTierPolicy:
             while q and q[0].size <= self._free(gpu):
                 r = q.popleft()
                 self.used[gpu] += r.size
-                obj = self._objects[r.oid] = _DevObj(r.oid, gpu, r.holder, r.size)
+                obj = self._objects[r.oid] = _DevObj(r.oid, gpu, r.holder, r.size,
+                                                     host_copy=r.host_copy)
                 self._lru[gpu][r.oid] = obj
                 out.append(DevGrant(r.req, r.oid))
             if not q:

@@ -298,3 +298,206 @@ def test_a_killed_producer_loses_its_device_objects_and_lineage_rebuilds_them(gp
     value = gdfut.get(ref, timeout=60)           # the task runs again
     assert (value == 4).all() and len(open(marker).read().split()) == 2
     del value
+
+
+# --- readers on the same GPU, restores onto a device, other nodes ---------------
+
+def segments_of(ref, session_dir):
+    """The shared-memory segment an emulated GPU exported ref's device copy in."""
+    import glob
+    session = os.path.basename(os.path.normpath(session_dir))
+    return glob.glob(f"/dev/shm/gdfut-{session}-*-dev-{ref.id.hex()}")
+
+
+@gdfut.remote(num_gpus=0.25)
+class Reader:
+    def read(self, value):
+        x = value["x"]
+        return (bool((x == value["i"]).all()), bool(x.flags.writeable), os.getpid(),
+                gdfut.get_gpu_ids())
+
+    def keep(self, value):
+        self.kept = value["x"]            # still mapped after the task ends
+        return True
+
+    def drop(self):
+        del self.kept
+        return True
+
+
+@gdfut.remote(num_gpus=0.25)
+def read_on_the_gpu(value, i):
+    return bool((value["x"] == i).all()), bool(value["x"].flags.writeable)
+
+
+def test_a_reader_on_the_same_gpu_maps_the_device_copy_without_a_host_copy(gpu_cluster):
+    """Producer and consumer are different processes on one emulated GPU:
+    the consumer maps the producer's device copy (a shared-memory segment of
+    that GPU), zero-copy; no host-tier byte is used and no host copy written."""
+    holder, reader = Holder.remote(), Reader.remote()
+    ref = holder.make.remote(5)
+    gdfut.wait([ref])
+    holder_pid = gdfut.get(holder.pid.remote())
+    ok, writable, reader_pid, gpus = gdfut.get(reader.read.remote(ref), timeout=60)
+    assert ok and not writable and reader_pid != holder_pid and gpus == [0]
+    assert gdfut.get(read_on_the_gpu.remote(ref, 5), timeout=60) == (True, False)
+    t = tiers()
+    assert t["host_bytes"] == 0 and t["moved_down_objects"] == 0, t
+    assert t["device_imports"] == 2 and t["device_segments"] == 1, t
+    assert [r["tier"] for r in rows_of(ref)] == ["device"]      # no host copy
+    summary = {bytes(r["oid"]): r["tier"] for r in gdfut.memory_summary() if r.get("owned")}
+    assert summary[ref.id] == "device"
+    assert len(segments_of(ref, gpu_cluster["session_dir"])) == 1
+    # the holder still reads its own copy (now in the segment, writable)
+    assert gdfut.get(holder.hold.remote(ref, 0, os.devnull), timeout=60) == (True, True)
+    # a mapping pins the device copy; dropping it unpins
+    assert gdfut.get(reader.keep.remote(ref), timeout=60)
+    wait_until(lambda: rows_of(ref)[0]["pins"] == 1, timeout=10, what="the mapping's pin")
+    assert gdfut.get(reader.drop.remote(), timeout=60)
+    wait_until(lambda: rows_of(ref)[0]["pins"] == 0, timeout=10, what="the unpin")
+    assert tiers()["device_bytes"] == OBJ            # counted once, against the GPU's budget
+    del ref
+    wait_until(lambda: not segments_of_any(gpu_cluster["session_dir"]), timeout=10,
+               what="the exported segment to go with its object")
+    assert tiers()["device_bytes"] == 0 and tiers()["device_segments"] == 0
+
+
+def segments_of_any(session_dir):
+    import glob
+    session = os.path.basename(os.path.normpath(session_dir))
+    return glob.glob(f"/dev/shm/gdfut-{session}-*-dev-*")
+
+
+def test_a_free_waits_for_the_last_mapping_and_a_dead_reader_unpins(gpu_cluster, tmp_path):
+    holder = Holder.remote()
+    ref = holder.make.remote(9)
+    gdfut.wait([ref])
+    marker = str(tmp_path / "reader")
+    reading = read_on_gpu_and_wait.options(max_retries=0).remote(ref, marker)
+    wait_until(lambda: os.path.exists(marker) and open(marker).read(), timeout=30,
+               what="the reader to map it")
+    assert rows_of(ref)[0]["pins"] == 1 and rows_of(ref)[0]["tier"] == "device"
+    os.kill(int(open(marker).read()), signal.SIGKILL)
+    with pytest.raises(gdfut.exceptions.GdfutError):
+        gdfut.get(reading, timeout=30)
+    wait_until(lambda: rows_of(ref)[0]["pins"] == 0, timeout=10, what="the dead reader's pin")
+    assert tiers()["host_bytes"] == 0
+    del ref, reading
+    wait_until(lambda: tiers()["device_bytes"] == 0 and not segments_of_any(
+        gpu_cluster["session_dir"]), timeout=10, what="the device copy and its segment to go")
+
+
+@gdfut.remote(num_gpus=0.5, max_retries=0)
+def read_on_gpu_and_wait(value, marker):
+    assert not value["x"].flags.writeable        # mapped, not a host copy
+    open(marker, "w").write(str(os.getpid()))
+    time.sleep(60)
+
+
+@pytest.fixture
+def two_gpu_cluster(tmp_path, monkeypatch):
+    monkeypatch.setenv("GDFUT_CPU_MODE", "1")
+    info = gdfut.init(num_cpus=2, num_gpus=2, object_store_memory=HOST,
+                      device_store_memory=DEVICE, spill_dir=str(tmp_path / "spill"))
+    try:
+        yield info
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"], str(tmp_path / "spill"))
+
+
+@gdfut.remote(num_gpus=1)
+class WholeGpu:
+    def make(self, i):
+        return {"x": np.full(OBJ, i, dtype=np.uint8), "i": i}
+
+    def read(self, value):
+        return bool((value["x"] == value["i"]).all()), gdfut.get_gpu_ids()
+
+
+def test_a_reader_on_another_gpu_or_without_one_goes_through_host(two_gpu_cluster):
+    a, b = WholeGpu.remote(), WholeGpu.remote()
+    ref = a.make.remote(3)
+    gdfut.wait([ref])
+    ok, gpus = gdfut.get(b.read.remote(ref), timeout=60)
+    assert ok and gpus != gdfut.get(a.read.remote(ref), timeout=60)[1]
+    assert gdfut.get(check_dict_on_cpu.remote(ref, 3), timeout=60)
+    t = tiers()
+    # the device copy stays on GPU 0 (one device copy per node): no import, no restore
+    assert t["device_imports"] == 0 and t["device_restores"] == 0, t
+    assert sorted(r["tier"] for r in rows_of(ref)) == ["device", "host"]   # the host copy
+    assert t["host_bytes"] > 0 and t["device_bytes"] == OBJ
+    del ref
+
+
+@gdfut.remote
+def check_dict_on_cpu(value, i):
+    return bool((value["x"] == i).all())
+
+
+def test_a_gpu_reader_restores_a_moved_down_object_onto_its_device(gpu_cluster):
+    refs = [make.remote(i) for i in range(4)]      # 64 MiB through 48: the first moves down
+    gdfut.wait(refs, num_returns=4, timeout=60)
+    wait_until(lambda: [r["tier"] for r in rows_of(refs[0])] == ["host"], timeout=20,
+               what="the first object to move down")
+    # a CPU reader just reads the host copy
+    assert gdfut.get(check_on_cpu.remote(refs[0], 0), timeout=60)
+    assert tiers()["device_restores"] == 0
+    # a GPU reader restores it onto its device: device tier again, writable, counted
+    ok, writable = gdfut.get(check.remote(refs[0], 0), timeout=60)
+    assert ok and writable
+    t = tiers()
+    assert t["device_restores"] == 1 and t["device_bytes"] <= DEVICE, t
+    assert sorted(r["tier"] for r in rows_of(refs[0])) == ["device", "host"]
+    moved = t["moved_down_objects"]
+    # evictable again: it leaves the device without another write
+    more = [make.remote(i) for i in range(4, 7)]
+    gdfut.wait(more, num_returns=3, timeout=60)
+    wait_until(lambda: [r["tier"] for r in rows_of(refs[0])] in (["host"], ["disk"]),
+               timeout=20, what="the restored object to leave the device again")
+    # room for 3 more: the two older objects are written down, the restored one
+    # just leaves (its host copy exists): 2 host copies written, not 3
+    assert tiers()["moved_down_objects"] - moved == 2
+    assert gdfut.get(check.remote(refs[0], 0), timeout=60)[0]
+    assert [bool((gdfut.get(r) == i % 251).all()) for i, r in enumerate(refs + more)] \
+        == [True] * 7
+    del refs, more
+
+
+def test_a_gpu_task_on_another_node_gets_a_device_object_there(monkeypatch):
+    """Across nodes a device object goes through host memory (the data plane)
+    and becomes a device-tier object of the reading GPU task's node; another
+    GPU reader there maps that copy; a CPU reader there reads the host copy."""
+    from gdfut.testing import Cluster
+    monkeypatch.setenv("GDFUT_CPU_MODE", "1")
+
+    @gdfut.remote(num_gpus=0.5)
+    class ReadThere:
+        def read(self, v):
+            t = runtime_context.require().node_request(P.NODE_STATUS)["tiers"]
+            return (bool((v["x"] == v["i"]).all()), bool(v["x"].flags.writeable),
+                    t["device_bytes"], t["device_restores"], t["device_imports"],
+                    gdfut.get_runtime_context().get_node_id())
+
+    c = Cluster()
+    try:
+        c.add_node(num_cpus=1, num_gpus=1, object_store_memory=HOST, wait=False)
+        b = c.add_node(num_cpus=2, num_gpus=1, object_store_memory=HOST)
+        c.connect()
+        on_a = gdfut.NodeAffinitySchedulingStrategy(c.nodes[0].node_id)
+        on_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+        holder = Holder.options(scheduling_strategy=on_a).remote()
+        ref = holder.make.remote(6)
+        gdfut.wait([ref], timeout=60)
+        r1, r2 = (ReadThere.options(scheduling_strategy=on_b).remote() for _ in range(2))
+        # through host memory, then onto r1's device (a writable device copy)
+        assert gdfut.get(r1.read.remote(ref), timeout=60) == (True, True, OBJ, 1, 0, b.node_id)
+        # r2, same GPU of node b: maps r1's device copy
+        assert gdfut.get(r2.read.remote(ref), timeout=60) == (True, False, OBJ, 1, 1, b.node_id)
+        assert gdfut.get(check_dict_on_cpu.options(scheduling_strategy=on_b).remote(ref, 6),
+                         timeout=60)
+        assert (gdfut.get(ref)["x"] == 6).all()
+        del ref
+    finally:
+        c.shutdown()
+        assert_no_leaks(c.session_dir)

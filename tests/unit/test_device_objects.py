@@ -99,3 +99,139 @@ def test_real_gpu_host_twin_has_the_layout_its_dry_run_promised(fake_cupy):
     back = d.to_device(real)                      # a driver's get on a real GPU
     assert isinstance(back["emb"], _FakeCupyArray) and isinstance(back["ids"][0], _FakeCupyArray)
     assert back["ids"][1] == "tag"
+
+
+def test_an_emulated_export_is_a_shared_segment_read_without_a_copy(tmp_path):
+    """The emulated GPU's CUDA IPC: the holder's copy moves once into a
+    shared-memory segment, which it keeps using (writable); a reader maps
+    the same pages read-only, and its release runs when its views go."""
+    import gc
+    import os
+    from gdfut import device_ipc
+    from gdfut.devstore.arena import SHM_DIR
+    name = f"gdfut-unit-{os.getpid()}-dev-test"
+    value = {"x": np.arange(100_000, dtype=np.int64), "tag": "t"}
+    export, held = device_ipc.shm_export(value, name)
+    try:
+        assert export["shm"] == name and os.path.exists(os.path.join(SHM_DIR, name))
+        assert held["x"].flags.writeable and (held["x"] == value["x"]).all()
+        released = []
+        seen = device_ipc.shm_import(export, lambda: released.append(1))
+        assert (seen["x"] == value["x"]).all() and seen["tag"] == "t"
+        assert not seen["x"].flags.writeable
+        held["x"][0] = -7                              # same pages: no copy in between
+        assert seen["x"][0] == -7
+        x = seen["x"][10:20]
+        del seen
+        gc.collect()
+        assert not released                            # a slice still maps it
+        del x
+        gc.collect()
+        assert released == [1]
+    finally:
+        os.unlink(os.path.join(SHM_DIR, name))
+    assert (held["x"][1:] == value["x"][1:]).all()      # a mapping outlives the name
+
+
+def test_private_copy_is_writable_and_independent():
+    src = np.arange(1000)
+    src.flags.writeable = False
+    out = d.private_copy(({"a": src}, [src]))
+    assert out[0]["a"].flags.writeable and (out[1][0] == src).all()
+    out[0]["a"][0] = 5
+    assert src[0] == 0
+
+
+def test_cuda_ipc_export_names_the_base_allocation_and_import_closes_its_handles(monkeypatch):
+    """The CUDA IPC path's bookkeeping, against a stand-in for cupy whose
+    "device memory" is host memory: a pool sub-allocation is exported as the
+    handle of its base allocation plus its offset; the importer rebuilds the
+    value's structure, maps each array at base + offset, and closes every
+    handle it opened (and releases its pin) once the last array is garbage.
+    (The real CUDA calls never ran here: no GPU.)"""
+    import gc
+    import sys
+    import types
+    from gdfut import device_ipc
+
+    pool = np.zeros(4 << 20, np.uint8)             # one cudaMalloc block of a memory pool
+    base = pool.ctypes.data
+    closed, opened = [], []
+
+    class Ptr:
+        def __init__(self, ptr):
+            self.ptr = ptr
+
+    class FakeArray:                                # a cupy.ndarray over pool memory
+        def __init__(self, shape, dtype, memptr, strides=None):
+            self.shape, self.dtype = tuple(shape), np.dtype(dtype)
+            self.data, self.nbytes = memptr, int(np.prod(shape)) * self.dtype.itemsize
+            self.strides = strides or (self.dtype.itemsize,)
+
+        @property
+        def __cuda_array_interface__(self):
+            return {"shape": self.shape, "typestr": self.dtype.str, "version": 3,
+                    "data": (self.data.ptr, False), "strides": self.strides}
+
+        def host(self):
+            return np.ctypeslib.as_array((np.ctypeslib.ctypes.c_uint8 * self.nbytes)
+                                         .from_address(self.data.ptr)).view(self.dtype)
+
+    class UnownedMemory:
+        def __init__(self, ptr, size, owner):
+            self.ptr, self.size, self.owner = ptr, size, owner
+
+    class MemoryPointer:
+        def __init__(self, mem, offset):
+            self.mem, self.ptr = mem, mem.ptr + offset
+
+    class Device:
+        def __init__(self, i=0):
+            self.i = i
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *a):
+            return False
+
+        def synchronize(self):
+            pass
+
+    def open_handle(h):
+        opened.append(h)
+        return int.from_bytes(h, "little")
+
+    runtime = types.SimpleNamespace(
+        ipcGetMemHandle=lambda p: p.to_bytes(64, "little"), ipcOpenMemHandle=open_handle,
+        ipcCloseMemHandle=closed.append)
+    cupy = types.ModuleType("cupy")
+    cupy.ndarray = FakeArray
+    cupy.asarray = lambda x: x
+    cupy.cuda = types.SimpleNamespace(runtime=runtime, UnownedMemory=UnownedMemory,
+                                      MemoryPointer=MemoryPointer, Device=Device)
+    monkeypatch.setitem(sys.modules, "cupy", cupy)
+    monkeypatch.setattr(device_ipc, "allocation_base",
+                        lambda p: (base, pool.nbytes) if base <= p < base + pool.nbytes else 1 / 0)
+
+    a = FakeArray((1000,), np.float32, Ptr(base + 4096))
+    b = FakeArray((500,), np.int64, Ptr(base + (1 << 20)))
+    a.host()[:] = np.arange(1000)
+    b.host()[:] = -np.arange(500)
+    export = device_ipc.cuda_export({"emb": a, "ids": [b, "tag"], "n": 7}, gpu=3)
+    assert [x["offset"] for x in export["ipc"]] == [4096, 1 << 20]
+    assert {x["handle"] for x in export["ipc"]} == {base.to_bytes(64, "little")}
+    assert export["gpu"] == 3
+    released = []
+    value = device_ipc.cuda_import(export, 0, lambda: released.append(1))
+    assert value["n"] == 7 and value["ids"][1] == "tag"
+    emb, ids = value["emb"], value["ids"][0]
+    assert emb.data.ptr == base + 4096 and ids.data.ptr == base + (1 << 20)
+    assert (emb.host() == np.arange(1000)).all() and (ids.host() == -np.arange(500)).all()
+    assert len(opened) == 2 and not closed
+    del value, emb
+    gc.collect()
+    assert not closed and not released            # ids still maps it
+    del ids
+    gc.collect()
+    assert closed == [base, base] and released == [1]

@@ -134,12 +134,18 @@ def test_random_events_keep_the_invariants(seed):
         event = rng.random()
         live = [o for o in p._objects if p.holds(o)]
         if event < 0.35:
-            out = p.create(n, f"o{n}", rng.randint(1, 400), rng.randint(0, 1), rng.choice([W1, W2]))
+            out = p.create(n, f"o{n}", rng.randint(1, 400), rng.randint(0, 1), rng.choice([W1, W2]),
+                           host_copy=rng.random() < 0.2)
         elif event < 0.5 and live:
             oid = rng.choice(live)
             out = [] if not p.pinned(oid) else p.unpinned(oid) if rng.random() < 0.5 else []
         elif event < 0.6 and live:
             out = p.freed(rng.choice(live))
+            pinned_freed = [o for o, obj in p._objects.items() if obj.freed and obj.pins]
+            if pinned_freed and rng.random() < 0.5:      # a deferred free's last pin goes
+                oid = rng.choice(pinned_freed)
+                out += p.unpinned(oid, p._objects[oid].pins)
+                assert not p.known(oid) or p._objects[oid].moving
         elif event < 0.7 and live:
             out = p.access(rng.choice(live))
         elif event < 0.9 and moving:
@@ -159,3 +165,37 @@ def test_random_events_keep_the_invariants(seed):
         p.validate()
         for gpu in (0, 1):
             assert p.used[gpu] <= p.capacity[gpu]
+
+
+def test_a_free_of_a_pinned_object_waits_for_its_last_pin():
+    """A reader in another process maps the device copy (CUDA IPC or shared
+    memory): freeing the object must not take the memory from under it."""
+    p = dp.DeviceTierPolicy({0: 100})
+    p.create("r1", "a", 60, 0, W1)
+    assert p.pinned("a") and p.pinned("a")          # the holder's task and an importer
+    assert p.freed("a") == [] and not p.holds("a") and p.known("a") and p.used[0] == 60
+    assert not p.pinned("a")                       # freed: no new reader maps it
+    assert p.unpinned("a") == []
+    assert p.unpinned("a") == [dp.Delete("a", W1)] and not p.known("a") and p.used[0] == 0
+    p.validate()
+
+
+def test_an_object_restored_onto_a_device_leaves_it_without_a_write():
+    p = dp.DeviceTierPolicy({0: 100})
+    assert p.create("r1", "a", 60, 0, W1, host_copy=True) == [dp.DevGrant("r1", "a")]
+    assert p.host_ready("a") and p.access("a") == []      # other readers: its host copy
+    out = p.create("r2", "b", 60, 0, W2)
+    assert out == [dp.Delete("a", W1), dp.DevGrant("r2", "b")]     # no MoveDown
+    assert p.totals["moved_down_objects"] == 0
+    # a second device copy of one object on one node is refused (the reader keeps host)
+    assert isinstance(p.create("r3", "b", 10, 0, W1, host_copy=True)[0], dp.DevFail)
+    p.validate()
+
+
+def test_an_evacuating_holder_drops_a_freed_pinned_object():
+    p = dp.DeviceTierPolicy({0: 100})
+    p.create("r1", "a", 60, 0, W1)
+    p.pinned("a")
+    p.freed("a")
+    assert p.evacuate(W1) == [dp.Delete("a", W1)] and not p.known("a")
+    p.validate()

@@ -77,7 +77,8 @@ def test_gpu_check_kernel_section_in_the_cuda_simulator():
 
 def test_gpu_check_device_object_checks_run_on_an_emulated_gpu(tmp_path):
     """--emulated: the device-tier checks (between tasks, another process on
-    the GPU, spill D->H->disk and back, the tier's copies) on a CPU-mode GPU."""
+    the GPU zero-copy, restore onto the device, spill D->H->disk and back,
+    the tier's copies) on a CPU-mode GPU."""
     out_json = tmp_path / "rows.json"
     env = {**os.environ, "PYTHONPATH": ROOT}
     out = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "gpu_check.py"),
@@ -89,8 +90,11 @@ def test_gpu_check_device_object_checks_run_on_an_emulated_gpu(tmp_path):
     for check in ("NVML discovery", "kernels", "copies"):
         assert rows[check]["status"] == "skipped"
     device = [r for name, r in rows.items() if name.startswith("device:")]
-    assert len(device) == 6 and all(r["status"] == "ok" for r in device), device
+    assert len(device) == 7 and all(r["status"] == "ok" for r in device), device
     assert "the object itself" in rows["device: GPU task -> GPU task"]["figure"]
-    assert "the host copy" in rows["device: other process, same GPU"]["note"]
+    ipc = rows["device: other process, same GPU (IPC)"]["note"]
+    assert "2 imports, 0 host-tier bytes, 0 moved down" in ipc, ipc      # zero-copy
+    restore = rows["device: restore onto the device"]["note"]
+    assert "1 restored" in restore and "device" in restore, restore
     spill = rows["device: spill D->H->disk, restore"]["figure"]
     assert all(int(spill.split()[i]) > 0 for i in (0, 2, 4)), spill

@@ -215,3 +215,21 @@ def test_owner_plane_generator_ack_and_cancel_are_checked():
     assert validate.problem([P.CANCEL_OWNED_TASK, 1, tid, False, True]) is None
     assert "force" in validate.problem([P.CANCEL_OWNED_TASK, 1, tid, "yes", True])
     assert "fields" in validate.problem([P.CANCEL_OWNED_TASK, 1, tid, False])
+
+
+def test_message_types_are_unique():
+    """Two message types with one number: the second handler registered wins
+    in every dispatch table, silently (DEVICE_DELETE and CONFIRM_BORROWER
+    were both 55: holders never dropped their moved-down device copies)."""
+    import re
+    seen: dict = {}
+    with open(P.__file__) as f:
+        for line in f:
+            m = re.match(r"^([A-Z_]+) = (\d+)\b", line)
+            if m and int(m.group(2)) in validate.SCHEMAS or (m and m.group(1).startswith(
+                    ("DEVICE_", "STORE_", "NODE_", "HEAD_"))):
+                seen.setdefault(int(m.group(2)), []).append(m.group(1))
+    clashes = {n: names for n, names in seen.items()
+               if len([x for x in names if not x.endswith("_LEN")
+                       and not x.startswith(("DEFAULT_", "MAX_"))]) > 1}
+    assert not clashes, clashes
