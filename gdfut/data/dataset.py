@@ -41,6 +41,10 @@ class Dataset:
         scale on queue length), each building the class once."""
         where = f"map_batches({S.fn_name(fn)})"
         fmt = B.check_batch_format(batch_format, where)
+        # An explicit batch_size is exact: batches of N rows across blocks (the
+        # stage bundles its input, see bundler.py); the default is a hint, cut
+        # within each block, so the map stays fused with the read before it.
+        exact = batch_size != "default"
         if batch_size == "default":
             batch_size = 1024 if num_gpus is None else None   # Ray: whole blocks on GPUs
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -54,7 +58,7 @@ class Dataset:
             raise ValueError(f"{where}: fn_constructor_args/kwargs are for a class")
         concurrency = PL.check_concurrency(concurrency, is_class, where)
         transform = S.MapBatches(fn, batch_size, fmt, fn_args, fn_kwargs, fn_constructor_args,
-                                 fn_constructor_kwargs, is_class)
+                                 fn_constructor_kwargs, is_class, exact=exact)
         return self._with(PL.MapOp(transform.name, transform, "actor" if is_class else "task",
                                    PL.resources(num_cpus, num_gpus, where), concurrency,
                                    ray_remote_args))

@@ -25,16 +25,17 @@ from .stages import ReadTask
 @dataclass
 class Source:
     name: str
-    items: list                       # (ReadTask or block ref, bytes) per input block
+    items: list                       # (ReadTask or block ref, bytes, rows or None) per block
     blocks: list = field(default_factory=list)   # (ref, metadata) when made from memory
 
     @classmethod
     def from_reads(cls, name: str, reads: list[ReadTask]) -> "Source":
-        return cls(name, [(r, 0) for r in reads])
+        return cls(name, [(r, 0, None) for r in reads])
 
     @classmethod
     def from_blocks(cls, name: str, blocks: list) -> "Source":
-        return cls(name, [(ref, meta["size_bytes"]) for ref, meta in blocks], list(blocks))
+        return cls(name, [(ref, meta["size_bytes"], meta["num_rows"]) for ref, meta in blocks],
+                   list(blocks))
 
     @property
     def reads(self) -> bool:
@@ -84,24 +85,36 @@ def check_concurrency(concurrency, is_class: bool, where: str):
 
 
 # ------------------------------------------------------------ stages
+def _batch_rows(op) -> int | None:
+    """The explicit batch_size of a map_batches op: its stage's bundles hold k * N rows."""
+    exact = isinstance(op, MapOp) and getattr(op.transform, "exact", False)
+    return op.transform.batch_size if exact else None
+
+
 def build_stages(source: Source, ops) -> list[Stage]:
+    """A map_batches with a batch_size starts a stage of its own (its batches
+    are cut from bundles of its input blocks, which it can only make from
+    blocks whose rows are known: not fused after another transform or a read)."""
+    target = DataContext.get_current().target_max_block_size
     stages: list[Stage] = []
     for op in ops:
         cpus, gpus = op.resources
         last = stages[-1] if stages else None
         if (op.kind == "task" and last is not None and last.kind == "task" and
                 (last.num_cpus, last.num_gpus) == (cpus, gpus) and last.concurrency is None
-                and op.concurrency is None and not op.remote_args and not last.remote_args):
+                and op.concurrency is None and not op.remote_args and not last.remote_args
+                and _batch_rows(op) is None):
             last.chain.append(op.transform)
             last.name = f"{last.name}->{op.name}"
             continue
         stages.append(Stage(op.name, op.kind, [op.transform], cpus, gpus, op.concurrency,
-                            dict(op.remote_args)))
+                            dict(op.remote_args), _batch_rows(op), target))
     if source.reads:
-        if stages and stages[0].kind == "task":
+        if stages and stages[0].kind == "task" and stages[0].min_rows is None:
             stages[0].name = f"{source.name}->{stages[0].name}"
         else:
             stages.insert(0, Stage(source.name, "task", []))
+        stages[0].max_bundle_bytes = None          # a read is bundled whole
     return stages
 
 
@@ -147,7 +160,9 @@ def execute(source: Source, ops: tuple, prefetch_blocks: int, stats):
                                  prefetch_blocks=prefetch_blocks,
                                  max_tasks=[_max_tasks(s, cluster) for s in stages],
                                  slots_per_actor=ctx.max_tasks_in_flight_per_actor,
-                                 progress=progress_wanted(ctx.enable_progress_bars))
+                                 progress=progress_wanted(ctx.enable_progress_bars),
+                                 actor_restarts=(ctx.actor_max_restarts,
+                                                 ctx.actor_max_task_retries))
     stats.add_executor(executor)
     yield from executor.blocks()
 
