@@ -229,11 +229,14 @@ class Pipeline:
         for i in reversed(range(len(self.ops))):      # downstream first: drain before filling
             out += self._launches(i, head)
             out += self._scale(i)
-        # The first actors start after the first launches: the tasks take the
-        # node's idle workers and the actors' processes start meanwhile, instead
-        # of the tasks waiting for new workers while idle ones host actors.
-        out += self._pending
-        self._pending = []
+        # The first actors start after the first task launches: the tasks take
+        # the node's idle workers and the actors' processes start meanwhile,
+        # instead of the tasks waiting for new workers while idle ones host
+        # actors. Calls to those actors (op 0 fed from memory) come after them.
+        if self._pending:
+            calls = [x for x in out if isinstance(x, Launch) and x.actor is not None]
+            out = [x for x in out if x not in calls] + self._pending + calls
+            self._pending = []
         out += self._emits()
         out += self._released
         self._released = []

@@ -184,8 +184,8 @@ class ReadTask:
 class ReadParquetFile(ReadTask):
     name = "ReadParquet"
 
-    def __init__(self, path: str, columns):
-        self.path, self.columns = path, columns
+    def __init__(self, path: str, columns, row_groups: list[int] | None = None):
+        self.path, self.columns, self.row_groups = path, columns, row_groups
 
     def __call__(self):
         import pyarrow.parquet as pq
@@ -197,6 +197,9 @@ class ReadParquetFile(ReadTask):
             if missing:
                 raise B.ColumnNotFoundError(f"{self.name}: column(s) {missing} not found in "
                                             f"{self.path}, which has columns {names}")
+        if self.row_groups is not None:
+            return pq.ParquetFile(self.path).read_row_groups(self.row_groups,
+                                                             columns=self.columns)
         return pq.read_table(self.path, columns=self.columns)
 
 
