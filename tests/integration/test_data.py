@@ -510,3 +510,29 @@ def test_killed_function_stage_worker_is_retried(tmp_path):
     killer.join(timeout=5)
     np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(100) + 1)
     assert int(open(marker).read()) not in set(out["pid"])
+
+
+# ------------------------------------------------------------ random_shuffle on gdfut.shuffle
+def test_random_shuffle_is_a_seeded_permutation_of_the_rows(monkeypatch):
+    import gdfut.shuffle as SH
+    calls = []
+    real = SH.shuffle
+    monkeypatch.setattr(SH, "shuffle", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    base = gd.from_items(ITEMS, override_num_blocks=5).map(lambda r: {**r, "c": r["a"] * 10})
+    expected = df_of(base)
+    one = df_of(base.random_shuffle(seed=3))
+    # the same multiset of rows (each row whole), in another order
+    pd.testing.assert_frame_equal(one.sort_values("a").reset_index(drop=True), expected)
+    assert not one["a"].equals(expected["a"])
+    pd.testing.assert_frame_equal(df_of(base.random_shuffle(seed=3)), one)     # reproducible
+    other = df_of(base.random_shuffle(seed=4))
+    assert not other["a"].equals(one["a"])
+    mat = base.random_shuffle(seed=3, num_blocks=3).materialize()
+    assert mat.num_blocks() == 3 and mat.count() == 50
+    blocks = mat._source.blocks                # each of 5 blocks of 10 rows gives 4, 3, 3
+    assert [m["num_rows"] for _, m in blocks] == [20, 15, 15]
+    assert [gdfut.get(ref).num_rows for ref, _ in blocks] == [20, 15, 15]
+    del blocks
+    assert sorted(df_of(mat)["a"]) == list(range(50))
+    assert calls == [5, 5, 5, 3]               # every shuffle ran on gdfut.shuffle
+    del mat
