@@ -18,6 +18,15 @@ class DataContext:
     # Calls queued at one actor of a class stage (hides the round trip).
     max_tasks_in_flight_per_actor: int = 2
     enable_progress_bars: bool = True
+    # Blocks larger than this are split: an operator's input bundles hold about
+    # this many bytes at most (Ray's target_max_block_size), so does a block
+    # made from memory, and a Parquet read covers row groups of about as much.
+    target_max_block_size: int = 128 * 1024 * 1024
+    # Restarts of a class stage's actor whose worker died, and retries of the
+    # call (the block) it was running (Ray Data: -1, forever; here bounded, so
+    # a batch function that crashes its process fails the run with the cause).
+    actor_max_restarts: int = 4
+    actor_max_task_retries: int = 4
     # Blocks a source made from memory (from_items, from_numpy...) is cut into.
     default_num_blocks: int = 8
 

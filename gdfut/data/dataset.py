@@ -4,7 +4,6 @@ run builds stages (``plan.py``) and streams them through the executor."""
 from __future__ import annotations
 
 import os
-import warnings
 from typing import Callable
 
 import numpy as np
@@ -15,6 +14,7 @@ from . import block as B
 from . import plan as PL
 from . import stages as S
 from .stats import DatasetStats, RunStats
+from .tensors import check_device, torch_batch
 
 
 class Dataset:
@@ -41,6 +41,10 @@ class Dataset:
         scale on queue length), each building the class once."""
         where = f"map_batches({S.fn_name(fn)})"
         fmt = B.check_batch_format(batch_format, where)
+        # An explicit batch_size is exact: batches of N rows across blocks (the
+        # stage bundles its input, see bundler.py); the default is a hint, cut
+        # within each block, so the map stays fused with the read before it.
+        exact = batch_size != "default"
         if batch_size == "default":
             batch_size = 1024 if num_gpus is None else None   # Ray: whole blocks on GPUs
         if batch_size is not None and (not isinstance(batch_size, int) or batch_size < 1):
@@ -54,7 +58,7 @@ class Dataset:
             raise ValueError(f"{where}: fn_constructor_args/kwargs are for a class")
         concurrency = PL.check_concurrency(concurrency, is_class, where)
         transform = S.MapBatches(fn, batch_size, fmt, fn_args, fn_kwargs, fn_constructor_args,
-                                 fn_constructor_kwargs, is_class)
+                                 fn_constructor_kwargs, is_class, exact=exact)
         return self._with(PL.MapOp(transform.name, transform, "actor" if is_class else "task",
                                    PL.resources(num_cpus, num_gpus, where), concurrency,
                                    ray_remote_args))
@@ -184,7 +188,9 @@ class Dataset:
                            drop_last: bool = False, local_shuffle_buffer_size=None,
                            local_shuffle_seed=None):
         """Batches as dicts of torch tensors on ``device`` ("auto": CUDA when
-        torch sees a GPU, else CPU); ``dtypes`` a torch dtype or a dict of them."""
+        torch sees a GPU, else CPU); ``dtypes`` a torch dtype or a dict of them.
+        Device columns go to torch through DLPack (``tensors.py``); "cuda"
+        without a CUDA device is an error at once."""
         try:
             import torch
         except ImportError:
@@ -192,25 +198,19 @@ class Dataset:
                               "pip install torch (or use iter_batches for numpy)") from None
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
+        check_device(device, torch.cuda.is_available())
+        return self._torch_batches(torch, device, dtypes, collate_fn, batch_size,
+                                   prefetch_batches, drop_last, local_shuffle_buffer_size,
+                                   local_shuffle_seed)
+
+    def _torch_batches(self, torch, device, dtypes, collate_fn, batch_size, prefetch_batches,
+                       drop_last, local_shuffle_buffer_size, local_shuffle_seed):
         for batch in self.iter_batches(batch_size=batch_size, batch_format="numpy",
                                        prefetch_batches=prefetch_batches, drop_last=drop_last,
                                        local_shuffle_buffer_size=local_shuffle_buffer_size,
                                        local_shuffle_seed=local_shuffle_seed):
-            if collate_fn is not None:
-                yield collate_fn(batch)
-                continue
-            out = {}
-            for name, values in batch.items():
-                dtype = dtypes.get(name) if isinstance(dtypes, dict) else dtypes
-                values = np.ascontiguousarray(values)
-                if not values.flags.writeable and str(device).startswith("cpu"):
-                    values = values.copy()   # a view of the store: torch wants to own it
-                with warnings.catch_warnings():   # a read-only view copied to the device
-                    warnings.simplefilter("ignore", UserWarning)
-                    tensor = torch.as_tensor(values)
-                out[name] = tensor.to(device=device, dtype=dtype) if dtype is not None else \
-                    tensor.to(device=device)
-            yield out
+            yield collate_fn(batch) if collate_fn is not None else \
+                torch_batch(batch, torch, device, dtypes)
 
     def iter_rows(self):
         for ref, _ in self._run_blocks():

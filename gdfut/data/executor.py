@@ -35,6 +35,8 @@ class Stage:
     num_gpus: float = 0.0
     concurrency: object = None         # int, (min, max) or None
     remote_args: dict = field(default_factory=dict)
+    min_rows: int | None = None        # its first transform's batch_size: bundles of k * N rows
+    max_bundle_bytes: int | None = None   # input bundles cut at the target max block size
 
 
 @dataclass
@@ -59,9 +61,10 @@ class OpStats:
 class StreamingExecutor:
     def __init__(self, items: list, stages: list[Stage], *, budgets: list[int],
                  prefetch_blocks: int, max_tasks: list[int], slots_per_actor: int,
-                 progress: bool):
+                 progress: bool, actor_restarts: tuple = (0, 0)):
         assert len(stages) == len(budgets) == len(max_tasks) and stages
         self.items, self.stages = items, stages
+        self.actor_restarts = actor_restarts       # (max_restarts, max_task_retries)
         specs = [self._spec(s, b, m, slots_per_actor) for s, b, m in
                  zip(stages, budgets, max_tasks)]
         self.machine = P.Pipeline(specs, prefetch_blocks)
@@ -82,12 +85,13 @@ class StreamingExecutor:
 
     @staticmethod
     def _spec(stage: Stage, budget: int, max_tasks: int, slots: int) -> P.OpSpec:
+        bundling = dict(min_rows=stage.min_rows, max_bundle_bytes=stage.max_bundle_bytes)
         if stage.kind == "task":
-            return P.OpSpec(stage.name, "task", budget, max_tasks=max_tasks)
+            return P.OpSpec(stage.name, "task", budget, max_tasks=max_tasks, **bundling)
         lo, hi = stage.concurrency if isinstance(stage.concurrency, tuple) else \
             (stage.concurrency, stage.concurrency)
         return P.OpSpec(stage.name, "actor", budget, min_actors=lo, max_actors=hi,
-                        slots_per_actor=slots)
+                        slots_per_actor=slots, **bundling)
 
     # ------------------------------------------------------------ consumer side
     def blocks(self):
@@ -133,9 +137,9 @@ class StreamingExecutor:
     # ------------------------------------------------------------ the loop
     def _run(self) -> None:
         try:
-            for seq, (item, nbytes) in enumerate(self.items):
+            for seq, (item, nbytes, rows) in enumerate(self.items):
                 self.refs[(-1, seq)] = item
-                self.machine.add_input(seq, nbytes)
+                self.machine.add_input(seq, nbytes, rows)
             self.machine.inputs_done()
             self.items = None
             while not self._stop.is_set():
@@ -180,6 +184,9 @@ class StreamingExecutor:
             self._start_actor(ins.op, ins.actor)
         elif isinstance(ins, P.StopActor):
             _kill(self.actors.pop((ins.op, ins.actor)))
+        elif isinstance(ins, P.Release):
+            self.refs.pop((ins.level, ins.seq), None)
+            self.metas.pop((ins.level, ins.seq), None)
         elif isinstance(ins, P.Emit):
             level = len(self.stages) - 1
             self.out.put((ins.seq, self.refs[(level, ins.seq)], self.metas[(level, ins.seq)]))
@@ -188,13 +195,15 @@ class StreamingExecutor:
 
     def _launch(self, ins: P.Launch) -> None:
         stage = self.stages[ins.op]
-        item = self.refs[(ins.op - 1, ins.seq)]
+        items = [self.refs[(ins.op - 1, useq)] for useq, _, _ in ins.pieces]
+        ranges = None if ins.pieces[0][1] is None else [(a, b) for _, a, b in ins.pieces]
         if stage.kind == "task":
             opts = dict(num_cpus=stage.num_cpus, num_gpus=stage.num_gpus, name=stage.name,
                         **stage.remote_args)
-            block_ref, meta_ref = run_block_remote.options(**opts).remote(stage.chain, item)
+            block_ref, meta_ref = run_block_remote.options(**opts).remote(stage.chain, ranges,
+                                                                          *items)
         else:
-            block_ref, meta_ref = self.actors[(ins.op, ins.actor)].process.remote(item)
+            block_ref, meta_ref = self.actors[(ins.op, ins.actor)].process.remote(ranges, *items)
         self.pending[meta_ref] = (ins.op, ins.seq, block_ref)
         stats = self.op_stats[ins.op]
         if stats.first_start is None:
@@ -202,8 +211,12 @@ class StreamingExecutor:
 
     def _start_actor(self, op: int, actor: int) -> None:
         stage = self.stages[op]
+        # A worker that dies (killed, out of memory) restarts the actor, and the
+        # runtime retries the calls it was running: the blocks are redone.
+        opts = dict(max_restarts=self.actor_restarts[0], max_task_retries=self.actor_restarts[1])
+        opts.update(stage.remote_args)
         cls = api.remote(MapWorker).options(num_cpus=stage.num_cpus, num_gpus=stage.num_gpus,
-                                            **stage.remote_args)
+                                            **opts)
         self.actors[(op, actor)] = cls.remote(stage.chain)
         self.op_stats[op].actors += 1
 
@@ -226,8 +239,6 @@ class StreamingExecutor:
             except GdfutError as exc:
                 raise DataError(f"{self.stages[op].name}: {type(exc).__name__}: {exc}") from exc
             self.machine.task_done(op, seq, meta["size_bytes"], meta["num_rows"])
-            self.refs.pop((op - 1, seq), None)
-            self.metas.pop((op - 1, seq), None)
             self.refs[(op, seq)] = block_ref
             self.metas[(op, seq)] = meta
             stats = self.op_stats[op]

@@ -25,16 +25,17 @@ from .stages import ReadTask
 @dataclass
 class Source:
     name: str
-    items: list                       # (ReadTask or block ref, bytes) per input block
+    items: list                       # (ReadTask or block ref, bytes, rows or None) per block
     blocks: list = field(default_factory=list)   # (ref, metadata) when made from memory
 
     @classmethod
     def from_reads(cls, name: str, reads: list[ReadTask]) -> "Source":
-        return cls(name, [(r, 0) for r in reads])
+        return cls(name, [(r, 0, None) for r in reads])
 
     @classmethod
     def from_blocks(cls, name: str, blocks: list) -> "Source":
-        return cls(name, [(ref, meta["size_bytes"]) for ref, meta in blocks], list(blocks))
+        return cls(name, [(ref, meta["size_bytes"], meta["num_rows"]) for ref, meta in blocks],
+                   list(blocks))
 
     @property
     def reads(self) -> bool:
@@ -84,24 +85,36 @@ def check_concurrency(concurrency, is_class: bool, where: str):
 
 
 # ------------------------------------------------------------ stages
+def _batch_rows(op) -> int | None:
+    """The explicit batch_size of a map_batches op: its stage's bundles hold k * N rows."""
+    exact = isinstance(op, MapOp) and getattr(op.transform, "exact", False)
+    return op.transform.batch_size if exact else None
+
+
 def build_stages(source: Source, ops) -> list[Stage]:
+    """A map_batches with a batch_size starts a stage of its own (its batches
+    are cut from bundles of its input blocks, which it can only make from
+    blocks whose rows are known: not fused after another transform or a read)."""
+    target = DataContext.get_current().target_max_block_size
     stages: list[Stage] = []
     for op in ops:
         cpus, gpus = op.resources
         last = stages[-1] if stages else None
         if (op.kind == "task" and last is not None and last.kind == "task" and
                 (last.num_cpus, last.num_gpus) == (cpus, gpus) and last.concurrency is None
-                and op.concurrency is None and not op.remote_args and not last.remote_args):
+                and op.concurrency is None and not op.remote_args and not last.remote_args
+                and _batch_rows(op) is None):
             last.chain.append(op.transform)
             last.name = f"{last.name}->{op.name}"
             continue
         stages.append(Stage(op.name, op.kind, [op.transform], cpus, gpus, op.concurrency,
-                            dict(op.remote_args)))
+                            dict(op.remote_args), _batch_rows(op), target))
     if source.reads:
-        if stages and stages[0].kind == "task":
+        if stages and stages[0].kind == "task" and stages[0].min_rows is None:
             stages[0].name = f"{source.name}->{stages[0].name}"
         else:
             stages.insert(0, Stage(source.name, "task", []))
+        stages[0].max_bundle_bytes = None          # a read is bundled whole
     return stages
 
 
@@ -147,7 +160,9 @@ def execute(source: Source, ops: tuple, prefetch_blocks: int, stats):
                                  prefetch_blocks=prefetch_blocks,
                                  max_tasks=[_max_tasks(s, cluster) for s in stages],
                                  slots_per_actor=ctx.max_tasks_in_flight_per_actor,
-                                 progress=progress_wanted(ctx.enable_progress_bars))
+                                 progress=progress_wanted(ctx.enable_progress_bars),
+                                 actor_restarts=(ctx.actor_max_restarts,
+                                                 ctx.actor_max_task_retries))
     stats.add_executor(executor)
     yield from executor.blocks()
 
@@ -159,23 +174,7 @@ def _slice_concat(pieces, *tables):
     return out, B.metadata(out)
 
 
-def _shuffle_map(seed, n_out, table):
-    rng = np.random.default_rng(seed)
-    table = table.take(rng.permutation(table.num_rows))
-    bounds = [round(i * table.num_rows / n_out) for i in range(n_out + 1)]
-    parts = [table.slice(a, b - a) for a, b in zip(bounds, bounds[1:])]
-    return parts[0] if n_out == 1 else tuple(parts)
-
-
-def _shuffle_reduce(seed, *parts):
-    table = B.concat(list(parts))
-    table = table.take(np.random.default_rng(seed).permutation(table.num_rows))
-    return table, B.metadata(table)
-
-
 _slice_concat_remote = api.remote(num_returns=2)(_slice_concat)
-_shuffle_reduce_remote = api.remote(num_returns=2)(_shuffle_reduce)
-_shuffle_map_remote = api.remote(_shuffle_map)
 
 
 def row_ranges(blocks: list, ranges: list[tuple[int, int]]) -> list:
@@ -200,24 +199,89 @@ def repartition(blocks: list, n: int) -> list:
     return row_ranges(blocks, list(zip(bounds, bounds[1:])))
 
 
+class TableRows:
+    """An Arrow table in the shape ``gdfut.shuffle``'s map task splits: a 1-D
+    array of rows (``shape``, ``nbytes``, ``take(order, axis=0)``, slices), so
+    the shuffle's stable counting sort by partition id moves whole rows."""
+
+    ndim = 1
+
+    def __init__(self, table, seed: int = 0):
+        self.table, self.seed = table, seed
+
+    @property
+    def shape(self):
+        return (self.table.num_rows,)
+
+    @property
+    def nbytes(self):
+        return int(self.table.nbytes)
+
+    def take(self, order, axis=0, out=None, mode="raise"):
+        assert axis == 0 and out is None
+        return TableRows(self.table.take(np.asarray(order)), self.seed)
+
+    def __getitem__(self, rows: slice):
+        assert isinstance(rows, slice) and rows.step in (None, 1)
+        start, stop, _ = rows.indices(self.table.num_rows)
+        return TableRows(self.table.slice(start, max(0, stop - start)), self.seed)
+
+    def __len__(self):
+        return self.table.num_rows
+
+
+class ShuffleInput:
+    """A shuffle map's input: block ``ref`` (read in the map task) and its seed."""
+
+    def __init__(self, ref, seed: int):
+        self.ref, self.seed = ref, seed
+
+    def __call__(self) -> TableRows:
+        return TableRows(api.get(self.ref), self.seed)
+
+
+def random_partition(block: TableRows, num_reducers: int) -> np.ndarray:
+    """Rows to reducers at random, in equal shares (reducer j gets the rows of
+    a random permutation's positions [j n / R, (j + 1) n / R))."""
+    n = block.shape[0]
+    perm = np.random.default_rng(block.seed).permutation(n)
+    return (perm * num_reducers // max(n, 1)).astype(np.int64)
+
+
+def shuffle_reduce(seeds, blocks: list, reducer: int):
+    table = B.concat([b.table for b in blocks])
+    return table.take(np.random.default_rng(seeds[reducer]).permutation(table.num_rows))
+
+
+def share_rows(n: int, r: int, reducers: int) -> int:
+    """Rows of a block of ``n`` that ``random_partition`` gives reducer ``r``."""
+    return -(-(r + 1) * n // reducers) - -(-r * n // reducers) if n else 0
+
+
 def random_shuffle(blocks: list, seed: int | None, num_blocks: int | None) -> list:
-    """Map tasks permute each block and cut it in ``n`` parts; reduce task
-    ``j`` joins every block's part ``j`` and permutes again."""
+    """A random permutation of the rows on ``gdfut.shuffle``: each map sends
+    its block's rows to the ``n`` reducers at random, in equal shares; each
+    reducer joins its parts and permutes them. Seeded: the same ``seed`` gives
+    the same order (on the same blocks)."""
+    from functools import partial
+
+    from .. import shuffle as SH
     if not blocks:
         return []
     n = num_blocks or len(blocks)
     rng = np.random.default_rng(seed)
     map_seeds = rng.integers(0, 2**63, size=len(blocks))
-    reduce_seeds = rng.integers(0, 2**63, size=n)
-    mapped = [_shuffle_map_remote.options(num_returns=n).remote(int(s), n, ref)
-              for s, (ref, _) in zip(map_seeds, blocks)]
-    if n == 1:
-        mapped = [[m] for m in mapped]
-    pairs = [_shuffle_reduce_remote.remote(int(reduce_seeds[j]), *[parts[j] for parts in mapped])
-             for j in range(n)]
-    del mapped
-    metas = api.get([m for _, m in pairs])
-    return [(ref, meta) for (ref, _), meta in zip(pairs, metas)]
+    reduce_seeds = [int(x) for x in rng.integers(0, 2**63, size=n)]
+    inputs = [ShuffleInput(ref, int(s)) for s, (ref, _) in zip(map_seeds, blocks)]
+    refs = SH.shuffle(inputs, None, partial(shuffle_reduce, reduce_seeds), n,
+                      partitioner=random_partition, strategy="simple", progress=False)
+    out = []
+    for r, ref in enumerate(refs):
+        rows = [share_rows(m["num_rows"], r, n) for _, m in blocks]
+        nbytes = sum(m["size_bytes"] * k // m["num_rows"] for (_, m), k in zip(blocks, rows)
+                     if m["num_rows"])
+        out.append((ref, {"num_rows": sum(rows), "size_bytes": int(nbytes)}))
+    return out
 
 
 def num_blocks_for(n_rows: int, override: int | None) -> int:

@@ -6,25 +6,31 @@ task finished, the consumer is done with a block — and carries out what
 clocks, threads or runtime calls here, so every decision is unit-tested on
 exact event sequences (tests/unit/test_data_planner.py).
 
-Blocks are numbered by ``seq`` (their input's position); every operator maps
-one block to one block, so op ``i``'s output ``seq`` is op ``i+1``'s input
-``seq`` and the consumer sees outputs in ``seq`` order.
+Each operator takes its input as *bundles* cut from its upstream's output
+blocks, in order (``bundler.py``: ``map_batches(batch_size=N)`` bundles hold
+a multiple of N rows, oversized blocks are split at the target max block
+size); a task maps one bundle to one output block, numbered by the bundle's
+``seq``. The consumer sees the last operator's outputs in ``seq`` order.
 
 Backpressure, per operator ``i``: ``held[i]`` is the bytes of op ``i``'s
-outputs still alive (queued for op ``i+1``, being read by it, waiting in the
-reorder buffer or at the consumer, prefetched or in use) plus the estimated
-output bytes of its running tasks. A task starts only while ``held[i]`` plus
-its estimate fits ``budget_bytes``, with one exception that guarantees
-progress: the lowest ``seq`` not yet handed to the consumer may always start
-(otherwise blocks waiting behind it in the reorder buffer could fill every
-budget and nothing would move). So ``held[i]`` exceeds the budget by at most
-one block.
+outputs still alive (waiting to be bundled, in a bundle not yet processed by
+op ``i+1``, waiting in the reorder buffer or at the consumer, prefetched or in
+use) plus the estimated output bytes of its running tasks. A task starts only
+while ``held[i]`` plus its estimate fits ``budget_bytes``, with one exception
+that guarantees progress: the task the consumer's next block waits on (the
+head of line: the last op's bundle ``next_emit``, or, while that bundle is
+not formed yet, the upstream block its bundler needs next, and so on up) may
+always start. Otherwise blocks waiting behind it could fill every budget and
+nothing would move. So ``held[i]`` exceeds the budget by at most one block
+(or one bundle of ``batch_size`` rows, which must exist to be processed).
 """
 from __future__ import annotations
 
 import heapq
 import math
 from dataclasses import dataclass, field
+
+from .bundler import Bundler
 
 
 @dataclass(frozen=True)
@@ -36,6 +42,8 @@ class OpSpec:
     min_actors: int = 0          # actor ops: pool size bounds
     max_actors: int = 0
     slots_per_actor: int = 1     # calls queued at one actor at once
+    min_rows: int | None = None  # bundles of a multiple of this many rows (batch_size)
+    max_bundle_bytes: int | None = None   # bundles of about this many bytes at most
 
     def __post_init__(self):
         assert self.kind in ("task", "actor"), self.kind
@@ -49,6 +57,7 @@ class Launch:
     op: int
     seq: int
     actor: int | None = None
+    pieces: tuple = ()           # the bundle: ((upstream seq, start, stop), ...)
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,12 @@ class StopActor:
 
 
 @dataclass(frozen=True)
+class Release:
+    level: int                   # op ``level``'s output block ``seq`` (-1: the source's)
+    seq: int                     # is in no bundle any more: its ref may go
+
+
+@dataclass(frozen=True)
 class Emit:
     seq: int                     # hand the last op's block ``seq`` to the consumer
 
@@ -71,9 +86,12 @@ class Emit:
 @dataclass
 class OpState:
     spec: OpSpec
+    bundler: Bundler = None
     queue: list = field(default_factory=list)         # heap of (seq, input bytes)
     running: dict = field(default_factory=dict)       # seq -> (estimate, actor)
+    in_bytes: dict = field(default_factory=dict)      # seq -> input bytes, queued or running
     outputs: dict = field(default_factory=dict)       # seq -> bytes still alive
+    out_rows: dict = field(default_factory=dict)      # seq -> rows, until bundled downstream
     actors: dict = field(default_factory=dict)        # actor id -> calls in flight
     in_bytes_done: int = 0
     out_bytes_done: int = 0
@@ -100,22 +118,26 @@ class Pipeline:
     def __init__(self, specs: list[OpSpec], prefetch_blocks: int = 1):
         assert specs, "a pipeline needs at least one operator"
         assert prefetch_blocks >= 0
-        self.ops = [OpState(s) for s in specs]
+        self.ops = [OpState(s, Bundler(s.min_rows, s.max_bundle_bytes)) for s in specs]
         self.prefetch_blocks = prefetch_blocks
         self.inputs_total = 0
         self.inputs_complete = False
+        self.source: dict = {}             # seq -> (bytes, rows or None), until released
         self.next_emit = 0                 # lowest seq not yet handed to the consumer
         self.emitted: set = set()          # handed over, not yet consumed
         self._next_actor = 0
+        self._released: list = []          # Release instructions for the next step()
         self._pending: list = [StartActor(i, a) for i, op in enumerate(self.ops)
                                if op.spec.kind == "actor"
                                for a in self._new_actors(op, op.spec.min_actors)]
 
     # ------------------------------------------------------------ events
-    def add_input(self, seq: int, nbytes: int) -> None:
+    def add_input(self, seq: int, nbytes: int, rows: int | None = None) -> None:
+        """Source block ``seq`` (in order): its bytes, and its rows if known
+        (a read's are not: it can only be bundled whole)."""
         assert not self.inputs_complete and seq == self.inputs_total, (seq, self.inputs_total)
         self.inputs_total += 1
-        heapq.heappush(self.ops[0].queue, (seq, max(0, int(nbytes))))
+        self.source[seq] = (max(0, int(nbytes)), rows)
 
     def inputs_done(self) -> None:
         self.inputs_complete = True
@@ -126,14 +148,13 @@ class Pipeline:
         _, actor = state.running.pop(seq)
         if actor is not None:
             state.actors[actor] -= 1
-        in_bytes = self.ops[op - 1].outputs.pop(seq) if op > 0 else 0
-        state.in_bytes_done += in_bytes
+        state.in_bytes_done += state.in_bytes.pop(seq)
         state.out_bytes_done += out_bytes
         state.rows_done += rows
         state.blocks_done += 1
         state.outputs[seq] = out_bytes
-        if op + 1 < len(self.ops):
-            heapq.heappush(self.ops[op + 1].queue, (seq, out_bytes))
+        state.out_rows[seq] = rows
+        self._release(op, state.bundler.done(seq))
         state.peak_held = max(state.peak_held, state.held())
 
     def consumed(self, seq: int) -> None:
@@ -141,22 +162,87 @@ class Pipeline:
         assert seq in self.emitted, seq
         self.emitted.discard(seq)
         del self.ops[-1].outputs[seq]
+        del self.ops[-1].out_rows[seq]
+
+    def _release(self, op: int, useqs: list[int]) -> None:
+        upstream = self.source if op == 0 else self.ops[op - 1].outputs
+        for useq in useqs:
+            del upstream[useq]
+            self._released.append(Release(op - 1, useq))
+
+    # ------------------------------------------------------------ bundling
+    def _feed(self) -> None:
+        """Hand each op's bundler the upstream blocks done, in order; flush
+        it once its upstream is finished."""
+        for i, state in enumerate(self.ops):
+            b = state.bundler
+            while not b.flushed:
+                useq = b.next_up
+                if i == 0:
+                    if useq not in self.source:
+                        break
+                    nbytes, rows = self.source[useq]
+                else:
+                    up = self.ops[i - 1]
+                    if useq not in up.out_rows:
+                        break
+                    nbytes, rows = up.outputs[useq], up.out_rows.pop(useq)
+                self._queue(i, *b.take(useq, nbytes, rows))
+            if not b.flushed and self._upstream_finished(i) and \
+                    b.next_up == self._upstream_count(i):
+                self._queue(i, *b.flush())
+
+    def _queue(self, i: int, bundles: list, released: list) -> None:
+        state = self.ops[i]
+        for seq, nbytes in bundles:
+            heapq.heappush(state.queue, (seq, nbytes))
+            state.in_bytes[seq] = nbytes
+        self._release(i, released)
+
+    def _upstream_finished(self, i: int) -> bool:
+        """Op ``i``'s upstream makes no more blocks."""
+        if i == 0:
+            return self.inputs_complete
+        up = self.ops[i - 1]
+        return up.bundler.flushed and not up.queue and not up.running
+
+    def _upstream_count(self, i: int) -> int:
+        return self.inputs_total if i == 0 else self.ops[i - 1].bundler.formed
+
+    def _head_of_line(self):
+        """(op, seq) of the task the consumer's next block waits on, or None."""
+        i, want = len(self.ops) - 1, self.next_emit
+        while i >= 0:
+            state = self.ops[i]
+            if want in state.outputs or want in state.running:
+                return None
+            if want < state.bundler.formed:
+                return i, want                  # formed, not started: queued
+            want, i = state.bundler.next_up, i - 1
+        return None
 
     # ------------------------------------------------------------ decisions
     def step(self) -> list:
+        self._feed()
+        head = self._head_of_line()
         out = []
         for i in reversed(range(len(self.ops))):      # downstream first: drain before filling
-            out += self._launches(i)
+            out += self._launches(i, head)
             out += self._scale(i)
-        # The first actors start after the first launches: the tasks take the
-        # node's idle workers and the actors' processes start meanwhile, instead
-        # of the tasks waiting for new workers while idle ones host actors.
-        out += self._pending
-        self._pending = []
+        # The first actors start after the first task launches: the tasks take
+        # the node's idle workers and the actors' processes start meanwhile,
+        # instead of the tasks waiting for new workers while idle ones host
+        # actors. Calls to those actors (op 0 fed from memory) come after them.
+        if self._pending:
+            calls = [x for x in out if isinstance(x, Launch) and x.actor is not None]
+            out = [x for x in out if x not in calls] + self._pending + calls
+            self._pending = []
         out += self._emits()
+        out += self._released
+        self._released = []
         return out
 
-    def _launches(self, i: int) -> list:
+    def _launches(self, i: int, head) -> list:
         state, out = self.ops[i], []
         while state.queue:
             seq, in_bytes = state.queue[0]
@@ -164,7 +250,7 @@ class Pipeline:
             if actor is False:
                 break
             estimate = state.estimate(in_bytes)
-            head_of_line = seq == self.next_emit
+            head_of_line = (i, seq) == head
             if state.held() and state.held() + estimate > state.spec.budget_bytes \
                     and not head_of_line:
                 break
@@ -173,7 +259,7 @@ class Pipeline:
             if actor is not None:
                 state.actors[actor] += 1
             state.peak_held = max(state.peak_held, state.held())
-            out.append(Launch(i, seq, actor))
+            out.append(Launch(i, seq, actor, state.bundler.bundles[seq]))
         return out
 
     def _free_slot(self, state: OpState):
@@ -226,14 +312,15 @@ class Pipeline:
 
     # ------------------------------------------------------------ queries
     def upstream_done(self, i: int) -> bool:
-        """No more input can reach op ``i``."""
-        if not self.inputs_complete:
-            return False
-        return all(not op.queue and not op.running for op in self.ops[:i])
+        """No more input can reach op ``i``: every bundle of it is formed."""
+        return self.ops[i].bundler.flushed
 
     def finished(self) -> bool:
         """Every block went through every op and was handed to the consumer."""
-        return self.upstream_done(len(self.ops)) and self.next_emit == self.inputs_total
+        last = self.ops[-1]
+        return (self._upstream_finished(len(self.ops) - 1) and last.bundler.flushed
+                and not last.queue and not last.running
+                and self.next_emit == last.bundler.formed)
 
     def held_bytes(self) -> list[int]:
         return [op.held() for op in self.ops]
@@ -241,6 +328,9 @@ class Pipeline:
     def validate(self) -> None:
         for i, op in enumerate(self.ops):
             assert not set(s for s, _ in op.queue) & set(op.running), i
+            assert set(op.in_bytes) == set(s for s, _ in op.queue) | set(op.running), i
+            assert set(op.bundler.bundles) == set(op.in_bytes), i
+            op.bundler.validate()
             if op.spec.kind == "task":
                 assert len(op.running) <= op.spec.max_tasks, i
             else:

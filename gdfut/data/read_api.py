@@ -2,6 +2,7 @@
 into the object store as blocks when the dataset is made (as Ray)."""
 from __future__ import annotations
 
+import builtins
 import glob
 import os
 
@@ -12,6 +13,7 @@ from .. import api
 from . import block as B
 from . import plan as PL
 from . import stages as S
+from .context import DataContext
 from .dataset import Dataset, MaterializedDataset
 
 
@@ -43,8 +45,37 @@ def read_parquet(paths, *, columns: list[str] | None = None, **ignored) -> Datas
     if columns is not None:
         columns = [columns] if isinstance(columns, str) else list(columns)
     files = _files(paths, ".parquet", "read_parquet")
-    return Dataset(PL.Source.from_reads("ReadParquet",
-                                        [S.ReadParquetFile(f, columns) for f in files]))
+    target = DataContext.get_current().target_max_block_size
+    reads = [S.ReadParquetFile(f, columns, groups) for f in files
+             for groups in _row_group_reads(f, columns, target)]
+    return Dataset(PL.Source.from_reads("ReadParquet", reads))
+
+
+def _row_group_reads(path: str, columns, target: int) -> list:
+    """A file larger than the target max block size (its size in memory as
+    estimated from its footer) is read as several blocks, each of consecutive
+    row groups of about ``target`` bytes; [None]: one read of the whole file."""
+    import pyarrow.parquet as pq
+    try:
+        meta = pq.ParquetFile(path).metadata
+        schema = meta.schema.to_arrow_schema()
+    except (OSError, pa.ArrowException):
+        return [None]                  # the read task reports a bad file, naming it
+    fields = [f for f in schema if columns is None or f.name in columns]
+    width = sum(f.type.bit_width // 8 for f in fields
+                if pa.types.is_primitive(f.type) and not pa.types.is_boolean(f.type))
+    sizes = [max(meta.row_group(i).total_byte_size, meta.row_group(i).num_rows * width)
+             for i in builtins.range(meta.num_row_groups)]
+    if len(sizes) <= 1 or sum(sizes) <= target:
+        return [None]
+    groups, current, acc = [], [], 0
+    for i, size in enumerate(sizes):
+        if current and acc + size > target:
+            groups.append(current)
+            current, acc = [], 0
+        current.append(i)
+        acc += size
+    return groups + [current]
 
 
 def read_csv(paths, **ignored) -> Dataset:

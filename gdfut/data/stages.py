@@ -38,8 +38,10 @@ class Transform:
 
 class MapBatches(Transform):
     def __init__(self, fn, batch_size, batch_format, fn_args=(), fn_kwargs=None,
-                 fn_constructor_args=(), fn_constructor_kwargs=None, is_class=False):
+                 fn_constructor_args=(), fn_constructor_kwargs=None, is_class=False,
+                 exact=False):
         self.fn, self.batch_size, self.batch_format = fn, batch_size, batch_format
+        self.exact = exact and batch_size is not None   # bundles of k * batch_size rows
         self.fn_args, self.fn_kwargs = tuple(fn_args or ()), dict(fn_kwargs or {})
         self.ctor_args = tuple(fn_constructor_args or ())
         self.ctor_kwargs = dict(fn_constructor_kwargs or {})
@@ -182,8 +184,8 @@ class ReadTask:
 class ReadParquetFile(ReadTask):
     name = "ReadParquet"
 
-    def __init__(self, path: str, columns):
-        self.path, self.columns = path, columns
+    def __init__(self, path: str, columns, row_groups: list[int] | None = None):
+        self.path, self.columns, self.row_groups = path, columns, row_groups
 
     def __call__(self):
         import pyarrow.parquet as pq
@@ -195,6 +197,9 @@ class ReadParquetFile(ReadTask):
             if missing:
                 raise B.ColumnNotFoundError(f"{self.name}: column(s) {missing} not found in "
                                             f"{self.path}, which has columns {names}")
+        if self.row_groups is not None:
+            return pq.ParquetFile(self.path).read_row_groups(self.row_groups,
+                                                             columns=self.columns)
         return pq.read_table(self.path, columns=self.columns)
 
 
@@ -242,10 +247,22 @@ def apply_chain(chain, table: pa.Table) -> pa.Table:
     return table
 
 
-def run_block(chain, item):
-    """One task of a function stage: read (or take) a block, run the chain."""
-    table = item() if isinstance(item, ReadTask) else item
-    table = apply_chain(chain, table)
+def bundle_table(ranges, items) -> pa.Table:
+    """A bundle's rows: one item whole (``ranges`` None: a read or a block), or
+    rows ``[start, stop)`` of each block, concatenated (zero-copy)."""
+    if ranges is None:
+        assert len(items) == 1
+        item = items[0]
+        return item() if isinstance(item, ReadTask) else item
+    assert len(ranges) == len(items)
+    tables = [t if (a, b) == (0, t.num_rows) else t.slice(a, b - a)
+              for t, (a, b) in zip(items, ranges)]
+    return tables[0] if len(tables) == 1 else B.concat(tables)
+
+
+def run_block(chain, ranges, *items):
+    """One task of a function stage: read (or take) a bundle, run the chain."""
+    table = apply_chain(chain, bundle_table(ranges, items))
     return table, B.metadata(table)
 
 
@@ -261,8 +278,8 @@ class MapWorker:
             transform.setup()
 
     @method(num_returns=2)
-    def process(self, item):
-        return run_block(self.chain, item)
+    def process(self, ranges, *items):
+        return run_block(self.chain, ranges, *items)
 
     def ready(self):
         return True

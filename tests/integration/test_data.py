@@ -4,6 +4,9 @@ actor lease, every resource free (nothing left running); at the end, no
 process, shared memory or spill file left."""
 import gc
 import os
+import sys
+
+import cloudpickle
 
 import numpy as np
 import pyarrow as pa
@@ -15,6 +18,7 @@ import gdfut.data as gd
 from helpers import STORE, assert_no_leaks, node_status, wait_until
 
 pd = pytest.importorskip("pandas")
+cloudpickle.register_pickle_by_value(sys.modules[__name__])   # workers cannot import this file
 
 
 @pytest.fixture(scope="module")
@@ -348,3 +352,187 @@ def test_dead_actor_names_its_stage_and_nothing_is_left():
     ds = gd.range(20, override_num_blocks=4).map_batches(Crash, num_gpus=1, concurrency=2)
     with pytest.raises(gd.DataError, match=r"MapBatches\(Crash\): ActorDiedError"):
         ds.count()
+
+
+# ------------------------------------------------------------ bundling, block splitting
+@pytest.fixture
+def data_ctx():
+    ctx = gd.DataContext.get_current()
+    old = dict(vars(ctx))
+    try:
+        yield ctx
+    finally:
+        vars(ctx).update(old)
+
+
+def with_batch_len(batch):
+    n = len(batch["a"])
+    return {"a": batch["a"] * 2, "n": np.full(n, n)}
+
+
+class BatchLen:
+    def __call__(self, batch):
+        return with_batch_len(batch)
+
+
+def batch_lengths(ns) -> list[int]:
+    """The batch lengths, in order, from each row's ``n`` (rows of a batch are consecutive)."""
+    out, i = [], 0
+    while i < len(ns):
+        out.append(int(ns[i]))
+        i += int(ns[i])
+    return out
+
+
+@pytest.mark.parametrize("stage", ["function", "class"])
+def test_map_batches_batch_size_is_exact_across_small_blocks(stage):
+    fn = with_batch_len if stage == "function" else BatchLen
+    extra = {} if stage == "function" else {"concurrency": 2}
+    # 8 blocks of 6-7 rows: batches of 16 need rows of 3 blocks
+    out = df_of(gd.from_items(ITEMS, override_num_blocks=8).map_batches(fn, batch_size=16,
+                                                                         **extra))
+    np.testing.assert_array_equal(out["a"].to_numpy(), np.arange(50) * 2)
+    assert batch_lengths(out["n"].to_numpy()) == [16, 16, 16, 2]
+
+
+def test_map_batches_batch_size_exact_after_a_read_and_a_fused_map(tmp_path):
+    for i in range(5):                            # files of 7 rows
+        pq.write_table(pa.table({"a": np.arange(i * 7, i * 7 + 7)}), tmp_path / f"{i}.parquet")
+    ds = (gd.read_parquet(str(tmp_path))
+          .map(lambda r: {"a": r["a"] + 1})
+          .map_batches(with_batch_len, batch_size=10)
+          .map_batches(with_batch_len, batch_size=4))
+    out = df_of(ds)
+    np.testing.assert_array_equal(out["a"].to_numpy(), (np.arange(35) + 1) * 4)
+    assert batch_lengths(out["n"].to_numpy()) == [4] * 8 + [3]
+    names = [op["name"] for op in ds.stats().operators]
+    assert names == ["ReadParquet->Map(<lambda>)", "MapBatches(with_batch_len)",
+                     "MapBatches(with_batch_len)"]
+
+
+def test_oversized_block_is_split_at_the_target_max_block_size(data_ctx):
+    data_ctx.target_max_block_size = 8 * 1024            # 1024 int64 rows
+    ds = gd.from_numpy(np.arange(10_000, dtype=np.int64)).map_batches(
+        lambda b: {"data": b["data"], "n": np.full(len(b["data"]), len(b["data"]))},
+        batch_size=None)
+    out = df_of(ds)
+    np.testing.assert_array_equal(out["data"].to_numpy(), np.arange(10_000))
+    lengths = batch_lengths(out["n"].to_numpy())
+    assert len(lengths) == 10 and max(lengths) <= 1024 and sum(lengths) == 10_000
+    assert ds.stats().operators[0]["blocks"] == 10
+
+
+def test_large_parquet_file_is_read_as_row_group_blocks(tmp_path, data_ctx):
+    table = pa.table({"x": np.arange(20_000, dtype=np.int64), "y": np.ones(20_000)})
+    pq.write_table(table, tmp_path / "big.parquet", row_group_size=2_000)   # ~32 KB a group
+    data_ctx.target_max_block_size = 70 * 1024
+    ds = gd.read_parquet(str(tmp_path / "big.parquet"))
+    mat = ds.materialize()
+    sizes = [m["size_bytes"] for _, m in mat._source.blocks]
+    assert 3 <= len(sizes) <= 6 and max(sizes) <= 70 * 1024, sizes    # 10 groups of 32 KB
+    pd.testing.assert_frame_equal(df_of(mat), table.to_pandas())
+    del mat
+    data_ctx.target_max_block_size = 1 << 30
+    assert gd.read_parquet(str(tmp_path / "big.parquet")).materialize().num_blocks() == 1
+
+
+# ------------------------------------------------------------ dead workers
+def _kill_when_started(marker: str, timeout: float = 30.0):
+    """A thread that SIGKILLs the pid written to ``marker`` once it appears."""
+    import signal
+    import threading
+    import time
+
+    def run():
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with open(marker) as f:
+                    pid = int(f.read())
+                break
+            except (OSError, ValueError):
+                time.sleep(0.02)
+        else:
+            return
+        os.kill(pid, signal.SIGKILL)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    return t
+
+
+def _hang_first_time(marker: str):
+    """The first caller writes its pid to ``marker`` and hangs (to be killed)."""
+    import time
+    try:
+        os.close(os.open(marker + ".first", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+    except FileExistsError:
+        return
+    with open(marker + ".tmp", "w") as f:
+        f.write(str(os.getpid()))
+    os.replace(marker + ".tmp", marker)
+    time.sleep(60)
+
+
+class HangOnce:
+    def __init__(self, marker):
+        self.marker = marker
+        self.pid = os.getpid()
+
+    def __call__(self, batch):
+        _hang_first_time(self.marker)
+        return {"id": batch["id"] * 3, "pid": np.full(len(batch["id"]), self.pid)}
+
+
+def test_killed_stage_actor_is_restarted_and_its_block_redone(tmp_path):
+    marker = str(tmp_path / "pid")
+    killer = _kill_when_started(marker)
+    ds = gd.range(200, override_num_blocks=10).map_batches(
+        HangOnce, concurrency=2, num_cpus=0.5, fn_constructor_kwargs={"marker": marker})
+    out = df_of(ds)
+    killer.join(timeout=5)
+    np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(200) * 3)
+    killed = int(open(marker).read())
+    assert out["pid"].nunique() >= 2 and killed not in set(out["pid"])   # a new process
+    assert ds.stats().operators[1]["rows"] == 200
+
+
+def test_killed_function_stage_worker_is_retried(tmp_path):
+    marker = str(tmp_path / "pid")
+    killer = _kill_when_started(marker)
+
+    def plus_one(batch):
+        _hang_first_time(marker)
+        return {"id": batch["id"] + 1, "pid": np.full(len(batch["id"]), os.getpid())}
+
+    ds = gd.range(100, override_num_blocks=5).map_batches(plus_one)
+    out = df_of(ds)
+    killer.join(timeout=5)
+    np.testing.assert_array_equal(out["id"].to_numpy(), np.arange(100) + 1)
+    assert int(open(marker).read()) not in set(out["pid"])
+
+
+# ------------------------------------------------------------ random_shuffle on gdfut.shuffle
+def test_random_shuffle_is_a_seeded_permutation_of_the_rows(monkeypatch):
+    import gdfut.shuffle as SH
+    calls = []
+    real = SH.shuffle
+    monkeypatch.setattr(SH, "shuffle", lambda *a, **k: calls.append(a[3]) or real(*a, **k))
+    base = gd.from_items(ITEMS, override_num_blocks=5).map(lambda r: {**r, "c": r["a"] * 10})
+    expected = df_of(base)
+    one = df_of(base.random_shuffle(seed=3))
+    # the same multiset of rows (each row whole), in another order
+    pd.testing.assert_frame_equal(one.sort_values("a").reset_index(drop=True), expected)
+    assert not one["a"].equals(expected["a"])
+    pd.testing.assert_frame_equal(df_of(base.random_shuffle(seed=3)), one)     # reproducible
+    other = df_of(base.random_shuffle(seed=4))
+    assert not other["a"].equals(one["a"])
+    mat = base.random_shuffle(seed=3, num_blocks=3).materialize()
+    assert mat.num_blocks() == 3 and mat.count() == 50
+    blocks = mat._source.blocks                # each of 5 blocks of 10 rows gives 4, 3, 3
+    assert [m["num_rows"] for _, m in blocks] == [20, 15, 15]
+    assert [gdfut.get(ref).num_rows for ref, _ in blocks] == [20, 15, 15]
+    del blocks
+    assert sorted(df_of(mat)["a"]) == list(range(50))
+    assert calls == [5, 5, 5, 3]               # every shuffle ran on gdfut.shuffle
+    del mat

@@ -2,7 +2,8 @@
 event -> instruction sequences."""
 import pytest
 
-from gdfut.data.planner import Emit, Launch, OpSpec, Pipeline, StartActor, StopActor
+from gdfut.data.planner import (Emit, Launch, OpSpec, Pipeline, Release, StartActor,
+                                StopActor)
 
 MB = 1 << 20
 
@@ -58,30 +59,64 @@ def test_budget_stops_launches_until_consumer_releases():
 
 
 def test_head_of_line_block_always_starts_so_reorder_buffer_cannot_deadlock():
-    # op0 finishes 1..2 before 0; op1 runs 1 and 2, filling its budget with
-    # blocks waiting behind 0 in the reorder buffer. Block 0 must still start.
-    p = Pipeline([task("a", max_tasks=3), task("b", budget=2 * MB, max_tasks=3)],
+    # op0 finishes 1..2 before 0; op1 takes its input in order, so it waits
+    # for 0 while 1 and 2 fill op0's budget. Block 0 (running) lands, then
+    # everything flows; op0's third task started on a free slot meanwhile.
+    p = Pipeline([task("a", budget=2 * MB, max_tasks=3), task("b", budget=2 * MB, max_tasks=3)],
                  prefetch_blocks=0)
-    feed(p, 3)
-    assert launches(p.step()) == [(0, 0), (0, 1), (0, 2)]
+    feed(p, 4)
+    assert launches(p.step()) == [(0, 0), (0, 1)]          # 2 x 1 MB estimates fill it
     p.task_done(0, 1, MB, 1)
-    p.task_done(0, 2, MB, 1)
-    assert launches(p.step()) == [(1, 1), (1, 2)]
-    p.task_done(1, 1, MB, 1)
-    p.task_done(1, 2, MB, 1)
-    assert p.step() == []
-    assert p.held_bytes()[1] == 2 * MB             # full
+    assert launches(p.step()) == []                        # 1 waits for 0, budget full
     p.task_done(0, 0, MB, 1)
-    assert launches(p.step()) == [(1, 0)]          # over budget, but it is the head of line
+    assert launches(p.step()) == [(1, 0), (1, 1)]
     p.task_done(1, 0, MB, 1)
-    assert [x.seq for x in p.step() if isinstance(x, Emit)] == [0]
-    for s in range(3):
-        if s:
-            assert [x.seq for x in p.step() if isinstance(x, Emit)] == [s]
-        p.consumed(s)
-    p.step()
-    assert p.finished()
-    p.validate()
+    p.task_done(1, 1, MB, 1)
+    for _ in range(30):
+        for ins in p.step():
+            if isinstance(ins, Launch):
+                p.task_done(ins.op, ins.seq, MB, 1)
+            elif isinstance(ins, Emit):
+                p.consumed(ins.seq)
+        p.validate()
+        assert max(p.held_bytes()) <= 3 * MB               # budget + one head-of-line block
+    assert p.finished() and p.held_bytes() == [0, 0]
+
+
+def test_head_of_line_reaches_through_a_bundler_waiting_for_rows():
+    # op1 needs 10 rows a bundle; op0's 3-row blocks fill its 2 MB budget
+    # before a bundle is complete: the block the bundle waits on still starts.
+    p = Pipeline([task("a", budget=2 * MB, max_tasks=3),
+                  OpSpec("b", "task", 10 * MB, max_tasks=3, min_rows=10)], prefetch_blocks=0)
+    feed(p, 6)
+    assert launches(p.step()) == [(0, 0), (0, 1)]
+    p.task_done(0, 0, MB, 3)
+    p.task_done(0, 1, MB, 3)
+    assert launches(p.step()) == [(0, 2)]          # over budget: the bundle needs it
+    p.task_done(0, 2, MB, 3)
+    assert launches(p.step()) == [(0, 3)]
+    p.task_done(0, 3, MB, 3)
+    ins = p.step()
+    first = [x for x in ins if isinstance(x, Launch) and x.op == 1]
+    assert [x.pieces for x in first] == [((0, 0, 3), (1, 0, 3), (2, 0, 3), (3, 0, 1))]
+    p.task_done(1, 0, MB, 10)
+    ins = p.step()
+    released = [(x.level, x.seq) for x in ins if isinstance(x, Release)]
+    assert [x.seq for x in ins if isinstance(x, Emit)] == [0]
+    assert released == [(0, 0), (0, 1), (0, 2)]    # 3 still has 2 rows pending
+    rows = [10]
+    for _ in range(30):
+        for x in ins:
+            if isinstance(x, Launch):
+                n = sum(b - a for _, a, b in x.pieces) if x.op == 1 else 3
+                if x.op == 1:
+                    rows.append(n)
+                p.task_done(x.op, x.seq, MB, n)
+            elif isinstance(x, Emit):
+                p.consumed(x.seq)
+        p.validate()
+        ins = p.step()
+    assert p.finished() and rows == [10, 8] and p.held_bytes() == [0, 0]
 
 
 def test_estimate_follows_observed_output_ratio():
