@@ -159,3 +159,37 @@ def test_head_restart_keeps_the_detached_actors_spec(cli_cluster):
     assert gdfut.get(counter.pid.remote()) != first
     gdfut.kill(counter)
     gdfut.kill(gdfut.get_actor("holder"))
+
+
+@gdfut.remote
+class Counter:
+    def __init__(self, start):
+        self.n = start
+
+    def inc(self):
+        self.n += 1
+        return self.n
+
+    def pid(self):
+        return os.getpid()
+
+
+def test_the_head_restarts_a_detached_actor_while_its_creator_lives():
+    """From the hand-over on the head decides restarts also while the
+    creator lives; the creator's own handle waits for the restart."""
+    from helpers import assert_no_leaks
+    info = gdfut.init(num_cpus=2, object_store_memory=64 * 1024 * 1024)
+    try:
+        c = Counter.options(lifetime="detached", max_restarts=2).remote(5)
+        assert gdfut.get(c.inc.remote()) == 6
+        first = gdfut.get(c.pid.remote())
+        kill_worker(first)
+        assert gdfut.get(c.inc.remote(), timeout=60) == 6          # __init__(5) again
+        gdfut.kill(c, no_restart=False)                            # the second restart
+        assert gdfut.get(c.inc.remote(), timeout=60) == 6
+        kill_worker(gdfut.get(c.pid.remote()))
+        with pytest.raises(ActorDiedError, match="restarted 2 times"):
+            gdfut.get(c.inc.remote(), timeout=60)
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"])
