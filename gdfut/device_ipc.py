@@ -40,7 +40,6 @@ import numpy as np
 from . import serialization as ser
 from .devstore.arena import SHM_DIR, map_file_readonly
 
-_MAX_DEPTH = 4
 
 
 # -- emulated GPUs: a shared-memory segment per exported device copy -----------
@@ -85,36 +84,6 @@ class _Slot:
 
     def __reduce__(self):
         return (_Slot, (self.index,))
-
-
-def _walk(value, visit, depth=0):
-    """``value`` with every device array replaced by ``visit(array)``."""
-    from .device_objects import is_device_value
-    if is_device_value(value, True):
-        return visit(value)
-    if depth >= _MAX_DEPTH:
-        return value
-    if type(value) is tuple:
-        return tuple(_walk(v, visit, depth + 1) for v in value)
-    if isinstance(value, list):
-        return [_walk(v, visit, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {k: _walk(v, visit, depth + 1) for k, v in value.items()}
-    return value
-
-
-def _put_back(skeleton, arrays, depth=0):
-    if isinstance(skeleton, _Slot):
-        return arrays[skeleton.index]
-    if depth >= _MAX_DEPTH:
-        return skeleton
-    if type(skeleton) is tuple:
-        return tuple(_put_back(v, arrays, depth + 1) for v in skeleton)
-    if isinstance(skeleton, list):
-        return [_put_back(v, arrays, depth + 1) for v in skeleton]
-    if isinstance(skeleton, dict):
-        return {k: _put_back(v, arrays, depth + 1) for k, v in skeleton.items()}
-    return skeleton
 
 
 _libcuda = []
@@ -162,7 +131,8 @@ def cuda_export(value, gpu: int) -> dict:
                        "dtype": arr.dtype.str, "strides": list(arr.strides),
                        "nbytes": int(arr.nbytes)})
         return _Slot(len(arrays) - 1)
-    skeleton = _walk(value, visit)
+    from .device_objects import DESCEND, is_device_value, map_leaves
+    skeleton = map_leaves(value, lambda x: visit(x) if is_device_value(x, True) else DESCEND)
     return {"ipc": arrays, "skeleton": ser.serialize_inline(skeleton).pickle_bytes, "gpu": gpu}
 
 
@@ -199,4 +169,6 @@ def cuda_import(export: dict, device_index: int, on_release):
             memptr = cupy.cuda.MemoryPointer(mem, a["offset"])
             arrays.append(cupy.ndarray(tuple(a["shape"]), np.dtype(a["dtype"]), memptr,
                                        tuple(a["strides"])))
-    return _put_back(pickle.loads(export["skeleton"]), arrays)
+    from .device_objects import DESCEND, map_leaves
+    return map_leaves(pickle.loads(export["skeleton"]),
+                      lambda x: arrays[x.index] if isinstance(x, _Slot) else DESCEND)

@@ -120,66 +120,69 @@ def _dlpack_nbytes(x) -> int:
     return int(cupy.from_dlpack(x).nbytes)
 
 
-def host_twin(value, real: bool, dry: bool = False, depth: int = 0):
+def map_leaves(value, leaf, depth: int = 0):
+    """``value`` with ``leaf(x)`` put for every ``x`` in it, looking into
+    tuples, lists and dicts up to MAX_DEPTH; ``leaf`` returns ``DESCEND`` for
+    what is not a leaf (a container is then rebuilt, anything else kept)."""
+    out = leaf(value)
+    if out is not DESCEND:
+        return out
+    if depth >= MAX_DEPTH:
+        return value
+    if type(value) is tuple:
+        return tuple(map_leaves(v, leaf, depth + 1) for v in value)
+    if isinstance(value, list):
+        return [map_leaves(v, leaf, depth + 1) for v in value]
+    if isinstance(value, dict):
+        return {k: map_leaves(v, leaf, depth + 1) for k, v in value.items()}
+    return value
+
+
+DESCEND = object()      # map_leaves: "not a leaf"
+
+
+def host_twin(value, real: bool, dry: bool = False):
     """``value`` with its device arrays as host (numpy) arrays: what the host
     copy holds. ``dry``: empty arrays of the same shapes (no copy), to learn
     the host copy's size. In CPU mode the arrays are host arrays already."""
     if not real:
         return value
-    if is_device_value(value, real):
+
+    def leaf(x):
+        if not is_device_value(x, real):
+            return DESCEND
         import cupy
-        arr = value if hasattr(value, "__cuda_array_interface__") else cupy.from_dlpack(value)
+        arr = x if hasattr(x, "__cuda_array_interface__") else cupy.from_dlpack(x)
         if not isinstance(arr, cupy.ndarray):
             arr = cupy.asarray(arr)
         if dry:
             return np.empty(arr.shape, arr.dtype)
         return np.ascontiguousarray(cupy.asnumpy(arr))
-    if depth >= MAX_DEPTH:
-        return value
-    if type(value) is tuple:
-        return tuple(host_twin(v, real, dry, depth + 1) for v in value)
-    if isinstance(value, list):
-        return [host_twin(v, real, dry, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {k: host_twin(v, real, dry, depth + 1) for k, v in value.items()}
-    return value
+    return map_leaves(value, leaf)
 
 
-def private_copy(value, depth: int = 0):
+def private_copy(value):
     """A copy of ``value`` in this process's memory (an emulated GPU's device
     copy of an object read through host memory): numpy arrays copied once
     (writable), Arrow tables through their buffers, containers looked into."""
-    if isinstance(value, np.ndarray):
-        return np.array(value, copy=True)
-    if depth < MAX_DEPTH:
-        if type(value) is tuple:
-            return tuple(private_copy(v, depth + 1) for v in value)
-        if isinstance(value, list):
-            return [private_copy(v, depth + 1) for v in value]
-        if isinstance(value, dict):
-            return {k: private_copy(v, depth + 1) for k, v in value.items()}
-    if is_device_value(value, False):     # an Arrow table (immutable)
-        import pickle
-        s = ser.serialize(value, "a device object")
-        return pickle.loads(s.pickle_bytes, buffers=[bytearray(b) for b in s.buffers])
-    return value
+    def leaf(x):
+        if isinstance(x, np.ndarray):
+            return np.array(x, copy=True)
+        if type(x) is tuple or isinstance(x, (list, dict)):
+            return DESCEND
+        if is_device_value(x, False):     # an Arrow table (immutable)
+            import pickle
+            s = ser.serialize(x, "a device object")
+            return pickle.loads(s.pickle_bytes, buffers=[bytearray(b) for b in s.buffers])
+        return x
+    return map_leaves(value, leaf)
 
 
-def to_device(value, depth: int = 0):
+def to_device(value):
     """numpy arrays in ``value`` as cupy arrays (a driver's ``get`` of a
     device object on a real GPU)."""
     import cupy
-    if isinstance(value, np.ndarray):
-        return cupy.asarray(value)
-    if depth >= MAX_DEPTH:
-        return value
-    if type(value) is tuple:
-        return tuple(to_device(v, depth + 1) for v in value)
-    if isinstance(value, list):
-        return [to_device(v, depth + 1) for v in value]
-    if isinstance(value, dict):
-        return {k: to_device(v, depth + 1) for k, v in value.items()}
-    return value
+    return map_leaves(value, lambda x: cupy.asarray(x) if isinstance(x, np.ndarray) else DESCEND)
 
 
 class _Held:
