@@ -679,10 +679,12 @@ class CoreWorker:
         self.run_instructions(self.table.object_ready(oid, size, location))
         self.set_value(oid, entry)
 
-    def node_request(self, mtype, *fields, timeout=60):
-        """A request to our node from a user thread (blocks until the reply)."""
+    def node_request(self, mtype, *fields, timeout=60, node_id: bytes | None = None):
+        """A request to our node (or to node ``node_id``) from a user thread
+        (blocks until the reply)."""
         async def ask():
-            return await self.node_conn.request(mtype, *fields)
+            conn = self.node_conn if node_id is None else await self.node_connection(node_id)
+            return await conn.request(mtype, *fields)
         return self.io.run(ask(), timeout)
 
     def call_site(self) -> str:

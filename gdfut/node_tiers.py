@@ -188,7 +188,8 @@ class TieredStore:
         device = self.device.stats() if self.device is not None else {}
         return {**device, "host_bytes": s["host_bytes"], "disk_bytes": s["disk_bytes"],
                 "host_capacity": s["host_capacity"], "disk_capacity": s["disk_capacity"],
-                "disk_file_bytes": self.disk.disk_bytes(), "spill_dir": self.disk.path,
+                "disk_file_bytes": self.disk.disk_bytes(),
+                "peak_disk_file_bytes": self.disk.stats["peak_file_bytes"], "spill_dir": self.disk.path,
                 "spills_in_flight": s["spills_in_flight"], "waiting": s["waiting_requests"],
                 "spilled_objects": s["spilled_objects"], "spilled_bytes": s["spilled_bytes"],
                 "restored_objects": s["restored_objects"], "restored_bytes": s["restored_bytes"],

@@ -244,7 +244,7 @@ class DiskStore:
         self._punches: set = set()           # hole punches in flight (futures)
         self.stats = {"written_bytes": 0, "read_bytes": 0, "punched_bytes": 0,
                       "files_deleted": 0, "compactions": 0, "write_busy_s": 0.0,
-                      "read_busy_s": 0.0}
+                      "read_busy_s": 0.0, "peak_file_bytes": 0}
         # time with at least one write (read) in flight: the tier's own rate
         # is bytes over busy time, whatever else the node was waiting for
         self._busy = {"write": [0, 0.0], "read": [0, 0.0]}    # kind -> [in flight, since]
@@ -287,6 +287,9 @@ class DiskStore:
             self._forget(oid)
             raise
         self.stats["written_bytes"] += len(view)
+        # the high-water of disk use, seen after every write (where it grows):
+        # a sampler polling disk_bytes() misses files that live under a second
+        self.stats["peak_file_bytes"] = max(self.stats["peak_file_bytes"], self.disk_bytes())
         self._log_rate("spilled", oid, len(view), t0)
 
     async def restore(self, oid, view: memoryview) -> None:

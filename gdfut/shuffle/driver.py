@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 import gdfut
+from gdfut import protocol as P, runtime_context
 from gdfut.scheduling_strategies import NodeAffinitySchedulingStrategy
 from gdfut.shuffle import tasks
 from gdfut.shuffle.partition import resolve
@@ -29,7 +30,7 @@ class ShuffleStats:
     rows_shuffled: int = 0
     spilled_bytes: int = 0           # spilled during the shuffle, all nodes
     restored_bytes: int = 0
-    peak_spill_dir_bytes: int = 0    # largest sum of spill-file bytes seen
+    peak_spill_dir_bytes: int = 0    # largest spill-file bytes seen (nodes' high-waters at the end)
     phase_s: dict = field(default_factory=dict)   # map / merge / reduce: first submit -> last done
     elapsed_s: float = 0.0
 
@@ -41,34 +42,50 @@ class ShuffleOutput(list):
 
 
 class SpillMonitor:
-    """Spill figures of all nodes from the head (``gdfut.nodes()``), relative to
-    when the monitor started."""
+    """Spill figures of all nodes, relative to when the monitor started:
+    sampled from the head (``gdfut.nodes()``) while the shuffle runs, asked of
+    each node at the start and the end."""
 
     def __init__(self):
-        self.base = self._totals()
+        self.base, self.base_peaks = self._totals(live=True)
         self.spilled = self.restored = self.peak_dir = 0
         self.last = 0.0
 
     @staticmethod
-    def _totals() -> tuple[int, int, int]:
+    def _totals(live: bool = False) -> tuple[tuple[int, int, int], dict]:
+        """(spilled, restored, disk bytes) summed over the alive nodes, and
+        each node's high-water of disk bytes: from the head (the stats of their
+        last heartbeat, up to HEARTBEAT_S old) or, ``live``, asked of each
+        node (a shuffle shorter than a heartbeat would otherwise see nothing)."""
         spilled = restored = disk = 0
+        peaks = {}
         for n in gdfut.nodes():
             if n.get("state") not in (None, "alive", "ALIVE"):
                 continue
-            t = (n.get("stats") or {}).get("tiers") or {}
+            stats = n.get("stats") or {}
+            if live:
+                stats = runtime_context.require().node_request(P.NODE_STATUS,
+                                                               node_id=n["node_id"])
+            t = stats.get("tiers") or {}
             spilled += int(t.get("spilled_bytes", 0) or 0)
             restored += int(t.get("restored_bytes", 0) or 0)
             disk += int(t.get("disk_file_bytes", 0) or 0)
-        return spilled, restored, disk
+            peaks[n["node_id"]] = int(t.get("peak_disk_file_bytes", 0) or 0)
+        return (spilled, restored, disk), peaks
 
     def poll(self, now: float, force: bool = False) -> None:
         if not force and now - self.last < STATS_EVERY_S:
             return
         self.last = now
-        s, r, d = self._totals()
+        (s, r, d), peaks = self._totals(live=force)
         self.spilled = max(self.spilled, s - self.base[0])
         self.restored = max(self.restored, r - self.base[1])
         self.peak_dir = max(self.peak_dir, d)
+        if force:
+            # a node whose high-water rose during the shuffle reached it then;
+            # summed over nodes that is an upper bound of their joint peak
+            rose = sum(p for nid, p in peaks.items() if p > self.base_peaks.get(nid, 0))
+            self.peak_dir = max(self.peak_dir, rose)
 
 
 def _alive_nodes() -> list[str]:
