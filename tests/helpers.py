@@ -1,6 +1,7 @@
 """Shared test helpers: leak checks for processes and shared memory."""
 from __future__ import annotations
 
+import contextlib
 import glob
 import os
 import time
@@ -52,6 +53,29 @@ def assert_no_leaks(session_dir: str, spill_dir: str | None = None):
     wait_until(lambda: not child_processes(), timeout=10, what="child processes to exit")
     assert not shm_files(session_dir), shm_files(session_dir)
     assert not spill_files(session_dir, spill_dir), spill_files(session_dir, spill_dir)
+
+
+@contextlib.contextmanager
+def emulated_gpu_cluster(tmp_path, monkeypatch, *, num_gpus: int = 1, host: int, device: int):
+    """An embedded cluster in CPU mode with emulated GPUs (``device`` bytes of
+    device tier each) and a spill dir of its own; shut down and checked for
+    leaks on the way out, also when the test failed."""
+    import gdfut
+    monkeypatch.setenv("GDFUT_CPU_MODE", "1")
+    spill = str(tmp_path / "spill")
+    info = gdfut.init(num_cpus=2, num_gpus=num_gpus, object_store_memory=host,
+                      device_store_memory=device, spill_dir=spill)
+    try:
+        yield {**info, "spill_dir": spill}
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"], spill)
+
+
+def node_tiers() -> dict:
+    """The tier figures of the driver's node (``NODE_STATUS``'s "tiers")."""
+    from gdfut import protocol, runtime_context
+    return runtime_context.require().node_request(protocol.NODE_STATUS)["tiers"]
 
 
 STORE = 512 * 1024 * 1024      # object store of the test clusters

@@ -4,29 +4,16 @@ reducers in other processes on that GPU map them (no host copy), and the
 output validates; nothing is left on the device tier afterwards."""
 import pytest
 
-import gdfut
-from gdfut import protocol as P, runtime_context
 from gdfut.shuffle.sort import run_sort
-from helpers import assert_no_leaks, wait_until
+from helpers import emulated_gpu_cluster, node_tiers as tiers, wait_until
 
 MIB = 1 << 20
 
 
 @pytest.fixture
 def gpu_cluster(tmp_path, monkeypatch):
-    monkeypatch.setenv("GDFUT_CPU_MODE", "1")
-    spill = str(tmp_path / "spill")
-    info = gdfut.init(num_cpus=2, num_gpus=1, object_store_memory=128 * MIB,
-                      device_store_memory=64 * MIB, spill_dir=spill)
-    try:
+    with emulated_gpu_cluster(tmp_path, monkeypatch, host=128 * MIB, device=64 * MIB) as info:
         yield info
-    finally:
-        gdfut.shutdown()
-        assert_no_leaks(info["session_dir"], spill)
-
-
-def tiers():
-    return runtime_context.require().node_request(P.NODE_STATUS)["tiers"]
 
 
 @pytest.mark.parametrize("strategy", ["simple", "push"])
