@@ -64,6 +64,10 @@ DEVICE_SPILL = 54         # node -> holder, req: oid: write a host copy -> {"ok"
 DEVICE_DELETE = 58        # node -> holder: [oid...]: drop these device copies
 DEVICE_EXPORT = 59        # node -> holder, req: oid, shm name: share the device copy with a
 #                           reader on the same GPU -> {"shm", "size"} | {"ipc": [...]} | {"error"}
+DEVICE_SERVE = 47         # holder -> node: [host, port] of its ucx device listener
+#                           (device_transfer.DeviceServer: real GPU, ucx with CUDA)
+NODE_DEVICE_SOURCE = 48   # req: oid, node_id holding it -> [host, port] of the holder's
+#                           device listener | None (the host path then)
 # owner <-> worker (direct task push)
 PUSH_TASK = 30            # spec
 TASK_DONE = 31            # task_id, status, returns[, seconds the worker spent on it]

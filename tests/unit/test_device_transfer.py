@@ -1,0 +1,126 @@
+"""Device objects GPU to GPU between nodes (gdfut/device_transfer.py): the
+pure path decision, and the wire (structure, then one buffer per array) over
+each data-plane backend with numpy arrays standing in for device arrays (no
+GPU here; the cupy half runs in bench/gpu_check.py)."""
+from __future__ import annotations
+
+import asyncio
+
+import numpy as np
+import pytest
+
+from gdfut import device_transfer as dt
+from test_transports import TOKEN, backend_name, make_backend, run  # noqa: F401
+
+ALL = dict(transport="ucx", device_object=True, reader_gpu=True, ucx_cuda=True)
+
+
+def test_device_path_only_when_every_fact_allows_it():
+    assert dt.choose_path(**ALL, holder_serves=True) == dt.DEVICE
+    assert dt.choose_path(**ALL, holder_serves=None) == dt.ASK
+    for fact, value in [("transport", "tcp"), ("device_object", False),
+                        ("reader_gpu", False), ("ucx_cuda", False)]:
+        facts = {**ALL, fact: value}
+        assert dt.choose_path(**facts, holder_serves=True) == dt.HOST, fact
+        assert dt.choose_path(**facts, holder_serves=None) == dt.HOST, fact
+    assert dt.choose_path(**ALL, holder_serves=False) == dt.HOST
+    assert dt.choose_path(**ALL, holder_serves=True, mode="host") == dt.HOST
+
+
+def test_a_forced_device_path_names_what_is_missing():
+    assert dt.choose_path(**ALL, holder_serves=True, mode="device") == dt.DEVICE
+    with pytest.raises(dt.DevicePathUnavailable, match="no usable GPU"):
+        dt.choose_path(**{**ALL, "reader_gpu": False}, holder_serves=None, mode="device")
+    with pytest.raises(dt.DevicePathUnavailable, match="'tcp', not 'ucx'"):
+        dt.choose_path(**{**ALL, "transport": "tcp"}, holder_serves=None, mode="device")
+    with pytest.raises(dt.DevicePathUnavailable, match="cuda_copy"):
+        dt.choose_path(**{**ALL, "ucx_cuda": False}, holder_serves=None, mode="device")
+    with pytest.raises(dt.DevicePathUnavailable, match="holder does not serve"):
+        dt.choose_path(**ALL, holder_serves=False, mode="device")
+
+
+def test_the_holder_serves_only_with_ucx_a_gpu_and_cuda_in_ucx():
+    assert dt.serves_device_pulls("ucx", True, True)
+    assert not dt.serves_device_pulls("tcp", True, True)
+    assert not dt.serves_device_pulls("ucx", False, True)
+    assert not dt.serves_device_pulls("ucx", True, False)
+    assert not dt.serves_device_pulls("ucx", True, True, mode="host")
+
+
+def test_mode_from_the_environment():
+    assert dt.forced_mode({}) == "auto"
+    assert dt.forced_mode({dt.ENV: " Device "}) == "device"
+    with pytest.raises(ValueError, match="choose one of"):
+        dt.forced_mode({dt.ENV: "gpu"})
+
+
+class _Rt:
+    """A reader's runtime in CPU mode: it must decide without asking anyone."""
+    def __init__(self, transport, gpu_ids=(0,)):
+        self.node_info = {"transport": transport}
+        self.gpu_ids = gpu_ids
+
+    @property
+    def node_conn(self):
+        raise AssertionError("the host path was not chosen locally")
+
+
+@pytest.mark.parametrize("transport", ["tcp", "ucx"])
+def test_cpu_mode_keeps_the_host_path_and_a_forced_device_path_fails(transport, monkeypatch):
+    monkeypatch.setenv("GDFUT_CPU_MODE", "1")
+    monkeypatch.delenv(dt.ENV, raising=False)
+    rt = _Rt(transport)
+    assert dt.local_path(rt) == dt.HOST
+    assert asyncio.run(dt.fetch(rt, b"o" * 20, b"n" * 20)) is None
+    monkeypatch.setenv(dt.ENV, "device")
+    with pytest.raises(dt.DevicePathUnavailable, match="no usable GPU"):
+        asyncio.run(dt.fetch(rt, b"o" * 20, b"n" * 20))
+
+
+def _value():
+    strided = np.arange(60, dtype=np.int32).reshape(6, 10)[:, ::3]   # not contiguous
+    return {"x": np.arange(1000, dtype=np.float64), "meta": ("label", 3),
+            "parts": [strided, np.zeros((0, 4), np.uint8), np.array(7, np.int16)]}
+
+
+def test_values_cross_every_backend_array_by_array(backend_name):  # noqa: F811
+    held = {b"a" * 20: _value()}
+    pins, unpins = [], []
+
+    async def pin(oid):
+        pins.append(oid)
+        return oid != b"m" * 20          # "m": moving down, the pin is refused
+
+    async def go():
+        be = make_backend(backend_name)
+
+        async def handler(ep):
+            await dt.serve_pulls(ep, held.get, pin, unpins.append, real=False)
+        listener = await be.listen("127.0.0.1", 0, TOKEN, handler)
+        ep = await be.connect(listener.address, TOKEN)
+        await ep.send_frame([dt.PULL, b"a" * 20])
+        got = await dt.recv_value(ep, await ep.recv_frame(), lambda n: np.empty(n, np.uint8))
+        for missing in (b"z" * 20, b"m" * 20):
+            held[b"m" * 20] = _value()
+            await ep.send_frame([dt.PULL, missing])
+            assert await ep.recv_frame() == [dt.GONE]
+        await ep.send_frame(["bye"])
+        await ep.close()
+        await listener.close()
+        return got
+    got = run(go())
+    want = _value()
+    assert got["meta"] == want["meta"]
+    np.testing.assert_array_equal(got["x"], want["x"])
+    for g, w in zip(got["parts"], want["parts"]):
+        assert g.shape == w.shape and g.dtype == w.dtype
+        np.testing.assert_array_equal(g, w)
+    assert pins == [b"a" * 20, b"m" * 20]     # "z" is not held: never pinned
+    assert unpins == [b"a" * 20]              # one unpin per pin that held
+
+
+def test_a_bad_header_is_refused():
+    for header in ([dt.VALUE, b"", [[[1], "|O"]]], [dt.VALUE, b"", [[[-1], "<f8"]]],
+                   [dt.VALUE, b"", [[[1], "<f8"]] * (dt.MAX_ARRAYS + 1)], [dt.VALUE, "x", []]):
+        with pytest.raises((ValueError, TypeError)):
+            asyncio.run(dt.recv_value(None, header, lambda n: np.empty(n, np.uint8)))
