@@ -1306,6 +1306,7 @@ class CoreWorker:
         if self._server is not None:
             self._server.close()
         await self.device.server.close()
+        await self.device.pulls.close()
         for fut in list(self.peers.values()):
             if fut.done() and fut.exception() is None:
                 fut.result().close()

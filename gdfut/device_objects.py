@@ -205,8 +205,9 @@ class DeviceObjects:
         rt.dispatch[P.DEVICE_SPILL] = self.on_spill
         rt.dispatch[P.DEVICE_DELETE] = self.on_delete
         rt.dispatch[P.DEVICE_EXPORT] = self.on_export
-        from .device_transfer import DeviceServer
+        from .device_transfer import DevicePulls, DeviceServer
         self.server = DeviceServer(rt, self)     # device pulls from other nodes (ucx, real GPU)
+        self.pulls = DevicePulls(rt)             # ... and this process's pulls from them
 
     # -- producing -------------------------------------------------------------
     def store(self, oid: bytes, value, owner: bytes) -> list | None:

@@ -303,32 +303,76 @@ class DeviceServer:
 
 # -- the reader ----------------------------------------------------------------------
 
-def local_path(rt) -> str:
-    """The decision from this reader's facts (``ask`` or ``host``; raises
-    when forced and unavailable)."""
+def local_facts(rt) -> dict:
+    """This reader's facts for ``choose_path`` (ucxx is asked only where
+    the others allow the device path)."""
     from .device_objects import real_gpu
     transport = (getattr(rt, "node_info", None) or {}).get("transport")
-    mode = forced_mode()
     reader_gpu = bool(rt.gpu_ids) and real_gpu()
     ucx_cuda = transport == "ucx" and reader_gpu and ucx_has_cuda()
-    return choose_path(transport, True, reader_gpu, ucx_cuda, None, mode)
+    return dict(transport=transport, device_object=True, reader_gpu=reader_gpu,
+                ucx_cuda=ucx_cuda)
+
+
+def local_path(rt) -> str:
+    """The decision before asking the holder (``ask`` or ``host``; raises
+    when forced and unavailable)."""
+    return choose_path(**local_facts(rt), holder_serves=None, mode=forced_mode())
+
+
+class DevicePulls:
+    """The reader's ucx endpoints to holders, kept for the next pull (a ucx
+    connection costs a handshake and a UCX endpoint; closing one can block
+    the loop up to ``ucx.CLOSE_PERIOD_NS``): at most ``IDLE_PER_HOLDER``
+    idle per holder, ``MAX_HOLDERS`` holders (the oldest closed)."""
+
+    IDLE_PER_HOLDER = 2
+    MAX_HOLDERS = 32
+
+    def __init__(self, rt):
+        self.rt = rt
+        self.idle: dict[tuple, list] = {}
+
+    async def take(self, addr: tuple):
+        eps = self.idle.get(addr)
+        while eps:
+            ep = eps.pop()
+            if not ep.closed:
+                return ep
+        from .transport.base import get_backend
+        return await asyncio.wait_for(get_backend("ucx").connect(addr, self.rt.token),
+                                      CONNECT_TIMEOUT_S)
+
+    async def give_back(self, addr: tuple, ep) -> None:
+        eps = self.idle.setdefault(addr, [])
+        if ep.closed or len(eps) >= self.IDLE_PER_HOLDER:
+            await ep.close()
+            return
+        eps.append(ep)
+        while len(self.idle) > self.MAX_HOLDERS:
+            for old in self.idle.pop(next(iter(self.idle))):
+                await old.close()
+
+    async def close(self) -> None:
+        idle, self.idle = self.idle, {}
+        for eps in idle.values():
+            for ep in eps:
+                await ep.close()
 
 
 async def fetch(rt, oid: bytes, source_node: bytes, alloc=cupy_alloc):
     """The device object ``oid`` (held on ``source_node``) received onto this
     reader's GPU, or None: take the host path."""
-    if local_path(rt) != ASK:
+    facts, mode = local_facts(rt), forced_mode()
+    if choose_path(**facts, holder_serves=None, mode=mode) != ASK:
         return None
     from .ids import short
-    from .transport.base import get_backend
     addr = await rt.node_conn.request(P.NODE_DEVICE_SOURCE, oid, source_node)
-    mode = forced_mode()
-    if choose_path("ucx", True, True, True, addr is not None, mode) != DEVICE:
+    if choose_path(**facts, holder_serves=addr is not None, mode=mode) != DEVICE:
         return None
-    ep = None
+    pulls, addr, ep = rt.device.pulls, tuple(addr), None
     try:
-        ep = await asyncio.wait_for(get_backend("ucx").connect(tuple(addr), rt.token),
-                                    CONNECT_TIMEOUT_S)
+        ep = await pulls.take(addr)
         await ep.send_frame([PULL, oid])
         header = await ep.recv_frame()
         if header[:1] == [GONE]:
@@ -336,10 +380,17 @@ async def fetch(rt, oid: bytes, source_node: bytes, alloc=cupy_alloc):
                      "memory", short(oid))
             return None
         return await recv_value(ep, header, alloc)
-    except (OSError, ConnectionError, EOFError, asyncio.TimeoutError, ValueError) as exc:
+    except (OSError, ConnectionError, EOFError, asyncio.TimeoutError, ValueError,
+            MemoryError) as exc:       # (cupy's OutOfMemoryError is a MemoryError)
+        if ep is not None:
+            await ep.close()
         log.warning("device object %s not received over ucx (%s: %s): reading it through "
                     "host memory", short(oid), type(exc).__name__, exc)
         return None
-    finally:
+    except BaseException:          # cancelled mid-transfer: the pair is out of step
         if ep is not None:
             await ep.close()
+        raise
+    finally:
+        if ep is not None and not ep.closed:
+            await pulls.give_back(addr, ep)

@@ -124,3 +124,61 @@ def test_a_bad_header_is_refused():
                    [dt.VALUE, b"", [[[1], "<f8"]] * (dt.MAX_ARRAYS + 1)], [dt.VALUE, "x", []]):
         with pytest.raises((ValueError, TypeError)):
             asyncio.run(dt.recv_value(None, header, lambda n: np.empty(n, np.uint8)))
+
+
+class _Node:
+    def __init__(self, answer):
+        self.answer = answer
+        self.asked = []
+
+    async def request(self, mtype, *fields):
+        self.asked.append((mtype, fields))
+        return self.answer
+
+
+class _GpuRt:
+    """A reader whose facts allow the device path (as on a GPU machine)."""
+    token = TOKEN
+
+    def __init__(self, answer):
+        self.node_conn = _Node(answer)
+        self.device = type("D", (), {})()
+        self.device.pulls = dt.DevicePulls(self)
+
+
+@pytest.mark.skipif(__import__("test_transports").UCX_SKIP is not None, reason="needs ucxx")
+def test_fetch_pulls_from_the_holder_reuses_its_endpoint_and_falls_back(monkeypatch):
+    from gdfut import protocol as P
+    from gdfut.transport.base import get_backend
+    monkeypatch.setattr(dt, "local_facts", lambda rt: dict(ALL))
+    monkeypatch.delenv(dt.ENV, raising=False)
+    held, connections = {b"a" * 20: _value()}, []
+
+    async def pin(oid):
+        return True
+
+    async def go():
+        async def handler(ep):
+            connections.append(ep)
+            await dt.serve_pulls(ep, held.get, pin, lambda oid: None, real=False)
+        listener = await get_backend("ucx").listen("127.0.0.1", 0, TOKEN, handler)
+        rt = _GpuRt(list(listener.address))
+        alloc = lambda n: np.empty(n, np.uint8)   # noqa: E731
+        first = await dt.fetch(rt, b"a" * 20, b"n" * 20, alloc)
+        second = await dt.fetch(rt, b"a" * 20, b"n" * 20, alloc)
+        gone = await dt.fetch(rt, b"z" * 20, b"n" * 20, alloc)       # not held: host path
+        assert rt.node_conn.asked[0] == (P.NODE_DEVICE_SOURCE, (b"a" * 20, b"n" * 20))
+        assert len(connections) == 1                                   # one endpoint, reused
+        nowhere = _GpuRt(None)                                         # the holder does not serve
+        assert await dt.fetch(nowhere, b"a" * 20, b"n" * 20, alloc) is None
+        await listener.close()
+        await rt.device.pulls.close()
+        dead = _GpuRt(list(listener.address))                          # listener gone: host path
+        assert await dt.fetch(dead, b"a" * 20, b"n" * 20, alloc) is None
+        await dead.device.pulls.close()
+        return first, second, gone
+    first, second, gone = run(go())
+    assert gone is None
+    for got in (first, second):
+        np.testing.assert_array_equal(got["x"], _value()["x"])
+        np.testing.assert_array_equal(got["parts"][0], _value()["parts"][0])
