@@ -332,6 +332,8 @@ class DevicePulls:
     def __init__(self, rt):
         self.rt = rt
         self.idle: dict[tuple, list] = {}
+        self.received_objects = 0          # values received GPU to GPU (bench/gpu_check.py)
+        self.received_bytes = 0
 
     async def take(self, addr: tuple):
         eps = self.idle.get(addr)
@@ -379,7 +381,10 @@ async def fetch(rt, oid: bytes, source_node: bytes, alloc=cupy_alloc):
             log.info("device object %s left its holder's GPU: reading it through host "
                      "memory", short(oid))
             return None
-        return await recv_value(ep, header, alloc)
+        value = await recv_value(ep, header, alloc)
+        pulls.received_objects += 1
+        pulls.received_bytes += sum(n for _, _, n in _check_header(header))
+        return value
     except (OSError, ConnectionError, EOFError, asyncio.TimeoutError, ValueError,
             MemoryError) as exc:       # (cupy's OutOfMemoryError is a MemoryError)
         if ep is not None:
