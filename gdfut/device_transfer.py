@@ -161,7 +161,7 @@ def pack(value, real: bool):
         raise ValueError(f"{len(descs)} device arrays in one value (at most {MAX_ARRAYS})")
     if real:
         import cupy
-        cupy.cuda.get_current_stream().synchronize()   # the producer's kernels have written it
+        cupy.cuda.Device().synchronize()    # every stream: the producer's kernels have written it
     return [VALUE, ser.serialize_inline(skeleton).pickle_bytes, descs], bufs
 
 
