@@ -50,7 +50,6 @@ STORE_FREE = 21           # [oid...]
 KILL_WORKER = 22          # req: worker_id, reason
 NODE_STATUS = 23          # req -> status dict
 NODE_MEMORY = 24          # req -> memory listing of every owner on this node
-CANCEL_LEASE_REQUEST = 25
 NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, size)
 NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
 DETACH_LEASE = 28         # lease_id: a detached actor's worker holds its own lease from now on

@@ -10,7 +10,41 @@ import numpy as np
 import pytest
 
 from gdfut import device_transfer as dt
-from test_transports import TOKEN, backend_name, make_backend, run  # noqa: F401
+from gdfut.transport.base import get_backend
+
+TOKEN = b"cluster-token"
+try:
+    from gdfut.transport.ucx import import_ucxx
+    import_ucxx()
+    UCX_SKIP = None
+except RuntimeError as exc:
+    UCX_SKIP = f"ucxx not importable ({exc})"
+
+
+@pytest.fixture(params=["inproc", "tcp", pytest.param("ucx", marks=pytest.mark.skipif(
+    UCX_SKIP is not None, reason=UCX_SKIP or ""))])
+def backend_name(request) -> str:
+    return request.param
+
+
+def make_backend(name):
+    return get_backend(name)
+
+
+def run(coro, timeout: float = 30.0):
+    """Run ``coro`` on a fresh loop; nothing but ucxx's own progress tasks
+    may be left running afterwards."""
+    import os
+
+    async def main():
+        result = await asyncio.wait_for(coro, timeout)
+        await asyncio.sleep(0)
+        left = [t for t in asyncio.all_tasks() if t is not asyncio.current_task()
+                and f"{os.sep}ucxx{os.sep}" not in getattr(
+                    getattr(t.get_coro(), "cr_code", None), "co_filename", "")]
+        assert not left, f"tasks left after close: {left}"
+        return result
+    return asyncio.run(main())
 
 ALL = dict(transport="ucx", device_object=True, reader_gpu=True, ucx_cuda=True)
 
@@ -83,7 +117,7 @@ def _value():
             "parts": [strided, np.zeros((0, 4), np.uint8), np.array(7, np.int16)]}
 
 
-def test_values_cross_every_backend_array_by_array(backend_name):  # noqa: F811
+def test_values_cross_every_backend_array_by_array(backend_name):
     held = {b"a" * 20: _value()}
     pins, unpins = [], []
 
@@ -146,10 +180,9 @@ class _GpuRt:
         self.device.pulls = dt.DevicePulls(self)
 
 
-@pytest.mark.skipif(__import__("test_transports").UCX_SKIP is not None, reason="needs ucxx")
+@pytest.mark.skipif(UCX_SKIP is not None, reason=UCX_SKIP or "")
 def test_fetch_pulls_from_the_holder_reuses_its_endpoint_and_falls_back(monkeypatch):
     from gdfut import protocol as P
-    from gdfut.transport.base import get_backend
     monkeypatch.setattr(dt, "local_facts", lambda rt: dict(ALL))
     monkeypatch.delenv(dt.ENV, raising=False)
     held, connections = {b"a" * 20: _value()}, []
