@@ -25,6 +25,11 @@ checked (issue 8, point 8). Checks, in order:
   device (D->H: the holder writes the host copy) and ``get`` of a host-tier
   device object in the driver (H->D, a cupy array), as ratios to the plain
   CuPy copies above.
+- device objects across nodes (two nodes on this host, data plane ucx): a
+  GPU actor on one node reads a device object made on the other; whether the
+  GPU-to-GPU path (``gdfut/device_transfer.py``) was taken (it must be, on a
+  real GPU with UCX built with CUDA) and its GB/s against a plain CuPy device
+  copy, and the host path's (``GDFUT_DEVICE_TRANSFER=host``) against it.
 
 ``--emulated`` runs the device-object checks in CPU mode (``GDFUT_CPU_MODE=1``,
 an emulated GPU, numpy arrays; baselines: a numpy copy) so their logic runs
@@ -452,9 +457,110 @@ def _device_copies(ctx, make, nbytes, emulated) -> list[Row]:
     return rows
 
 
+# ---- device objects between two nodes over ucx ----
+
+def _read_there(refs, i, n, mode):
+    """In a GPU actor on the other node: read refs[0] with
+    GDFUT_DEVICE_TRANSFER=mode (read per pull, so one process can time both
+    paths); (intact, served, GPU-to-GPU pulls it took, seconds, facts)."""
+    import os
+    import gdfut
+    from gdfut import device_transfer as dtr, runtime_context
+    os.environ[dtr.ENV] = mode
+    rt = runtime_context.require()
+    before = rt.device.pulls.received_objects
+    t0 = time.perf_counter()
+    v = gdfut.get(refs[0])
+    if type(v).__module__.split(".")[0] == "cupy":
+        import cupy
+        cupy.cuda.Stream.null.synchronize()
+    secs = time.perf_counter() - t0
+    intact, served = _check_array(v, i, n)
+    facts = dtr.local_facts(rt)
+    return intact, served, rt.device.pulls.received_objects - before, secs, facts
+
+
+def _plain_d2d_gbps(nbytes: int, emulated: bool) -> float:
+    if emulated:
+        src = np.full(nbytes, 3, np.uint8)
+        dst = np.empty_like(src)
+        dst.fill(0)
+        return _median_gbps(nbytes, lambda: np.copyto(dst, src))
+    import cupy
+    src = cupy.full(nbytes, 3, cupy.uint8)
+    dst = cupy.empty_like(src)
+    return _gbps(nbytes, lambda: cupy.copyto(dst, src))
+
+
+def check_device_across_nodes(ctx: Context) -> list[Row]:
+    """Two nodes on this host (both on GPU 0), data plane ucx: a GPU actor on
+    node b reads a device object made on node a. The device path
+    (``gdfut/device_transfer.py``: the holder's worker sends the device
+    arrays, the reader receives them into cupy memory) must be taken where
+    there is a real GPU and UCX has CUDA; its GB/s (second read, connection
+    up) against a plain cupy device copy and against the host path
+    (``GDFUT_DEVICE_TRANSFER=host``: host copy, data plane, restore) of
+    another object of the same size, in the same run. One host and one GPU:
+    UCX moves it with cuda_ipc/cuda_copy; between hosts it would use
+    RDMA/NVLink where UCX finds them."""
+    import gdfut
+    from gdfut.testing import Cluster
+    try:
+        from gdfut.transport.ucx import import_ucxx
+        import_ucxx()
+    except RuntimeError as exc:
+        return [Row("device across nodes (ucx)", "skipped", note=str(exc))]
+    emulated = bool(ctx.args.emulated)
+    n = ctx.args.object_mib << 20
+    store = 4 * n + (64 << 20)
+    make = gdfut.remote(num_gpus=1)(_make_array)
+
+    @gdfut.remote(num_gpus=1)
+    class Reader:
+        def read(self, refs, i, n, mode):
+            return _read_there(refs, i, n, mode)
+
+    c = Cluster(transport="ucx")
+    rows: list[Row] = []
+    try:
+        a = c.add_node(num_cpus=2, num_gpus=1, object_store_memory=store, wait=False)
+        b = c.add_node(num_cpus=2, num_gpus=1, object_store_memory=store)
+        c.connect()
+        on = {k: gdfut.NodeAffinitySchedulingStrategy(x.node_id) for k, x in (("a", a), ("b", b))}
+        refs = [make.options(scheduling_strategy=on["a"]).remote(i, n) for i in range(3)]
+        gdfut.wait(refs, num_returns=3)
+        reader = Reader.options(scheduling_strategy=on["b"]).remote()
+        first = gdfut.get(reader.read.remote([refs[0]], 0, n, "auto"))
+        second = gdfut.get(reader.read.remote([refs[0]], 0, n, "auto"))
+        host = gdfut.get(reader.read.remote([refs[1]], 1, n, "host"))
+        base = _plain_d2d_gbps(n, emulated)
+        dev_rate, host_rate = n / second[3] / 1e9, n / host[3] / 1e9
+        taken = bool(first[2] and second[2])
+        want = not emulated and all(first[4].values())
+        ok = first[0] and second[0] and host[0] and taken == want
+        facts = ", ".join(f"{k}={v}" for k, v in first[4].items() if k != "device_object")
+        rows.append(Row("device across nodes (ucx): device path", "ok" if ok else "FAIL",
+                        f"{dev_rate:.2f} GB/s", f"{base:.2f} GB/s", f"{dev_rate / base:.2f}x",
+                        f"{n >> 20} MiB, taken: {'yes' if taken else 'no (figures: the host path)'} "
+                        f"({'expected' if taken == want else 'NOT expected'}; {facts}); "
+                        f"{second[1]}; first read {n / first[3] / 1e9:.2f} GB/s"
+                        " (baseline: a plain " + ("numpy" if emulated else "cupy") +
+                        " device copy)"))
+        rows.append(Row("device across nodes (ucx): host path", "ok" if host[0] else "FAIL",
+                        f"{host_rate:.2f} GB/s", f"{dev_rate:.2f} GB/s",
+                        f"{host_rate / dev_rate:.2f}x",
+                        f"GDFUT_DEVICE_TRANSFER=host, another {n >> 20} MiB object; "
+                        f"{host[1]} (baseline: the device-path row)"))
+        del refs
+    finally:
+        c.shutdown()
+    return rows
+
+
 CHECKS = [("NVML discovery", check_nvml), ("kernels", check_kernels), ("copies", check_copies),
-          ("device objects", check_device_objects)]
-EMULATED_CHECKS = {"device objects"}
+          ("device objects", check_device_objects),
+          ("device across nodes", check_device_across_nodes)]
+EMULATED_CHECKS = {"device objects", "device across nodes"}
 
 
 # ---- running and printing ----

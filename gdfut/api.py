@@ -4,7 +4,6 @@ from __future__ import annotations
 import atexit
 import hashlib
 import inspect
-import json
 import os
 import threading
 
@@ -13,7 +12,6 @@ from . import cluster, runtime_context
 from . import serialization as ser
 from .exceptions import (AuthenticationError, ClusterConnectionError, InvalidAddressError,
                          NotInitializedError, SessionNotFoundError)
-from .ids import new_id
 from .object_ref import ObjectRef
 from .signature import CallChecker, signature_of
 
@@ -211,7 +209,7 @@ def _local_node(session_dir, head_addr, token):
     where = "{}:{}".format(*head_addr)
     try:
         nodes = head_request(head_addr, token, P.HEAD_LIST_NODES)
-    except AuthenticationError as exc:
+    except AuthenticationError:
         raise AuthenticationError(
             f"authentication failed at the gdfut head at {where}: the token in "
             f"{os.path.join(session_dir, 'token')} is not that cluster's token; pass "

@@ -403,7 +403,7 @@ def _start_head(args) -> int:
     print("Connect from Python:")
     print("    import gdfut")
     print(f'    gdfut.init(address="{address}")')
-    print(f'    # the token is read from the latest session; if another session started since:')
+    print('    # the token is read from the latest session; if another session started since:')
     print(f'    # gdfut.init(address="{address}", session_dir="{session_dir}")')
     print("Add a node on this machine:")
     print(f"    gdfut start --address {address} --session-dir {session_dir}")

@@ -1015,6 +1015,11 @@ class CoreWorker:
                 reply = await self.node_conn.request(P.STORE_PIN, oid, gpus)
                 if "device" in reply or reply.get("host") is not None:
                     return reply
+            if gpu is not None:  # GPU to GPU over ucx where possible (device_transfer)
+                from . import device_transfer
+                value = await device_transfer.fetch(self, oid, node_id)
+                if value is not None:
+                    return {"received": value}
             try:
                 reply = await self.node_conn.request(P.NODE_PULL, oid, size, node_id)
             except tcp.RemoteError as exc:
@@ -1055,6 +1060,8 @@ class CoreWorker:
             from .devstore.arena import map_file_readonly
             region = map_file_readonly(entry[1], entry[2], entry[3], _Unpin(self, oid))
             return ser.loads_from_store(region)
+        if kind == "received":       # a device object received from another node's GPU
+            return entry[1]
         if kind == "device":         # another process's device copy on our GPU, mapped
             return self._import_device(oid, entry[1])
         if kind == "restore":        # a device object read through host memory
@@ -1298,6 +1305,8 @@ class CoreWorker:
             await asyncio.gather(job_task, return_exceptions=True)
         if self._server is not None:
             self._server.close()
+        await self.device.server.close()
+        await self.device.pulls.close()
         for fut in list(self.peers.values()):
             if fut.done() and fut.exception() is None:
                 fut.result().close()
@@ -1327,6 +1336,8 @@ def _pinned_entry(reply) -> list:
     if isinstance(reply, dict):
         if "device" in reply:
             return ["device", reply["device"]]
+        if "received" in reply:     # moved GPU to GPU from another node: the task's own copy
+            return ["received", reply["received"]]
         inner = _pinned_entry(reply["host"])
         return ["restore", inner] if reply.get("to_device") else inner
     if len(reply) == 3:

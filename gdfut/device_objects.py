@@ -205,6 +205,9 @@ class DeviceObjects:
         rt.dispatch[P.DEVICE_SPILL] = self.on_spill
         rt.dispatch[P.DEVICE_DELETE] = self.on_delete
         rt.dispatch[P.DEVICE_EXPORT] = self.on_export
+        from .device_transfer import DevicePulls, DeviceServer
+        self.server = DeviceServer(rt, self)     # device pulls from other nodes (ucx, real GPU)
+        self.pulls = DevicePulls(rt)             # ... and this process's pulls from them
 
     # -- producing -------------------------------------------------------------
     def store(self, oid: bytes, value, owner: bytes) -> list | None:
@@ -229,6 +232,8 @@ class DeviceObjects:
             return None
         layout = s.store_layout()
         gpu = int(gpus[0])
+        if real:
+            self.server.ensure()
         with self.lock:         # held before asking: a DEVICE_SPILL may follow the grant at once
             self.held[oid] = _Held(value, gpu, owner, layout[2])
         reply = self.rt.node_request(P.DEVICE_CREATE, oid, nbytes, layout[2], gpu, owner)

@@ -15,7 +15,6 @@ import contextvars
 import inspect
 import logging
 import os
-import pickle
 import signal
 import threading
 import time

@@ -82,6 +82,7 @@ class Conn:
         self.kind = None
         self.closed = False
         self.requests: set[int] = set()     # this connection's entries in pending_leases
+        self.device_addr = None             # its ucx device listener (DEVICE_SERVE)
 
     def on_messages(self, conn, messages):
         self.conn = conn
@@ -189,6 +190,7 @@ class NodeDaemon:
             P.DETACH_LEASE: self.on_detach_lease,
             P.DEVICE_CREATE: self.on_device_create, P.DEVICE_PIN: self.on_device_pin,
             P.DEVICE_UNPIN: self.on_device_unpin, P.DEVICE_EVACUATE: self.on_device_evacuate,
+            P.DEVICE_SERVE: self.on_device_serve, P.NODE_DEVICE_SOURCE: self.on_device_source,
         }
         self.bundles = NodeBundles(self)
         self.dispatch.update(self.bundles.handlers())
@@ -541,7 +543,7 @@ class NodeDaemon:
     def register_reply(self) -> dict:
         return {"node_id": self.node_id, "arena_name": self.arena_name,
                 "head_addr": list(self.head_addr) if self.head_addr else None,
-                "resources": self.total.to_dict()}
+                "resources": self.total.to_dict(), "transport": self.transfer.backend_name}
 
     def on_request_lease(self, peer: Conn, m):
         _, req_id, resources, is_actor, actor_id, hints = m
@@ -712,6 +714,31 @@ class NodeDaemon:
     def on_device_pin(self, peer, m):
         _, req_id, oid = m
         peer.conn.reply(req_id, self.device.pin(oid, peer.wid))
+
+    def on_device_serve(self, peer, m):
+        peer.device_addr = list(m[1])
+
+    def on_device_source(self, peer, m):
+        """Where the holder of a device object on ``source_node`` serves
+        device pulls (``device_transfer``): asked of that node's data plane."""
+        async def ask():
+            _, req_id, oid, source_node = m
+            addr = None
+            try:
+                if source_node == self.node_id:
+                    addr = self.device.source(oid)
+                else:
+                    source = self.cluster.get(source_node)
+                    if source is None or not source.get("data_addr"):
+                        await self.refresh_cluster()
+                        source = self.cluster.get(source_node)
+                    if source is not None and source.get("data_addr"):
+                        addr = await self.transfer.device_source(oid, tuple(source["data_addr"]))
+            except Exception as exc:   # any failure: the reader takes the host path
+                log.info("no device source for %s: %s: %s", short(oid), type(exc).__name__, exc)
+            if not peer.closed:
+                peer.conn.reply(req_id, addr)
+        self.tasks.spawn("device source", ask())
 
     def on_device_unpin(self, peer, m):
         self.device.unpin(m[1], peer.wid)

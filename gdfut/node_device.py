@@ -170,6 +170,15 @@ class DeviceTier:
     def free(self, oid) -> None:
         self.run(self.policy.freed(oid))
 
+    def source(self, oid):
+        """[host, port] where the holder of ``oid``'s device copy serves
+        device pulls over ucx (``device_transfer``), or None."""
+        loc = self.policy.location(oid)
+        peer = self.node.peers.get(loc[1]) if loc is not None else None
+        if peer is None or peer.closed or not self.policy.holds(oid):
+            return None
+        return peer.device_addr
+
     def when_host_ready(self, oid, then) -> bool:
         """False when the host tier can serve ``oid`` now; else True, and
         ``then()`` runs once the host copy exists (or the device copy is gone,

@@ -27,6 +27,7 @@ CHUNK_BYTES = 64 * 1024 * 1024
 MAX_BYTES_IN_FLIGHT = 256 * 1024 * 1024     # per node, across all pulls
 ENDPOINTS_PER_PEER = 2                      # parallel streams to one source node
 PULL = "pull"
+DEVICE_SOURCE = "device_src"                # where a device object's holder serves (ucx)
 LOG_PULLS_FROM_BYTES = 64 * 1024 * 1024     # pulls this large are logged with their rate
 
 
@@ -92,6 +93,9 @@ class ObjectTransfer:
         try:
             while True:
                 msg = await ep.recv_frame()
+                if msg and msg[0] == DEVICE_SOURCE and len(msg) == 2 and isinstance(msg[1], bytes):
+                    await ep.send_frame([DEVICE_SOURCE, self.node.device.source(msg[1])])
+                    continue
                 if not msg or msg[0] != PULL:
                     log.warning("bad data-plane request %r", msg[:1] if msg else msg)
                     return
@@ -200,6 +204,22 @@ class ObjectTransfer:
             self._give_back(source_addr, ep)
         finally:
             await self.budget.release(granted)
+
+    async def device_source(self, oid: bytes, source_addr: tuple):
+        """Ask the node at ``source_addr`` where the holder of ``oid``'s
+        device copy serves device pulls: [host, port] or None."""
+        ep = await self._endpoint(source_addr)
+        try:
+            await ep.send_frame([DEVICE_SOURCE, oid])
+            reply = await ep.recv_frame()
+        except BaseException:
+            await ep.close()
+            self._give_back(source_addr, None)
+            raise
+        self._give_back(source_addr, ep)
+        if len(reply) != 2 or reply[0] != DEVICE_SOURCE:
+            raise TransferError(f"bad device source reply {reply!r:.80}")
+        return reply[1]
 
     async def _endpoint(self, addr):
         pool = self.pools.get(addr)

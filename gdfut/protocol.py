@@ -50,7 +50,6 @@ STORE_FREE = 21           # [oid...]
 KILL_WORKER = 22          # req: worker_id, reason
 NODE_STATUS = 23          # req -> status dict
 NODE_MEMORY = 24          # req -> memory listing of every owner on this node
-CANCEL_LEASE_REQUEST = 25
 NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, size)
 NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
 DETACH_LEASE = 28         # lease_id: a detached actor's worker holds its own lease from now on
@@ -64,6 +63,10 @@ DEVICE_SPILL = 54         # node -> holder, req: oid: write a host copy -> {"ok"
 DEVICE_DELETE = 58        # node -> holder: [oid...]: drop these device copies
 DEVICE_EXPORT = 59        # node -> holder, req: oid, shm name: share the device copy with a
 #                           reader on the same GPU -> {"shm", "size"} | {"ipc": [...]} | {"error"}
+DEVICE_SERVE = 47         # holder -> node: [host, port] of its ucx device listener
+#                           (device_transfer.DeviceServer: real GPU, ucx with CUDA)
+NODE_DEVICE_SOURCE = 48   # req: oid, node_id holding it -> [host, port] of the holder's
+#                           device listener | None (the host path then)
 # owner <-> worker (direct task push)
 PUSH_TASK = 30            # spec
 TASK_DONE = 31            # task_id, status, returns[, seconds the worker spent on it]

@@ -17,7 +17,7 @@ from dataclasses import dataclass, field
 
 from . import protocol as P
 from .exceptions import (TaskCancelledError, UnschedulableError, WorkerCrashedError,
-                         ObjectLostError, ObjectStoreFullError)
+                         ObjectLostError)
 from .ids import (MAX_GENERATOR_ITEMS, OBJECT_ID_LEN, is_put_object, new_task_id, object_id_for_return,
                   object_id_for_yield, short, task_of)
 from . import lineage as lin

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 from typing import Callable
 
-import numpy as np
 import pyarrow as pa
 
 from .. import api

@@ -31,7 +31,8 @@ Layout of one endpoint:
 
 Device memory: an object with ``__cuda_array_interface__`` (CuPy, Numba,
 RMM) is given to ucxx as it is, so UCX moves it with cuda_ipc/cuda_copy or
-GPUDirect. Not tested on this machine (no GPU). The PyPI UCX build has no
+GPUDirect; ``gdfut/device_transfer.py`` uses that to move device objects GPU
+to GPU between nodes. Not tested on this machine (no GPU). The PyPI UCX build has no
 verbs/rdmacm; real RDMA needs a system UCX
 (``RAPIDS_LIBUCX_PREFER_SYSTEM_LIBRARY=true``).
 

@@ -464,12 +464,19 @@ def test_a_gpu_reader_restores_a_moved_down_object_onto_its_device(gpu_cluster):
     del refs, more
 
 
-def test_a_gpu_task_on_another_node_gets_a_device_object_there(monkeypatch):
+@pytest.mark.parametrize("transport", ["tcp", "ucx"])
+def test_a_gpu_task_on_another_node_gets_a_device_object_there(monkeypatch, transport):
     """Across nodes a device object goes through host memory (the data plane)
     and becomes a device-tier object of the reading GPU task's node; another
-    GPU reader there maps that copy; a CPU reader there reads the host copy."""
+    GPU reader there maps that copy; a CPU reader there reads the host copy.
+    On ucx too: without a real GPU the device-to-device path is not taken
+    (device_transfer), and the read restores from host as on tcp."""
     from gdfut.testing import Cluster
+    if transport == "ucx":
+        pytest.importorskip("ucxx", reason="ucxx (ucxx-cu12) is not installed")
     monkeypatch.setenv("GDFUT_CPU_MODE", "1")
+    monkeypatch.setenv("GDFUT_TRANSPORT", transport)
+    monkeypatch.delenv("GDFUT_DEVICE_TRANSFER", raising=False)
 
     @gdfut.remote(num_gpus=0.5)
     class ReadThere:
@@ -484,6 +491,7 @@ def test_a_gpu_task_on_another_node_gets_a_device_object_there(monkeypatch):
         c.add_node(num_cpus=1, num_gpus=1, object_store_memory=HOST, wait=False)
         b = c.add_node(num_cpus=2, num_gpus=1, object_store_memory=HOST)
         c.connect()
+        assert runtime_context.require().node_info["transport"] == transport
         on_a = gdfut.NodeAffinitySchedulingStrategy(c.nodes[0].node_id)
         on_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
         holder = Holder.options(scheduling_strategy=on_a).remote()
@@ -497,6 +505,56 @@ def test_a_gpu_task_on_another_node_gets_a_device_object_there(monkeypatch):
         assert gdfut.get(check_dict_on_cpu.options(scheduling_strategy=on_b).remote(ref, 6),
                          timeout=60)
         assert (gdfut.get(ref)["x"] == 6).all()
+        del ref
+    finally:
+        c.shutdown()
+        assert_no_leaks(c.session_dir)
+
+
+@gdfut.remote(num_gpus=1)
+class Serving:
+    def make(self, i):
+        return np.full(OBJ, i % 251, dtype=np.uint8)
+
+    def announce(self, addr):
+        """Stand in for a real-GPU holder's device listener (DEVICE_SERVE)."""
+        runtime_context.require().node_conn.send([P.DEVICE_SERVE, addr])
+        return True
+
+
+def test_a_forced_device_path_without_a_gpu_fails_clearly(monkeypatch):
+    """GDFUT_DEVICE_TRANSFER=device where the device-to-device path cannot
+    be taken (CPU mode: no real GPU, no CUDA in UCX): a GPU task reading a
+    device object of another node fails and says why, instead of silently
+    going through host memory."""
+    pytest.importorskip("ucxx", reason="ucxx (ucxx-cu12) is not installed")
+    from gdfut.testing import Cluster
+    monkeypatch.setenv("GDFUT_CPU_MODE", "1")
+    monkeypatch.setenv("GDFUT_TRANSPORT", "ucx")
+    monkeypatch.setenv("GDFUT_DEVICE_TRANSFER", "device")
+    c = Cluster()
+    try:
+        c.add_node(num_cpus=1, num_gpus=1, object_store_memory=HOST, wait=False)
+        b = c.add_node(num_cpus=1, num_gpus=1, object_store_memory=HOST)
+        c.connect()
+        a_id = c.nodes[0].node_id
+        holder = Serving.options(scheduling_strategy=gdfut.NodeAffinitySchedulingStrategy(
+            a_id)).remote()
+        ref = holder.make.remote(3)
+        gdfut.wait([ref], timeout=60)
+        # where the holder serves device pulls, asked of its node and of another
+        # (which asks the holder's node over the data plane)
+        assert gdfut.get(holder.announce.remote(["127.0.0.1", 4242]), timeout=60)
+        rt = runtime_context.require()
+        a_raw = bytes.fromhex(a_id)
+        for via in (a_id, b.node_id):
+            assert rt.node_request(P.NODE_DEVICE_SOURCE, ref.id, a_raw,
+                                   node_id=bytes.fromhex(via)) == ["127.0.0.1", 4242]
+            assert rt.node_request(P.NODE_DEVICE_SOURCE, b"x" * len(ref.id), a_raw,
+                                   node_id=bytes.fromhex(via)) is None
+        on_b = gdfut.NodeAffinitySchedulingStrategy(b.node_id)
+        with pytest.raises(Exception, match="GDFUT_DEVICE_TRANSFER=device.*no usable GPU"):
+            gdfut.get(check.options(scheduling_strategy=on_b).remote(ref, 3), timeout=60)
         del ref
     finally:
         c.shutdown()

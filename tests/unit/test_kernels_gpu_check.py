@@ -98,3 +98,11 @@ def test_gpu_check_device_object_checks_run_on_an_emulated_gpu(tmp_path):
     assert "1 restored" in restore and "device" in restore, restore
     spill = rows["device: spill D->H->disk, restore"]["figure"]
     assert all(int(spill.split()[i]) > 0 for i in (0, 2, 4)), spill
+    # two nodes over ucx: in CPU mode the GPU-to-GPU path is not taken, and
+    # the check says that was expected (no real GPU, no CUDA in UCX)
+    across = [r for name, r in rows.items() if name.startswith("device across nodes")]
+    if across[0]["status"] == "skipped":
+        assert "needs ucxx" in across[0]["note"], across
+    else:
+        assert len(across) == 2 and all(r["status"] == "ok" for r in across), across
+        assert "taken: no" in across[0]["note"] and "expected" in across[0]["note"], across

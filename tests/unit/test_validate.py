@@ -233,3 +233,21 @@ def test_message_types_are_unique():
                if len([x for x in names if not x.endswith("_LEN")
                        and not x.startswith(("DEFAULT_", "MAX_"))]) > 1}
     assert not clashes, clashes
+
+
+def test_every_message_type_has_a_handler():
+    """A message type nobody handles is dead protocol (CANCEL_LEASE_REQUEST
+    was defined, never sent and never handled): each type in protocol.py is
+    in some dispatch table (``P.X: handler`` or ``dispatch[P.X] = ...``)."""
+    import pathlib
+    import re
+    root = pathlib.Path(P.__file__).parent
+    src = "\n".join(p.read_text() for p in root.rglob("*.py"))
+    handled = (set(re.findall(r"P\.([A-Z_]+)\s*:", src))
+               | set(re.findall(r"(?:dispatch|\bd)\[P\.([A-Z_]+)\]\s*=", src)))
+    with open(P.__file__) as f:
+        types = [m.group(1) for m in re.finditer(r"^([A-Z_]+) = \d+\b", f.read(), re.M)]
+    types = [t for t in types if not t.endswith("_LEN") and t not in ("REPLY", "ERROR")
+             and not t.startswith(("DEFAULT_", "MAX_", "HANDSHAKE_"))]
+    assert len(types) > 50, types
+    assert not [t for t in types if t not in handled]
