@@ -169,8 +169,10 @@ def execute(source: Source, ops: tuple, prefetch_blocks: int, stats):
 
 # ------------------------------------------------------------ all-to-all
 def _slice_concat(pieces, *tables):
-    """Rows [start, stop) of each table, concatenated."""
-    out = B.concat([t.slice(start, stop - start) for t, (start, stop) in zip(tables, pieces)])
+    """Rows [start, stop) of each table, concatenated, as Arrow (a CPU task:
+    a barrier's output is on the host)."""
+    out = B.concat([B.to_table(t).slice(start, stop - start)
+                    for t, (start, stop) in zip(tables, pieces)])
     return out, B.metadata(out)
 
 
@@ -237,7 +239,7 @@ class ShuffleInput:
         self.ref, self.seed = ref, seed
 
     def __call__(self) -> TableRows:
-        return TableRows(api.get(self.ref), self.seed)
+        return TableRows(B.to_table(api.get(self.ref)), self.seed)
 
 
 def random_partition(block: TableRows, num_reducers: int) -> np.ndarray:

@@ -101,3 +101,83 @@ def test_shuffle_rebatch_keeps_every_row_once_and_mixes_them():
     assert again.tolist() == rows.tolist()             # seeded: the same order
     dropped = list(B.shuffle_rebatch(_tables([10] * 10), 8, 30, seed=1, drop_last=True))
     assert all(t.num_rows == 8 for t in dropped) and len(dropped) == 12
+
+
+# ------------------------------------------------------------ device blocks
+# No cupy here: kernels.array_module() is numpy, so numpy arrays are the
+# emulated device arrays (the rule of block.device_block).
+
+def _device(n=6):
+    return B.from_batch({"id": np.arange(n), "emb": np.ones((n, 2), np.float32)}, "GPU",
+                        device=True)
+
+
+def test_gpu_stage_numpy_output_is_a_device_block_and_host_output_is_arrow():
+    blk = _device()
+    assert type(blk) is B.DeviceBlock and blk.num_rows == 6 and blk.num_columns == 2
+    assert blk.nbytes == 6 * 8 + 6 * 2 * 4
+    assert B.metadata(blk) == {"num_rows": 6, "size_bytes": blk.nbytes, "device": True}
+    # not a GPU stage, strings, or a DataFrame-like: Arrow on the host
+    assert isinstance(B.from_batch({"id": np.arange(3)}, "CPU"), pa.Table)
+    assert isinstance(B.from_batch({"s": np.array(["a", "b"])}, "GPU", device=True), pa.Table)
+    assert isinstance(B.from_batch({"a": [1, 2]}, "GPU", device=True), pa.Table)
+    with pytest.raises(BatchFormatError, match=r"GPU: .*different lengths"):
+        B.from_batch({"a": np.arange(3), "b": np.arange(2)}, "GPU", device=True)
+
+
+def test_device_block_slices_selects_takes_and_concats_on_the_device():
+    blk = _device()
+    part = blk.slice(2, 3)
+    assert type(part) is B.DeviceBlock and np.shares_memory(part["id"], blk["id"])
+    np.testing.assert_array_equal(part["id"], [2, 3, 4])
+    np.testing.assert_array_equal(blk.slice(4)["id"], [4, 5])
+    assert blk.select(["emb"]).column_names == ["emb"]
+    np.testing.assert_array_equal(blk.take([5, 0])["id"], [5, 0])
+    joined = B.concat([blk.slice(0, 2), blk.slice(2)])
+    assert type(joined) is B.DeviceBlock
+    np.testing.assert_array_equal(joined["emb"], blk["emb"])
+    mixed = B.concat([blk.slice(0, 2), blk.slice(2).to_arrow()])   # a mix goes to Arrow
+    assert isinstance(mixed, pa.Table) and mixed.num_rows == 6
+    np.testing.assert_array_equal(B.to_batch(mixed, "numpy")["emb"], blk["emb"])
+    with pytest.raises(ColumnNotFoundError):
+        B.select(blk, ["nope"], "Select")
+
+
+def test_device_block_batches_and_conversions():
+    blk = _device()
+    batch = B.to_batch(blk, "numpy", host=False)       # a GPU stage: its device arrays
+    assert type(batch) is dict and batch["id"] is blk["id"]
+    host = B.to_batch(blk, "numpy")
+    np.testing.assert_array_equal(host["emb"], blk["emb"])
+    assert B.to_batch(blk, "pandas")["id"].tolist() == list(range(6))
+    table = B.to_batch(blk, "pyarrow")
+    assert isinstance(table, pa.Table) and table.column_names == ["id", "emb"]
+    assert B.block_schema(blk) == table.schema
+    # a plain dict is a device block whose structure the runtime rebuilt
+    assert type(B.as_block(dict(blk))) is B.DeviceBlock
+    assert B.to_table(dict(blk)).equals(table)
+    with pytest.raises(TypeError, match="internal"):
+        B.as_block([1])
+    out = list(B.rebatch([blk.slice(0, 4), blk.slice(4)], 3))
+    assert [type(b) for b in out] == [B.DeviceBlock] * 2
+    assert [b.num_rows for b in out] == [3, 3]
+    shuffled = list(B.shuffle_rebatch([blk], 2, 2, seed=0))
+    assert sorted(np.concatenate([b["id"] for b in shuffled]).tolist()) == list(range(6))
+
+
+def test_gpu_map_batches_keeps_device_blocks_and_row_transforms_get_arrow():
+    double = S.MapBatches(lambda b: {"id": b["id"] * 2}, None, "numpy", device=True)
+    out = S.apply_chain([double], _device())
+    assert type(out) is B.DeviceBlock
+    np.testing.assert_array_equal(out["id"], np.arange(6) * 2)
+    # a row transform fused after it takes Arrow; SelectColumns keeps the device block
+    rows = S.apply_chain([double, S.RowTransform("Map", lambda r: {"v": r["id"] + 1})],
+                         _device())
+    assert isinstance(rows, pa.Table) and rows.column("v").to_pylist() == [1, 3, 5, 7, 9, 11]
+    sel = S.apply_chain([S.SelectColumns(["emb"])], _device())
+    assert type(sel) is B.DeviceBlock and sel.column_names == ["emb"]
+    # a bundle across device blocks stays on the device
+    blk = _device()
+    bundle = S.bundle_table([(4, 6), (0, 1)], [blk, dict(blk)])
+    assert type(bundle) is B.DeviceBlock
+    np.testing.assert_array_equal(bundle["id"], [4, 5, 0])
