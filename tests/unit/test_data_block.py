@@ -181,3 +181,66 @@ def test_gpu_map_batches_keeps_device_blocks_and_row_transforms_get_arrow():
     bundle = S.bundle_table([(4, 6), (0, 1)], [blk, dict(blk)])
     assert type(bundle) is B.DeviceBlock
     np.testing.assert_array_equal(bundle["id"], [4, 5, 0])
+
+
+class FakeCupyArray:
+    """A device array as gdfut.kernels sees one, over a numpy array."""
+
+    def __init__(self, arr):
+        self.arr = np.asarray(arr)
+        self.__cuda_array_interface__ = {"shape": self.arr.shape, "version": 3}
+        self.ndim, self.dtype, self.shape = self.arr.ndim, self.arr.dtype, self.arr.shape
+        self.nbytes = self.arr.nbytes
+
+    def __len__(self):
+        return len(self.arr)
+
+    def __getitem__(self, key):
+        return FakeCupyArray(self.arr[key.arr if isinstance(key, FakeCupyArray) else key])
+
+
+class FakeCupy:
+    """The few CuPy functions block.py calls (asarray, asnumpy, concatenate)."""
+    host_to_device = 0
+
+    @classmethod
+    def asarray(cls, x):
+        if isinstance(x, FakeCupyArray):
+            return x
+        cls.host_to_device += 1
+        return FakeCupyArray(x)
+
+    @staticmethod
+    def asnumpy(x):
+        return x.arr.copy()
+
+    @staticmethod
+    def concatenate(arrays):
+        return FakeCupyArray(np.concatenate([a.arr for a in arrays]))
+
+
+def test_device_blocks_on_a_real_gpu_through_a_cupy_stand_in(monkeypatch):
+    """The real-GPU branch of the rule, with a CuPy stand-in as the array
+    module: numpy alone stays on the host; device columns make a device
+    block, whose host columns go to the device; host consumers copy down."""
+    import types
+    fake = types.SimpleNamespace(
+        is_device_array=lambda x: hasattr(x, "__cuda_array_interface__"),
+        array_module=lambda x=None: FakeCupy if x is None or hasattr(
+            x, "__cuda_array_interface__") else np)
+    monkeypatch.setattr(B, "kernels", fake)
+    assert isinstance(B.from_batch({"id": np.arange(4)}, "GPU", device=True), pa.Table)
+    blk = B.from_batch({"id": np.arange(4), "emb": FakeCupyArray(np.ones((4, 2)))}, "GPU",
+                       device=True)
+    assert type(blk) is B.DeviceBlock and FakeCupy.host_to_device == 1
+    assert all(isinstance(c, FakeCupyArray) for c in blk.values())
+    joined = B.concat([blk.slice(0, 1), blk.slice(1)])
+    assert type(joined) is B.DeviceBlock and isinstance(joined["id"], FakeCupyArray)
+    host = B.to_batch(joined, "numpy")
+    assert type(host["emb"]) is np.ndarray and host["emb"].shape == (4, 2)
+    np.testing.assert_array_equal(host["id"], np.arange(4))
+    assert isinstance(B.to_batch(blk, "numpy", host=False)["id"], FakeCupyArray)
+    assert B.to_table(blk).column("id").to_pylist() == [0, 1, 2, 3]
+    np.testing.assert_array_equal(blk.take(np.array([3, 1]))["id"].arr, [3, 1])
+    # a device column in a host (CPU) stage's result is copied down, not refused
+    assert B.from_batch({"id": FakeCupyArray(np.arange(2))}, "CPU").num_rows == 2
