@@ -190,12 +190,34 @@ class ReadTask:
     def __call__(self) -> pa.Table:
         raise NotImplementedError
 
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        """Rows ``[start, stop)`` of the block (a bundle cut by rows across
+        reads whose rows are known); reads that can read less override it."""
+        table = self()
+        return table if (start, stop) == (0, table.num_rows) else \
+            table.slice(start, stop - start)
+
 
 class ReadParquetFile(ReadTask):
     name = "ReadParquet"
 
-    def __init__(self, path: str, columns, row_groups: list[int] | None = None):
+    def __init__(self, path: str, columns, row_groups: list[int] | None = None,
+                 group_rows: list[int] | None = None):
         self.path, self.columns, self.row_groups = path, columns, row_groups
+        self.group_rows = group_rows       # rows of each row group read (from the footer)
+
+    def read_rows(self, start, stop):
+        """Only the row groups holding rows ``[start, stop)``, then sliced."""
+        if self.group_rows is None or len(self.group_rows) <= 1:
+            return super().read_rows(start, stop)
+        groups = self.row_groups or list(range(len(self.group_rows)))
+        offsets = np.cumsum([0] + list(self.group_rows))
+        first = int(np.searchsorted(offsets, start, side="right")) - 1
+        last = int(np.searchsorted(offsets, stop, side="left"))
+        part = ReadParquetFile(self.path, self.columns, groups[first:last])
+        table = part()
+        lo = start - int(offsets[first])
+        return table.slice(lo, stop - start)
 
     def __call__(self):
         import pyarrow.parquet as pq
@@ -247,6 +269,9 @@ class ReadRange(ReadTask):
     def __call__(self):
         return pa.table({"id": np.arange(self.start, self.stop, dtype=np.int64)})
 
+    def read_rows(self, start, stop):
+        return ReadRange(self.start + start, self.start + stop)()
+
 
 # ------------------------------------------------------------ runners
 def apply_chain(chain, table):
@@ -268,9 +293,13 @@ def bundle_table(ranges, items):
         item = items[0]
         return item() if isinstance(item, ReadTask) else B.as_block(item)
     assert len(ranges) == len(items)
-    items = [B.as_block(t) for t in items]
-    tables = [t if (a, b) == (0, t.num_rows) else t.slice(a, b - a)
-              for t, (a, b) in zip(items, ranges)]
+    tables = []
+    for t, (a, b) in zip(items, ranges):
+        if isinstance(t, ReadTask):          # a read fused with a stage bundling by rows
+            tables.append(t.read_rows(a, b))
+            continue
+        t = B.as_block(t)
+        tables.append(t if (a, b) == (0, t.num_rows) else t.slice(a, b - a))
     return tables[0] if len(tables) == 1 else B.concat(tables)
 
 

@@ -244,3 +244,24 @@ def test_device_blocks_on_a_real_gpu_through_a_cupy_stand_in(monkeypatch):
     np.testing.assert_array_equal(blk.take(np.array([3, 1]))["id"].arr, [3, 1])
     # a device column in a host (CPU) stage's result is copied down, not refused
     assert B.from_batch({"id": FakeCupyArray(np.arange(2))}, "CPU").num_rows == 2
+
+
+def test_parquet_read_of_a_row_range_reads_only_its_row_groups(tmp_path, monkeypatch):
+    import pyarrow.parquet as pq
+    path = str(tmp_path / "f.parquet")
+    pq.write_table(pa.table({"a": np.arange(100)}), path, row_group_size=20)
+    read = S.ReadParquetFile(path, None, None, [20] * 5)
+    seen = []
+    real = S.ReadParquetFile.__call__
+    monkeypatch.setattr(S.ReadParquetFile, "__call__",
+                        lambda self: seen.append(self.row_groups) or real(self))
+    assert read.read_rows(25, 61).column("a").to_pylist() == list(range(25, 61))
+    assert seen[-1] == [1, 2, 3]
+    assert read.read_rows(40, 60).column("a").to_pylist() == list(range(40, 60))
+    assert seen[-1] == [2]
+    assert read.read_rows(0, 100).num_rows == 100 and seen[-1] == [0, 1, 2, 3, 4]
+    # a read of some row groups (a file over the target) counts rows from its first
+    part = S.ReadParquetFile(path, None, [3, 4], [20, 20])
+    assert part.read_rows(10, 30).column("a").to_pylist() == list(range(70, 90))
+    assert seen[-1] == [3, 4]
+    assert S.ReadRange(10, 20).read_rows(2, 5).column("id").to_pylist() == [12, 13, 14]
