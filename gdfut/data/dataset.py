@@ -57,7 +57,8 @@ class Dataset:
             raise ValueError(f"{where}: fn_constructor_args/kwargs are for a class")
         concurrency = PL.check_concurrency(concurrency, is_class, where)
         transform = S.MapBatches(fn, batch_size, fmt, fn_args, fn_kwargs, fn_constructor_args,
-                                 fn_constructor_kwargs, is_class, exact=exact)
+                                 fn_constructor_kwargs, is_class, exact=exact,
+                                 device=bool(num_gpus))
         return self._with(PL.MapOp(transform.name, transform, "actor" if is_class else "task",
                                    PL.resources(num_cpus, num_gpus, where), concurrency,
                                    ray_remote_args))
@@ -179,8 +180,10 @@ class Dataset:
                         local_shuffle_buffer_size, local_shuffle_seed)
 
     def _tables(self, prefetch: int):
+        """Blocks as they are: Arrow tables, and device blocks of GPU stages
+        (converted to the host only where the consumer wants host batches)."""
         for ref, _ in self._run_blocks(prefetch_blocks=prefetch):
-            yield api.get(ref)
+            yield B.as_block(api.get(ref))
 
     def iter_torch_batches(self, *, batch_size: int | None = 256, dtypes=None,
                            device: str = "auto", collate_fn=None, prefetch_batches: int = 1,
@@ -204,16 +207,18 @@ class Dataset:
 
     def _torch_batches(self, torch, device, dtypes, collate_fn, batch_size, prefetch_batches,
                        drop_last, local_shuffle_buffer_size, local_shuffle_seed):
-        for batch in self.iter_batches(batch_size=batch_size, batch_format="numpy",
-                                       prefetch_batches=prefetch_batches, drop_last=drop_last,
-                                       local_shuffle_buffer_size=local_shuffle_buffer_size,
-                                       local_shuffle_seed=local_shuffle_seed):
+        batches = self.iter_batches(batch_size=batch_size, batch_format="numpy",
+                                    prefetch_batches=prefetch_batches, drop_last=drop_last,
+                                    local_shuffle_buffer_size=local_shuffle_buffer_size,
+                                    local_shuffle_seed=local_shuffle_seed)
+        batches._host = False          # device blocks' arrays go to torch by DLPack
+        for batch in batches:
             yield collate_fn(batch) if collate_fn is not None else \
                 torch_batch(batch, torch, device, dtypes)
 
     def iter_rows(self):
         for ref, _ in self._run_blocks():
-            yield from B.table_to_rows(api.get(ref))
+            yield from B.table_to_rows(B.to_table(api.get(ref)))
 
     def take(self, limit: int = 20) -> list[dict]:
         if not isinstance(limit, int) or limit < 0:
@@ -224,7 +229,8 @@ class Dataset:
         gen = self._run_blocks()
         try:
             for ref, _ in gen:
-                rows += B.table_to_rows(api.get(ref).slice(0, limit - len(rows)))
+                piece = B.as_block(api.get(ref)).slice(0, limit - len(rows))
+                rows += B.table_to_rows(B.to_table(piece))
                 if len(rows) >= limit:
                     break
         finally:
@@ -239,7 +245,7 @@ class Dataset:
     def take_all(self, limit: int | None = None) -> list[dict]:
         rows = []
         for ref, _ in self._run_blocks():
-            rows += B.table_to_rows(api.get(ref))
+            rows += B.table_to_rows(B.to_table(api.get(ref)))
             if limit is not None and len(rows) > limit:
                 raise ValueError(f"take_all: the dataset has more than {limit} rows")
         return rows
@@ -253,7 +259,7 @@ class Dataset:
         try:
             for ref, meta in gen:
                 if meta["num_rows"]:
-                    return api.get(ref).schema
+                    return B.block_schema(api.get(ref))
         finally:
             gen.close()
         return None
@@ -263,10 +269,12 @@ class Dataset:
         return None if schema is None else list(schema.names)
 
     def to_arrow_refs(self) -> list:
-        return [ref for ref, _ in self._run_blocks()]
+        """Refs of Arrow tables: a device block is copied to Arrow by a task."""
+        return [_to_arrow_remote.remote(ref) if meta.get("device") else ref
+                for ref, meta in self._run_blocks()]
 
     def to_arrow(self) -> pa.Table:
-        return B.concat([api.get(ref) for ref, _ in self._run_blocks()])
+        return B.concat([B.to_table(api.get(ref)) for ref, _ in self._run_blocks()])
 
     def to_pandas(self, limit: int | None = None):
         table = self.to_arrow()
@@ -292,12 +300,20 @@ class Dataset:
             DatasetStats.empty()
 
 
+def _to_arrow(block) -> pa.Table:
+    return B.to_table(block)
+
+
+_to_arrow_remote = api.remote(num_cpus=0)(_to_arrow)
+
+
 class _Batches:
     """What ``iter_batches`` returns: an iterable (as Ray's), each iteration a
     fresh run of the dataset."""
 
     def __init__(self, ds, batch_size, fmt, prefetch, drop_last, buffer_size, seed):
         self._ds, self._args = ds, (batch_size, fmt, prefetch, drop_last, buffer_size, seed)
+        self._host = True              # numpy batches of device blocks copied to the host
 
     def __iter__(self):
         batch_size, fmt, prefetch, drop_last, buffer_size, seed = self._args
@@ -308,7 +324,7 @@ class _Batches:
             pieces = B.shuffle_rebatch(tables, batch_size, buffer_size, seed, drop_last)
         try:
             for piece in pieces:
-                yield B.to_batch(piece, fmt)
+                yield B.to_batch(piece, fmt, host=self._host)
         finally:
             pieces.close()
             tables.close()                 # stops the pipeline if the caller stopped early

@@ -130,6 +130,13 @@ class StreamingExecutor:
         self.pending.clear()
         self.actors.clear()
         self.refs.clear()
+        # Blocks handed out but never taken (a consumer that stopped early): the
+        # run's stats keep this executor, which must not keep their refs alive.
+        while True:
+            try:
+                self.out.get_nowait()
+            except queue.Empty:
+                break
         if self._progress is not None:
             self._progress.close()
         self.ended_at = self.ended_at or time.perf_counter()

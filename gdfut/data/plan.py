@@ -41,6 +41,11 @@ class Source:
     def reads(self) -> bool:
         return bool(self.items) and isinstance(self.items[0][0], ReadTask)
 
+    @property
+    def rows_known(self) -> bool:
+        """Every read's rows are known before it runs (Parquet footers, range)."""
+        return all(rows is not None for _, _, rows in self.items)
+
 
 @dataclass(frozen=True)
 class MapOp:
@@ -94,7 +99,10 @@ def _batch_rows(op) -> int | None:
 def build_stages(source: Source, ops) -> list[Stage]:
     """A map_batches with a batch_size starts a stage of its own (its batches
     are cut from bundles of its input blocks, which it can only make from
-    blocks whose rows are known: not fused after another transform or a read)."""
+    blocks whose rows are known: not fused after another transform, nor after
+    a read whose rows are unknown before it runs). After reads whose rows are
+    known (Parquet footers, range) it fuses: its bundles are rows of reads,
+    and each task reads just those rows (``ReadTask.read_rows``)."""
     target = DataContext.get_current().target_max_block_size
     stages: list[Stage] = []
     for op in ops:
@@ -110,11 +118,13 @@ def build_stages(source: Source, ops) -> list[Stage]:
         stages.append(Stage(op.name, op.kind, [op.transform], cpus, gpus, op.concurrency,
                             dict(op.remote_args), _batch_rows(op), target))
     if source.reads:
-        if stages and stages[0].kind == "task" and stages[0].min_rows is None:
+        if stages and stages[0].kind == "task" and (stages[0].min_rows is None
+                                                     or source.rows_known):
             stages[0].name = f"{source.name}->{stages[0].name}"
         else:
             stages.insert(0, Stage(source.name, "task", []))
-        stages[0].max_bundle_bytes = None          # a read is bundled whole
+        if stages[0].min_rows is None:
+            stages[0].max_bundle_bytes = None      # a read is bundled whole
     return stages
 
 
@@ -169,8 +179,10 @@ def execute(source: Source, ops: tuple, prefetch_blocks: int, stats):
 
 # ------------------------------------------------------------ all-to-all
 def _slice_concat(pieces, *tables):
-    """Rows [start, stop) of each table, concatenated."""
-    out = B.concat([t.slice(start, stop - start) for t, (start, stop) in zip(tables, pieces)])
+    """Rows [start, stop) of each table, concatenated, as Arrow (a CPU task:
+    a barrier's output is on the host)."""
+    out = B.concat([B.to_table(t).slice(start, stop - start)
+                    for t, (start, stop) in zip(tables, pieces)])
     return out, B.metadata(out)
 
 
@@ -237,7 +249,7 @@ class ShuffleInput:
         self.ref, self.seed = ref, seed
 
     def __call__(self) -> TableRows:
-        return TableRows(api.get(self.ref), self.seed)
+        return TableRows(B.to_table(api.get(self.ref)), self.seed)
 
 
 def random_partition(block: TableRows, num_reducers: int) -> np.ndarray:

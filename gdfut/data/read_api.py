@@ -46,28 +46,33 @@ def read_parquet(paths, *, columns: list[str] | None = None, **ignored) -> Datas
         columns = [columns] if isinstance(columns, str) else list(columns)
     files = _files(paths, ".parquet", "read_parquet")
     target = DataContext.get_current().target_max_block_size
-    reads = [S.ReadParquetFile(f, columns, groups) for f in files
-             for groups in _row_group_reads(f, columns, target)]
-    return Dataset(PL.Source.from_reads("ReadParquet", reads))
+    items = [(S.ReadParquetFile(f, columns, groups, group_rows), nbytes, rows)
+             for f in files
+             for groups, group_rows, nbytes, rows in _row_group_reads(f, columns, target)]
+    return Dataset(PL.Source("ReadParquet", items))
 
 
 def _row_group_reads(path: str, columns, target: int) -> list:
-    """A file larger than the target max block size (its size in memory as
-    estimated from its footer) is read as several blocks, each of consecutive
-    row groups of about ``target`` bytes; [None]: one read of the whole file."""
+    """The reads of a file, each (row groups, rows of each, estimated bytes,
+    rows), from its footer. A file larger than the target max block size
+    (its size in memory as estimated) is read as several blocks, each of
+    consecutive row groups of about ``target`` bytes; row groups None: one
+    read of the whole file. Rows known let the first stage bundle reads by
+    rows (an exact ``batch_size`` fused with the read: ``plan.build_stages``)."""
     import pyarrow.parquet as pq
     try:
         meta = pq.ParquetFile(path).metadata
         schema = meta.schema.to_arrow_schema()
     except (OSError, pa.ArrowException):
-        return [None]                  # the read task reports a bad file, naming it
+        return [(None, None, 0, None)]     # the read task reports a bad file, naming it
     fields = [f for f in schema if columns is None or f.name in columns]
     width = sum(f.type.bit_width // 8 for f in fields
                 if pa.types.is_primitive(f.type) and not pa.types.is_boolean(f.type))
-    sizes = [max(meta.row_group(i).total_byte_size, meta.row_group(i).num_rows * width)
+    rows = [meta.row_group(i).num_rows for i in builtins.range(meta.num_row_groups)]
+    sizes = [max(meta.row_group(i).total_byte_size, rows[i] * width)
              for i in builtins.range(meta.num_row_groups)]
     if len(sizes) <= 1 or sum(sizes) <= target:
-        return [None]
+        return [(None, rows, sum(sizes), sum(rows))]
     groups, current, acc = [], [], 0
     for i, size in enumerate(sizes):
         if current and acc + size > target:
@@ -75,7 +80,9 @@ def _row_group_reads(path: str, columns, target: int) -> list:
             current, acc = [], 0
         current.append(i)
         acc += size
-    return groups + [current]
+    groups.append(current)
+    return [(g, [rows[i] for i in g], sum(sizes[i] for i in g), sum(rows[i] for i in g))
+            for g in groups]
 
 
 def read_csv(paths, **ignored) -> Dataset:
@@ -94,8 +101,8 @@ def range(n: int, *, override_num_blocks: int | None = None) -> Dataset:  # noqa
     if not isinstance(n, int) or isinstance(n, bool) or n < 0:
         raise ValueError(f"range: n must be an int >= 0, got {n!r}")
     blocks = PL.num_blocks_for(n, override_num_blocks)
-    reads = [S.ReadRange(a, b) for a, b in PL.split_rows(n, blocks)]
-    return Dataset(PL.Source.from_reads("ReadRange", reads))
+    items = [(S.ReadRange(a, b), 8 * (b - a), b - a) for a, b in PL.split_rows(n, blocks)]
+    return Dataset(PL.Source("ReadRange", items))
 
 
 def _from_tables(name: str, tables: list[pa.Table]) -> MaterializedDataset:

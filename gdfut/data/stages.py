@@ -26,8 +26,10 @@ def _user_error(where: str, exc: BaseException) -> UserCodeException:
 
 # ------------------------------------------------------------ transforms
 class Transform:
-    """A block -> block function of one logical operator."""
+    """A block -> block function of one logical operator. One that does not
+    take device blocks (``accepts_device`` False) gets its input as Arrow."""
     name = "Transform"
+    accepts_device = False
 
     def setup(self) -> None:
         """Once per worker, before the first block (class stages build their callable)."""
@@ -37,10 +39,16 @@ class Transform:
 
 
 class MapBatches(Transform):
+    """``device``: a GPU stage's map, whose numpy batches of a device block
+    are its device arrays and whose device-array results make device blocks
+    (``block.device_block``)."""
+    accepts_device = True
+
     def __init__(self, fn, batch_size, batch_format, fn_args=(), fn_kwargs=None,
                  fn_constructor_args=(), fn_constructor_kwargs=None, is_class=False,
-                 exact=False):
+                 exact=False, device=False):
         self.fn, self.batch_size, self.batch_format = fn, batch_size, batch_format
+        self.device = device
         self.exact = exact and batch_size is not None   # bundles of k * batch_size rows
         self.fn_args, self.fn_kwargs = tuple(fn_args or ()), dict(fn_kwargs or {})
         self.ctor_args = tuple(fn_constructor_args or ())
@@ -61,7 +69,7 @@ class MapBatches(Transform):
             self.setup()
         outs = []
         for piece in B.slices(table, self.batch_size):
-            batch = B.to_batch(piece, self.batch_format)
+            batch = B.to_batch(piece, self.batch_format, host=not self.device)
             try:
                 result = self._callable(batch, *self.fn_args, **self.fn_kwargs)
             except DataError:
@@ -69,9 +77,9 @@ class MapBatches(Transform):
             except Exception as exc:
                 raise _user_error(self.name, exc) from exc
             if hasattr(result, "__next__") and not isinstance(result, (dict, pa.Table)):
-                outs += [B.from_batch(r, self.name) for r in result]   # a generator UDF
+                outs += [B.from_batch(r, self.name, self.device) for r in result]  # generator
             else:
-                outs.append(B.from_batch(result, self.name))
+                outs.append(B.from_batch(result, self.name, self.device))
         return B.concat(outs)
 
     def __getstate__(self):
@@ -150,6 +158,8 @@ class AddColumn(Transform):
 
 
 class SelectColumns(Transform):
+    accepts_device = True
+
     def __init__(self, cols: list[str]):
         self.cols = list(cols)
         self.name = f"SelectColumns({self.cols})"
@@ -180,12 +190,34 @@ class ReadTask:
     def __call__(self) -> pa.Table:
         raise NotImplementedError
 
+    def read_rows(self, start: int, stop: int) -> pa.Table:
+        """Rows ``[start, stop)`` of the block (a bundle cut by rows across
+        reads whose rows are known); reads that can read less override it."""
+        table = self()
+        return table if (start, stop) == (0, table.num_rows) else \
+            table.slice(start, stop - start)
+
 
 class ReadParquetFile(ReadTask):
     name = "ReadParquet"
 
-    def __init__(self, path: str, columns, row_groups: list[int] | None = None):
+    def __init__(self, path: str, columns, row_groups: list[int] | None = None,
+                 group_rows: list[int] | None = None):
         self.path, self.columns, self.row_groups = path, columns, row_groups
+        self.group_rows = group_rows       # rows of each row group read (from the footer)
+
+    def read_rows(self, start, stop):
+        """Only the row groups holding rows ``[start, stop)``, then sliced."""
+        if self.group_rows is None or len(self.group_rows) <= 1:
+            return super().read_rows(start, stop)
+        groups = self.row_groups or list(range(len(self.group_rows)))
+        offsets = np.cumsum([0] + list(self.group_rows))
+        first = int(np.searchsorted(offsets, start, side="right")) - 1
+        last = int(np.searchsorted(offsets, stop, side="left"))
+        part = ReadParquetFile(self.path, self.columns, groups[first:last])
+        table = part()
+        lo = start - int(offsets[first])
+        return table.slice(lo, stop - start)
 
     def __call__(self):
         import pyarrow.parquet as pq
@@ -237,26 +269,37 @@ class ReadRange(ReadTask):
     def __call__(self):
         return pa.table({"id": np.arange(self.start, self.stop, dtype=np.int64)})
 
+    def read_rows(self, start, stop):
+        return ReadRange(self.start + start, self.start + stop)()
+
 
 # ------------------------------------------------------------ runners
-def apply_chain(chain, table: pa.Table) -> pa.Table:
+def apply_chain(chain, table):
     for transform in chain:
+        if isinstance(table, B.DeviceBlock) and not transform.accepts_device:
+            table = table.to_arrow()
         table = transform(table)
-    if not isinstance(table, pa.Table):
+    if not isinstance(table, (pa.Table, B.DeviceBlock)):
         raise DataError(f"internal: a transform returned {type(table).__name__}")
     return table
 
 
-def bundle_table(ranges, items) -> pa.Table:
+def bundle_table(ranges, items):
     """A bundle's rows: one item whole (``ranges`` None: a read or a block), or
-    rows ``[start, stop)`` of each block, concatenated (zero-copy)."""
+    rows ``[start, stop)`` of each block, concatenated (zero-copy; device
+    blocks stay on the device)."""
     if ranges is None:
         assert len(items) == 1
         item = items[0]
-        return item() if isinstance(item, ReadTask) else item
+        return item() if isinstance(item, ReadTask) else B.as_block(item)
     assert len(ranges) == len(items)
-    tables = [t if (a, b) == (0, t.num_rows) else t.slice(a, b - a)
-              for t, (a, b) in zip(items, ranges)]
+    tables = []
+    for t, (a, b) in zip(items, ranges):
+        if isinstance(t, ReadTask):          # a read fused with a stage bundling by rows
+            tables.append(t.read_rows(a, b))
+            continue
+        t = B.as_block(t)
+        tables.append(t if (a, b) == (0, t.num_rows) else t.slice(a, b - a))
     return tables[0] if len(tables) == 1 else B.concat(tables)
 
 

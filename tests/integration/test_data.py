@@ -410,6 +410,34 @@ def test_map_batches_batch_size_exact_after_a_read_and_a_fused_map(tmp_path):
                      "MapBatches(with_batch_len)"]
 
 
+def test_exact_batch_size_fuses_with_a_parquet_read_of_known_rows(tmp_path, data_ctx):
+    """Footers give the rows, so map_batches(batch_size=N) runs in the read's
+    task: its bundles are rows of the files (across file ends), each task
+    reading only the row groups it needs, and at most the target max block
+    size of them."""
+    for i in range(4):                            # files of 2,500 rows, 5 row groups each
+        pq.write_table(pa.table({"a": np.arange(i * 2500, (i + 1) * 2500)}),
+                       tmp_path / f"{i}.parquet", row_group_size=500)
+    for target, blocks in ((1 << 30, 4), (12 * 1024, 10)):
+        # whole batches cut as the files come (2, 3, 2, 3 of them); under a
+        # target of 1.5 batches of input (8 KB each), one batch a task
+        data_ctx.target_max_block_size = target
+        ds = gd.read_parquet(str(tmp_path)).map_batches(with_batch_len, batch_size=1000)
+        out = df_of(ds)
+        np.testing.assert_array_equal(out["a"].to_numpy(), np.arange(10_000) * 2)
+        assert batch_lengths(out["n"].to_numpy()) == [1000] * 10
+        op, = ds.stats().operators
+        assert op["name"] == "ReadParquet->MapBatches(with_batch_len)"
+        assert op["blocks"] == blocks, target
+    # a read whose rows are unknown (CSV) keeps a stage of its own
+    with open(tmp_path / "x.csv", "w") as f:
+        f.write("a\n" + "\n".join(str(i) for i in range(25)) + "\n")
+    csv = gd.read_csv(str(tmp_path / "x.csv")).map_batches(with_batch_len, batch_size=10)
+    assert batch_lengths(df_of(csv)["n"].to_numpy()) == [10, 10, 5]
+    assert [o["name"] for o in csv.stats().operators] == ["ReadCSV",
+                                                         "MapBatches(with_batch_len)"]
+
+
 def test_oversized_block_is_split_at_the_target_max_block_size(data_ctx):
     data_ctx.target_max_block_size = 8 * 1024            # 1024 int64 rows
     ds = gd.from_numpy(np.arange(10_000, dtype=np.int64)).map_batches(

@@ -3,10 +3,13 @@ device tier: the next stage's actors (other processes, same GPU) map the
 blocks the previous stage's actors hold, with no host copy written for
 them (issue 8 point 1, issue 11's device-resident blocks)."""
 import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 import gdfut
 import gdfut.data as gd
+from gdfut.data import block as B
 from gdfut import protocol as P, runtime_context
 from helpers import assert_no_leaks, wait_until
 
@@ -68,3 +71,102 @@ def test_gpu_class_stages_pass_device_blocks_without_host_copies(one_gpu):
     del out, ds
     wait_until(lambda: tiers()["device_bytes"] == 0 and tiers()["device_segments"] == 0,
                timeout=20, what="the device blocks and their segments to go")
+
+
+def embed_stages():
+    """A GPU class stage making device blocks, and a GPU function stage
+    reading them (pickled by value, as above)."""
+    class Embed:
+        def __call__(self, batch):
+            ids = batch["id"]
+            return {"id": ids, "emb": np.stack([ids * 0.5, ids * 2.0], axis=1)}
+
+    def score(batch):
+        ids, emb = batch["id"], batch["emb"]
+        # device arrays handed as they are: the mapped block, read-only, not a copy
+        return {"id": ids, "score": emb[:, 0] + emb[:, 1],
+                "mapped": np.full(len(ids), not ids.flags.writeable and type(ids) is np.ndarray)}
+    return Embed, score
+
+
+def expected(n):
+    ids = np.arange(n)
+    return ids, ids * 0.5 + ids * 2.0
+
+
+def test_device_blocks_flow_between_gpu_stages_and_reach_host_consumers(one_gpu, tmp_path):
+    Embed, score = embed_stages()
+    n = BLOCKS * ROWS
+    first = gd.range(n, override_num_blocks=BLOCKS).map_batches(
+        Embed, num_gpus=0.25, concurrency=1, batch_format="numpy")
+    ds = first.map_batches(score, num_gpus=0.25, batch_format="numpy")
+    ids, want = expected(n)
+
+    # the class stage's output blocks are device blocks, device objects of its GPU
+    got = [(gdfut.get(ref), meta) for ref, meta in first.iter_internal_ref_bundles()]
+    assert all(meta["device"] for _, meta in got) and len(got) == BLOCKS
+    assert all(type(B.as_block(blk)) is B.DeviceBlock for blk, _ in got)
+    np.testing.assert_array_equal(np.concatenate([b["emb"] for b, _ in got]),
+                                  np.stack([ids * 0.5, ids * 2.0], axis=1))
+    del got
+
+    # ... read by the next GPU stage (a function stage: tasks on the same GPU)
+    # by mapping them, no host copy written for them
+    before = tiers()
+    out = ds.to_pandas()
+    t = tiers()
+    assert out["mapped"].all()
+    np.testing.assert_array_equal(out["id"].to_numpy(), ids)
+    np.testing.assert_allclose(out["score"].to_numpy(), want)
+    assert t["device_imports"] - before["device_imports"] >= BLOCKS, t
+    assert t["moved_down_objects"] - before["moved_down_objects"] <= BLOCKS, t
+
+    # host consumers get host data
+    batches = list(ds.iter_batches(batch_size=100_000))
+    assert all(type(b["score"]) is np.ndarray for b in batches)
+    assert [len(b["id"]) for b in batches] == [100_000] * (n // 100_000) + [n % 100_000]
+    np.testing.assert_allclose(np.concatenate([b["score"] for b in batches]), want)
+    arrows = [gdfut.get(ref) for ref in first.to_arrow_refs()]
+    assert all(isinstance(t, pa.Table) for t in arrows) and sum(len(t) for t in arrows) == n
+    ds.write_parquet(str(tmp_path / "out"))
+    back = pq.read_table(str(tmp_path / "out")).to_pandas().sort_values("id")
+    np.testing.assert_allclose(back["score"].to_numpy(), want)
+    del out, batches, arrows, back
+    wait_until(lambda: tiers()["device_bytes"] == 0 and tiers()["device_segments"] == 0,
+               timeout=20, what="the device blocks and their segments to go")
+
+
+def test_consumers_that_stop_early_get_host_rows_of_device_blocks(one_gpu):
+    """take, schema and a first batch stop the pipeline while device blocks
+    live. Only one GPU stage here: stopping early while a second GPU stage's
+    tasks map the first stage's blocks runs into a device-tier race in the
+    runtime (the killed actor's evacuation, the frees and the readers' pins:
+    a host copy's STORE_SEAL of a freed object fails, an unpin asserts, and a
+    later run's readers of that GPU waited forever; seen 2 runs in 5 under
+    load), which is not gdfut.data's to fix."""
+    Embed, _ = embed_stages()
+    ds = gd.range(BLOCKS * ROWS, override_num_blocks=BLOCKS).map_batches(
+        Embed, num_gpus=0.25, concurrency=1, batch_format="numpy")
+    frame = next(iter(ds.iter_batches(batch_size=10, batch_format="pandas")))
+    assert frame["id"].tolist() == list(range(10))
+    table = next(iter(ds.iter_batches(batch_size=10, batch_format="pyarrow")))
+    assert table.column("emb").type == pa.fixed_shape_tensor(pa.float64(), [2])
+    rows = ds.take(3)
+    assert [r["id"] for r in rows] == [0, 1, 2]
+    np.testing.assert_array_equal(rows[2]["emb"], [1.0, 4.0])
+    assert ds.schema().names == ["id", "emb"]
+    del frame, table, rows
+    wait_until(lambda: tiers()["device_bytes"] == 0 and tiers()["device_segments"] == 0,
+               timeout=20, what="the device blocks and their segments to go")
+
+
+def test_iter_torch_batches_over_device_blocks(one_gpu):
+    torch = pytest.importorskip("torch")
+    Embed, _ = embed_stages()
+    n = BLOCKS * ROWS
+    ds = gd.range(n, override_num_blocks=BLOCKS).map_batches(
+        Embed, num_gpus=0.25, concurrency=1, batch_format="numpy")
+    batches = list(ds.iter_torch_batches(batch_size=50_000, device="cpu"))
+    assert all(isinstance(b["emb"], torch.Tensor) for b in batches)
+    emb = torch.cat([b["emb"] for b in batches]).numpy()
+    np.testing.assert_allclose(emb[:, 0] + emb[:, 1], expected(n)[1])
