@@ -14,6 +14,12 @@ retried on the new worker up to ``max_task_retries`` or fail with
 ActorDiedError; calls made meanwhile queue. Other callers whose connection
 closes ask the owner again where the actor is; the owner answers once the
 actor is back (or that it is dead).
+
+A detached actor with ``max_restarts`` is handed over to the head once its
+first ``__init__`` succeeded (``_send_spec``: the spec with its arguments
+captured by value); the head restarts it from then on (``head_actors``),
+and its creator, like callers that cannot reach the creator, asks the head
+where it is (``_head_location``).
 """
 from __future__ import annotations
 

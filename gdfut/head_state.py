@@ -24,8 +24,9 @@ hands it over: the lease on its worker is held by the worker itself (so the
 creator's exit does not kill it) and the head records the actor's own
 worker as the owner of its metadata (``HEAD_ACTOR_PLACED``). Handles from
 ``get_actor`` then ask the actor's worker where it is and tell it to die.
-While the creator lives it still decides restarts (and hands the new
-worker over again).
+Until its spec is handed over too (``DetachedActor``: once its first
+``__init__`` succeeded, with ``max_restarts``) its creator decides
+restarts (and hands the new worker over again); from then on the head does.
 """
 from __future__ import annotations
 
