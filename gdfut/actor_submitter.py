@@ -13,7 +13,9 @@ the original arguments (kept alive for that). Calls in flight then are
 retried on the new worker up to ``max_task_retries`` or fail with
 ActorDiedError; calls made meanwhile queue. Other callers whose connection
 closes ask the owner again where the actor is; the owner answers once the
-actor is back (or that it is dead).
+actor is back (or that it is dead), and only then do their lost calls that
+are not retried fail (with that verdict: died while running the call, or
+dead and why).
 
 A detached actor with ``max_restarts`` is handed over to the head once its
 first ``__init__`` succeeded (``_send_spec``: the spec with its arguments
@@ -47,6 +49,7 @@ KILL_TIMEOUT_S = 10.0       # each step of kill(): free the name, tell the node
 MAX_SPEC_BYTES = 32 * 1024 * 1024   # a detached actor's spec (class + arguments) the head keeps
 HEAD_ATTEMPTS = 60          # asking the head where an actor is, once a second (head restarts)
 HEAD_RETRY_S = 1.0
+LOCATE_ATTEMPTS = 5         # locations found dead in a row before the actor counts as dead
 NOT_AT_HEAD = "is not a detached actor known to the head"
 EXIT_GRACE_S = 10.0         # an actor that called exit_actor() gets this long to exit
 # TASK_DONE status from an actor that ended itself with exit_actor() (beside
@@ -94,6 +97,11 @@ class ActorClient:
         self.spec_handing = None
         self.head_managed = False
         self.gone_while_handing = None   # the worker died while the spec was on its way
+        # Calls in flight when its worker died, not to be retried, whose error
+        # waits for the verdict of whoever restarts it (owner or head): the
+        # actor is dead (ActorDiedError with its reason: out of restarts...) or
+        # was restarted (the call-lost error). [(spec, why)]
+        self.lost_waiting: list = []
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -200,6 +208,7 @@ class ActorSubmitter:
         client.conn = conn
         client.state = ALIVE
         self.by_conn[conn] = client
+        self._fail_lost_calls(client)
         self.rt.conn_wid.setdefault(conn, client.worker_id)   # its close: that worker died
         if client.is_creator and client.detached and not client.head_managed:
             self._hand_over(client)     # (the head hands a restarted one over itself)
@@ -260,23 +269,24 @@ class ActorSubmitter:
 
     async def _locate(self, client, dead_worker=None):
         """Ask the owner where the actor runs (``dead_worker``: not there, it
-        died; the owner answers once it has restarted the actor)."""
+        died; the owner answers once it has restarted the actor). A location
+        that cannot be reached is a worker that died before its owner (or the
+        head) heard of it: for a restartable actor ask again naming it, so
+        the answer waits for the restart instead of failing the calls."""
         rt = self.rt
         try:
-            if client.head_managed:
-                loc = await self._head_location(client, dead_worker)
-            else:
+            for attempt in range(LOCATE_ATTEMPTS):
+                loc = await self._ask_location(client, dead_worker)
+                if len(loc) > 3 and isinstance(loc[3], dict):
+                    client.restarts = ActorRestarts(int(loc[3].get("max_restarts", 0)),
+                                                    int(loc[3].get("max_task_retries", 0)))
                 try:
-                    loc = await self._owner_location(client, dead_worker)
-                except (OSError, tcp.ConnectionLost, asyncio.TimeoutError,
-                        tcp.RemoteError) as exc:
-                    # its owner is gone or does not know it: the head knows a
-                    # detached actor it restarts (handles its creator passed out)
-                    loc = await self._head_location(client, dead_worker, exc)
-            if len(loc) > 3 and isinstance(loc[3], dict):
-                client.restarts = ActorRestarts(int(loc[3].get("max_restarts", 0)),
-                                                int(loc[3].get("max_task_retries", 0)))
-            conn = await rt.connect_peer(tuple(loc[0]))
+                    conn = await rt.connect_peer(tuple(loc[0]))
+                    break
+                except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
+                    if client.restarts.max_restarts == 0 or attempt + 1 == LOCATE_ATTEMPTS:
+                        raise
+                    dead_worker = loc[1]
         except tcp.RemoteError as exc:
             self._mark_dead(client, str(exc))
             return
@@ -288,6 +298,18 @@ class ActorSubmitter:
         client.node_id = loc[2]
         client.locating = False
         self._connected(client, conn)
+
+    async def _ask_location(self, client, dead_worker):
+        if client.head_managed:
+            return await self._head_location(client, dead_worker)
+        try:
+            return await self._owner_location(client, dead_worker)
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError, tcp.RemoteError) as exc:
+            # its owner is gone or does not know it: the head knows a
+            # detached actor it restarts (handles its creator passed out)
+            loc = await self._head_location(client, dead_worker, exc)
+            client.head_managed = True      # ask the head from now on
+            return loc
 
     async def _owner_location(self, client, dead_worker):
         rt = self.rt
@@ -490,10 +512,11 @@ class ActorSubmitter:
                 return
         self._mark_dead(client, reason)
 
-    def _lost_calls(self, client, reason):
+    def _lost_calls(self, client, reason, await_verdict=False):
         """The actor's worker died: put the calls it was running back at the
         front of the queue (in their order) where they may be retried, fail
-        the others."""
+        the others (``await_verdict``: once the owner or the head says whether
+        the actor was restarted or is dead, see ``lost_waiting``)."""
         lost = list(client.in_flight.values())
         client.in_flight.clear()
         retried = []
@@ -508,9 +531,20 @@ class ActorSubmitter:
                 why = (f"it had already yielded {streamed} items" if streamed else
                        f"max_task_retries={n}" if n == 0 else
                        f"the call was retried {n} times (max_task_retries={n})")
-                self._fail_call(client, spec, f"it died while running the call ({reason}); "
-                                              f"the call is not retried: {why}")
+                why = (f"it died while running the call ({reason}); "
+                       f"the call is not retried: {why}")
+                if await_verdict:
+                    client.lost_waiting.append((spec, why))
+                else:
+                    self._fail_call(client, spec, why)
         client.queue.extendleft(reversed(retried))
+
+    def _fail_lost_calls(self, client):
+        """The actor is back: the calls lost at its death fail as lost ones."""
+        lost, client.lost_waiting = client.lost_waiting, []
+        for spec, why in lost:
+            if spec.tid in self.rt.submitter.specs:      # else cancelled meanwhile
+                self._fail_call(client, spec, why)
 
     def _restart(self, client, reason, n):
         """Owner: the actor's worker died and it may restart: lease a new
@@ -538,7 +572,7 @@ class ActorSubmitter:
         client.conn = client.worker_id = client.addr = None
         if client.head_managed:
             client.lease_id = None       # the worker held its own lease
-        self._lost_calls(client, reason)
+        self._lost_calls(client, reason, await_verdict=True)
         client.locating = True
         client.locate_task = self.rt.io.loop.create_task(self._locate(client, dead_worker))
 
@@ -550,8 +584,11 @@ class ActorSubmitter:
         client.death_reason = reason
         client.err_cls = err_cls
         calls = list(client.in_flight.values()) + list(client.queue)
+        calls += [spec for spec, _ in client.lost_waiting    # else cancelled meanwhile
+                  if spec.tid in self.rt.submitter.specs]
         client.in_flight.clear()
         client.queue.clear()
+        client.lost_waiting = []
         for spec in calls:
             self._fail_call(client, spec)
         for cb in client.location_waiters:

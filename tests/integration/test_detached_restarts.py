@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -170,26 +171,66 @@ class Counter:
         self.n += 1
         return self.n
 
+    def slow(self, seconds):
+        time.sleep(seconds)
+        return self.inc()
+
     def pid(self):
         return os.getpid()
 
 
 def test_the_head_restarts_a_detached_actor_while_its_creator_lives():
     """From the hand-over on the head decides restarts also while the
-    creator lives; the creator's own handle waits for the restart."""
+    creator lives; the creator's own handle waits for the restart.
+
+    Ray's semantics with max_task_retries=0: a call in flight when the
+    worker dies fails with ActorDiedError (even if the actor restarts); calls
+    made while it restarts queue. A call made right after the worker was
+    killed may or may not be in flight (this process may not have seen the
+    connection close yet), so the in-flight call here is one that is running
+    when the worker is killed."""
     from helpers import assert_no_leaks
     info = gdfut.init(num_cpus=2, object_store_memory=64 * 1024 * 1024)
     try:
         c = Counter.options(lifetime="detached", max_restarts=2).remote(5)
         assert gdfut.get(c.inc.remote()) == 6
         first = gdfut.get(c.pid.remote())
+        running = c.slow.remote(60)
         kill_worker(first)
+        with pytest.raises(ActorDiedError, match="not retried: max_task_retries=0"):
+            gdfut.get(running, timeout=60)       # answered once the head restarted it
         assert gdfut.get(c.inc.remote(), timeout=60) == 6          # __init__(5) again
-        gdfut.kill(c, no_restart=False)                            # the second restart
+        gdfut.kill(c, no_restart=False)        # the second restart; the call below queues
         assert gdfut.get(c.inc.remote(), timeout=60) == 6
         kill_worker(gdfut.get(c.pid.remote()))
+        # in flight or not, the head's verdict: out of restarts
         with pytest.raises(ActorDiedError, match="restarted 2 times"):
             gdfut.get(c.inc.remote(), timeout=60)
+        with pytest.raises(ActorDiedError, match="restarted 2 times"):
+            gdfut.get(c.inc.remote(), timeout=60)
+    finally:
+        gdfut.shutdown()
+        assert_no_leaks(info["session_dir"])
+
+
+def test_a_detached_actors_call_in_flight_is_retried_per_max_task_retries():
+    """max_task_retries=-1: the call running when the worker dies runs again
+    on the actor the head restarted; out of restarts, the call in flight
+    gets the head's verdict."""
+    from helpers import assert_no_leaks
+    info = gdfut.init(num_cpus=2, object_store_memory=64 * 1024 * 1024)
+    try:
+        c = Counter.options(lifetime="detached", max_restarts=1, max_task_retries=-1).remote(5)
+        first = gdfut.get(c.pid.remote())
+        running = c.slow.remote(1)
+        kill_worker(first)
+        assert gdfut.get(running, timeout=60) == 6        # ran again after __init__(5)
+        second = gdfut.get(c.pid.remote())
+        assert second != first
+        running = c.slow.remote(60)
+        kill_worker(second)
+        with pytest.raises(ActorDiedError, match="restarted 1 time"):
+            gdfut.get(running, timeout=60)
     finally:
         gdfut.shutdown()
         assert_no_leaks(info["session_dir"])
