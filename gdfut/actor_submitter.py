@@ -402,6 +402,11 @@ class ActorSubmitter:
         if client.state != ALIVE:
             return
         sub = self.rt.submitter
+        if client.queue and client.queue[0].unresolved == 0 and client.conn.peer_closed():
+            # its worker is gone and this loop has not read the close yet: the
+            # calls are new ones (they queue for a restart), not lost in flight
+            self.on_connection_lost(client.conn)
+            return
         while client.queue and client.queue[0].unresolved == 0:
             spec = client.queue.popleft()
             if spec.tid not in sub.specs:      # already failed (dependency error)

@@ -68,8 +68,13 @@ def run_creator(cluster, max_restarts=1) -> int:
 
 
 def kill_worker(pid: int) -> None:
+    """SIGKILL, then wait until the process is reaped: not only a zombie
+    (``pid_alive`` is False for a zombie leader whose other threads still
+    exit, with its sockets still open); from then on its connections are
+    closed and a call made is a new one, not one in flight."""
     os.kill(pid, signal.SIGKILL)
-    wait_until(lambda: not pid_alive(pid), timeout=10, what="the actor's worker to die")
+    wait_until(lambda: not os.path.exists(f"/proc/{pid}"), timeout=10,
+               what="the actor's worker to die")
 
 
 def connect(cluster):
@@ -171,49 +176,58 @@ class Counter:
         self.n += 1
         return self.n
 
-    def slow(self, seconds):
+    def slow(self, seconds, started=None):
+        if started:
+            open(started, "w").close()     # the test kills the worker only then
         time.sleep(seconds)
-        return self.inc()
+        return self.inc(), os.getpid()
 
     def pid(self):
         return os.getpid()
 
 
-def test_the_head_restarts_a_detached_actor_while_its_creator_lives():
+def running_call(actor, tmp_path, seconds):
+    """A call the actor's worker is running (not only sent) when this returns."""
+    started = tmp_path / f"started-{time.monotonic_ns()}"
+    ref = actor.slow.remote(seconds, str(started))
+    wait_until(started.exists, timeout=30, what="the call to start")
+    return ref
+
+
+def test_the_head_restarts_a_detached_actor_while_its_creator_lives(tmp_path):
     """From the hand-over on the head decides restarts also while the
     creator lives; the creator's own handle waits for the restart.
 
     Ray's semantics with max_task_retries=0: a call in flight when the
     worker dies fails with ActorDiedError (even if the actor restarts); calls
-    made while it restarts queue. A call made right after the worker was
-    killed may or may not be in flight (this process may not have seen the
-    connection close yet), so the in-flight call here is one that is running
-    when the worker is killed."""
+    made after it died queue for the restart; out of restarts they fail with
+    ActorDiedError."""
     from helpers import assert_no_leaks
     info = gdfut.init(num_cpus=2, object_store_memory=64 * 1024 * 1024)
     try:
-        c = Counter.options(lifetime="detached", max_restarts=2).remote(5)
+        c = Counter.options(lifetime="detached", max_restarts=3).remote(5)
         assert gdfut.get(c.inc.remote()) == 6
-        first = gdfut.get(c.pid.remote())
-        running = c.slow.remote(60)
-        kill_worker(first)
+        kill_worker(gdfut.get(c.pid.remote()))
+        assert gdfut.get(c.inc.remote(), timeout=60) == 6          # __init__(5) again
+        gdfut.kill(c, no_restart=False)                            # the second restart
+        assert gdfut.get(c.inc.remote(), timeout=60) == 6
+        third = gdfut.get(c.pid.remote())
+        running = running_call(c, tmp_path, 60)
+        kill_worker(third)                                         # the third
         with pytest.raises(ActorDiedError, match="not retried: max_task_retries=0"):
             gdfut.get(running, timeout=60)       # answered once the head restarted it
-        assert gdfut.get(c.inc.remote(), timeout=60) == 6          # __init__(5) again
-        gdfut.kill(c, no_restart=False)        # the second restart; the call below queues
         assert gdfut.get(c.inc.remote(), timeout=60) == 6
         kill_worker(gdfut.get(c.pid.remote()))
-        # in flight or not, the head's verdict: out of restarts
-        with pytest.raises(ActorDiedError, match="restarted 2 times"):
+        with pytest.raises(ActorDiedError, match="restarted 3 times"):
             gdfut.get(c.inc.remote(), timeout=60)
-        with pytest.raises(ActorDiedError, match="restarted 2 times"):
+        with pytest.raises(ActorDiedError, match="restarted 3 times"):
             gdfut.get(c.inc.remote(), timeout=60)
     finally:
         gdfut.shutdown()
         assert_no_leaks(info["session_dir"])
 
 
-def test_a_detached_actors_call_in_flight_is_retried_per_max_task_retries():
+def test_a_detached_actors_call_in_flight_is_retried_per_max_task_retries(tmp_path):
     """max_task_retries=-1: the call running when the worker dies runs again
     on the actor the head restarted; out of restarts, the call in flight
     gets the head's verdict."""
@@ -222,12 +236,12 @@ def test_a_detached_actors_call_in_flight_is_retried_per_max_task_retries():
     try:
         c = Counter.options(lifetime="detached", max_restarts=1, max_task_retries=-1).remote(5)
         first = gdfut.get(c.pid.remote())
-        running = c.slow.remote(1)
+        running = running_call(c, tmp_path, 5)
         kill_worker(first)
-        assert gdfut.get(running, timeout=60) == 6        # ran again after __init__(5)
+        n, ran_on = gdfut.get(running, timeout=60)
         second = gdfut.get(c.pid.remote())
-        assert second != first
-        running = c.slow.remote(60)
+        assert (n, ran_on) == (6, second) and second != first   # again, after __init__(5)
+        running = running_call(c, tmp_path, 60)
         kill_worker(second)
         with pytest.raises(ActorDiedError, match="restarted 1 time"):
             gdfut.get(running, timeout=60)
