@@ -398,14 +398,22 @@ class Head:
         """A detached actor's creator hands it over: its own worker owns it
         from now on (see ``head_state``), so the creator may exit."""
         _, req_id, actor_id, worker_wid, worker_addr = m
-        with self.db:
-            cur = self.db.execute("UPDATE actors SET owner_wid=?, owner_addr=? WHERE "
-                                  "actor_id=? AND detached=1",
-                                  (worker_wid, json.dumps(worker_addr), actor_id))
-        if cur.rowcount == 0:
-            peer.conn.reply_error(req_id, f"no detached actor {short(actor_id)} (killed?)")
+        if worker_wid in self.dead.known:
+            peer.conn.reply_error(req_id, f"the worker of actor {short(actor_id)} died already")
             return
+        self.detached.actor_placed(actor_id, worker_wid, worker_addr)   # named or not
+        with self.db:
+            self.db.execute("UPDATE actors SET owner_wid=?, owner_addr=? WHERE "
+                            "actor_id=? AND detached=1",
+                            (worker_wid, json.dumps(worker_addr), actor_id))
         peer.conn.reply(req_id, True)
+
+    def node_of(self, wid):
+        """The node a live driver or worker runs on (None if unknown)."""
+        for node_id, wids in self.processes_of_node.items():
+            if wid in wids:
+                return node_id
+        return None
 
     def on_lookup_actor(self, peer, m):
         _, req_id, name, namespace = m

@@ -42,6 +42,8 @@ SCHEMA = """
 CREATE TABLE IF NOT EXISTS detached_actors (actor_id BLOB PRIMARY KEY, spec BLOB,
                                             restarts INTEGER, state TEXT, worker_wid BLOB,
                                             worker_addr TEXT, node_id BLOB, reason TEXT);
+CREATE TABLE IF NOT EXISTS detached_placed (actor_id BLOB PRIMARY KEY, worker_wid BLOB,
+                                            worker_addr TEXT);
 """
 MAX_WAITERS = 10_000            # callers waiting for one actor's restart
 STALE_ANSWER_S = 15.0           # a caller saw a worker die the head never heard of
@@ -59,6 +61,12 @@ class DetachedActors:
         self.records: dict[bytes, DetachedActor] = {}
         self.waiters: dict[bytes, list] = {}          # actor id -> [(peer, req_id, dead)]
         self.running: set = set()                     # restart tasks
+        # Every handed-over detached actor's worker (``HEAD_ACTOR_PLACED``),
+        # named or not, with a spec or not: callers holding a handle whose
+        # owner (its creator) exited ask the head where it is.
+        self.placed: dict[bytes, tuple] = {
+            aid: (wid, tuple(json.loads(addr))) for aid, wid, addr in self.db.execute(
+                "SELECT * FROM detached_placed")}
         for aid, spec, restarts, state, wid, addr, node_id, reason in self.db.execute(
                 "SELECT * FROM detached_actors"):
             spec = msgpack.unpackb(spec, raw=False)
@@ -110,8 +118,7 @@ class DetachedActors:
         _, req_id, actor_id, dead_worker = m
         rec = self.records.get(actor_id)
         if rec is None:
-            peer.conn.reply_error(req_id, f"actor {short(actor_id)} is not a detached actor "
-                                          f"known to the head")
+            self._answer_placed(peer, req_id, actor_id, dead_worker)
             return
         if rec.location(dead_worker) == "wait":
             waiting = self.waiters.setdefault(actor_id, [])
@@ -123,6 +130,29 @@ class DetachedActors:
                 asyncio.get_running_loop().call_later(STALE_ANSWER_S, self._answer, actor_id)
             return
         self._answer_one(rec, peer, req_id)
+
+    def _answer_placed(self, peer, req_id, actor_id, dead_worker):
+        """A detached actor the head does not restart: where its worker is."""
+        wid, addr = self.placed.get(actor_id, (None, None))
+        if wid is None or wid == dead_worker or wid in self.head.dead.known:
+            peer.conn.reply_error(req_id, f"actor {short(actor_id)} is not a detached actor "
+                                          f"known to the head")
+            return
+        peer.conn.reply(req_id, [list(addr), wid, self.head.node_of(wid),
+                                 {"max_restarts": 0, "max_task_retries": 0, "detached": True}])
+
+    def actor_placed(self, actor_id, wid, addr) -> None:
+        self.placed[actor_id] = (wid, tuple(addr))
+        with self.db:
+            self.db.execute("INSERT OR REPLACE INTO detached_placed VALUES (?,?,?)",
+                            (actor_id, wid, json.dumps(list(addr))))
+
+    def _forget_placed(self, actor_ids) -> None:
+        for a in actor_ids:
+            self.placed.pop(a, None)
+        with self.db:
+            self.db.executemany("DELETE FROM detached_placed WHERE actor_id=?",
+                                [(a,) for a in actor_ids])
 
     def _answer_one(self, rec, peer, req_id):
         if peer.conn is None or peer.conn.closed:
@@ -150,6 +180,8 @@ class DetachedActors:
     # -------------------------------------------------------------- events
     def removed(self, actor_id) -> None:
         """gdfut.kill (or its creator saw it dead): no restart any more."""
+        if actor_id in self.placed:
+            self._forget_placed([actor_id])
         rec = self.records.pop(actor_id, None)
         if rec is None:
             return
@@ -159,6 +191,9 @@ class DetachedActors:
 
     def processes_died(self, wids) -> None:
         dead = set(wids)
+        gone = [a for a, (wid, _) in self.placed.items() if wid in dead]
+        if gone:
+            self._forget_placed(gone)
         for rec in list(self.records.values()):
             if rec.worker_wid not in dead:
                 continue
