@@ -17,7 +17,9 @@ itself; the worker's ``TASK_DONE`` makes the actor ALIVE again and its
 name points at the new worker. Callers whose connection to the actor
 closed, or who cannot reach its creator, ask the head where it is
 (``HEAD_ACTOR_LOCATION``): the head answers once it is back, or that it is
-dead and why (out of restarts, unschedulable, ``__init__`` raised).
+dead and why (out of restarts, unschedulable, ``__init__`` raised). It also
+answers for a detached actor it does not restart (no spec), from the worker
+recorded at its hand-over (``HEAD_ACTOR_PLACED``, table ``detached_placed``).
 """
 from __future__ import annotations
 
