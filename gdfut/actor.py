@@ -193,7 +193,8 @@ class ActorClass:
                          {"resources": resources,
                           "strategy": strategy_wire(o.get("scheduling_strategy")),
                           "actor_options": {"max_concurrency": max_conc,
-                                            "namespace": namespace, "detached": detached},
+                                            "namespace": namespace, "detached": detached,
+                                            **restarts},
                           **restarts},
                          pinned=bool(o.get("name")) or detached, detached=detached)
         # After create(): the owner's table knows the actor before its first handle.

@@ -1,5 +1,6 @@
 """Pure restart bookkeeping of one actor, kept by its owner (as in Ray, the
-owner decides whether a dead actor comes back).
+owner decides whether a dead actor comes back; for a detached actor handed
+over to the head, the head's ``head_state.DetachedActor`` keeps it).
 
 Events: ``worker_died(cause)`` (its worker process is gone and it was not
 killed for good), ``call_lost(tid, streamed)`` (a call was in flight when it

@@ -13,7 +13,15 @@ the original arguments (kept alive for that). Calls in flight then are
 retried on the new worker up to ``max_task_retries`` or fail with
 ActorDiedError; calls made meanwhile queue. Other callers whose connection
 closes ask the owner again where the actor is; the owner answers once the
-actor is back (or that it is dead).
+actor is back (or that it is dead), and only then do their lost calls that
+are not retried fail (with that verdict: died while running the call, or
+dead and why).
+
+A detached actor with ``max_restarts`` is handed over to the head once its
+first ``__init__`` succeeded (``_send_spec``: the spec with its arguments
+captured by value); the head restarts it from then on (``head_actors``),
+and its creator, like callers that cannot reach the creator, asks the head
+where it is (``_head_location``).
 """
 from __future__ import annotations
 
@@ -28,7 +36,9 @@ from .exceptions import ActorDiedError, GdfutError, UnschedulableError
 from .ids import new_task_id, short
 from .actor_restarts import ActorRestarts, Restart
 from .object_ref import ObjectRef
-from .submitter import TaskSpec, ERROR, generator_options, lease_from_cluster
+from .submitter import (TaskSpec, DONE_OK, ERROR, INLINE, STORE, generator_options,
+                        lease_from_cluster)
+from . import serialization as ser
 from .transport import tcp
 
 log = logging.getLogger("gdfut.actors")
@@ -36,6 +46,11 @@ log = logging.getLogger("gdfut.actors")
 PENDING, ALIVE, DEAD = "PENDING", "ALIVE", "DEAD"
 MAX_QUEUED_CALLS = 1_000_000
 KILL_TIMEOUT_S = 10.0       # each step of kill(): free the name, tell the node
+MAX_SPEC_BYTES = 32 * 1024 * 1024   # a detached actor's spec (class + arguments) the head keeps
+HEAD_ATTEMPTS = 60          # asking the head where an actor is, once a second (head restarts)
+HEAD_RETRY_S = 1.0
+LOCATE_ATTEMPTS = 5         # locations found dead in a row before the actor counts as dead
+NOT_AT_HEAD = "is not a detached actor known to the head"
 EXIT_GRACE_S = 10.0         # an actor that called exit_actor() gets this long to exit
 # TASK_DONE status from an actor that ended itself with exit_actor() (beside
 # submitter's DONE_* codes): the call failed and the actor is gone.
@@ -77,6 +92,16 @@ class ActorClient:
         self.kill_cause = ""        # why the worker was killed with no_restart=False
         self.detached = False       # creator only: lifetime="detached" (handed over once placed)
         self.handed_over = None     # creator of a detached actor: done once handed over (or dead)
+        # creator of a detached actor with max_restarts: its spec is being handed to
+        # the head (a future, done when answered), then the head decides restarts
+        self.spec_handing = None
+        self.head_managed = False
+        self.gone_while_handing = None   # the worker died while the spec was on its way
+        # Calls in flight when its worker died, not to be retried, whose error
+        # waits for the verdict of whoever restarts it (owner or head): the
+        # actor is dead (ActorDiedError with its reason: out of restarts...) or
+        # was restarted (the call-lost error). [(spec, why)]
+        self.lost_waiting: list = []
 
     def describe(self):
         return f"actor {self.class_name}({short(self.actor_id)})"
@@ -183,9 +208,10 @@ class ActorSubmitter:
         client.conn = conn
         client.state = ALIVE
         self.by_conn[conn] = client
+        self._fail_lost_calls(client)
         self.rt.conn_wid.setdefault(conn, client.worker_id)   # its close: that worker died
-        if client.is_creator and client.detached:
-            self._hand_over(client)
+        if client.is_creator and client.detached and not client.head_managed:
+            self._hand_over(client)     # (the head hands a restarted one over itself)
         for cb in client.location_waiters:
             cb()
         client.location_waiters.clear()
@@ -217,8 +243,8 @@ class ActorSubmitter:
     async def wait_hand_overs(self, timeout: float) -> None:
         """Shutdown: let detached actors still being placed be handed over
         first (else they would die with this process), for at most ``timeout``."""
-        pending = [c.handed_over for c in self.clients.values()
-                   if c.handed_over is not None and not c.handed_over.done()]
+        pending = [f for c in self.clients.values() for f in (c.handed_over, c.spec_handing)
+                   if f is not None and not f.done()]
         if pending:
             log.info("waiting up to %g s for %d detached actor(s) to be placed", timeout,
                      len(pending))
@@ -243,20 +269,24 @@ class ActorSubmitter:
 
     async def _locate(self, client, dead_worker=None):
         """Ask the owner where the actor runs (``dead_worker``: not there, it
-        died; the owner answers once it has restarted the actor)."""
+        died; the owner answers once it has restarted the actor). A location
+        that cannot be reached is a worker that died before its owner (or the
+        head) heard of it: for a restartable actor ask again naming it, so
+        the answer waits for the restart instead of failing the calls."""
         rt = self.rt
         try:
-            if client.owner_wid == rt.wid:
-                raise tcp.RemoteError("actor unknown to its owner")
-            owner = await rt.connect_peer(client.owner_addr)
-            question = [P.ACTOR_LOCATION, client.actor_id]
-            if dead_worker is not None:
-                question.append(dead_worker)
-            loc = await owner.request(*question)
-            if len(loc) > 3 and isinstance(loc[3], dict):
-                client.restarts = ActorRestarts(int(loc[3].get("max_restarts", 0)),
-                                                int(loc[3].get("max_task_retries", 0)))
-            conn = await rt.connect_peer(tuple(loc[0]))
+            for attempt in range(LOCATE_ATTEMPTS):
+                loc = await self._ask_location(client, dead_worker)
+                if len(loc) > 3 and isinstance(loc[3], dict):
+                    client.restarts = ActorRestarts(int(loc[3].get("max_restarts", 0)),
+                                                    int(loc[3].get("max_task_retries", 0)))
+                try:
+                    conn = await rt.connect_peer(tuple(loc[0]))
+                    break
+                except (OSError, tcp.ConnectionLost, asyncio.TimeoutError):
+                    if client.restarts.max_restarts == 0 or attempt + 1 == LOCATE_ATTEMPTS:
+                        raise
+                    dead_worker = loc[1]
         except tcp.RemoteError as exc:
             self._mark_dead(client, str(exc))
             return
@@ -269,11 +299,114 @@ class ActorSubmitter:
         client.locating = False
         self._connected(client, conn)
 
+    async def _ask_location(self, client, dead_worker):
+        if client.head_managed:
+            return await self._head_location(client, dead_worker)
+        try:
+            return await self._owner_location(client, dead_worker)
+        except (OSError, tcp.ConnectionLost, asyncio.TimeoutError, tcp.RemoteError) as exc:
+            # its owner is gone or does not know it: the head knows a
+            # detached actor it restarts (handles its creator passed out)
+            loc = await self._head_location(client, dead_worker, exc)
+            client.head_managed = True      # ask the head from now on
+            return loc
+
+    async def _owner_location(self, client, dead_worker):
+        rt = self.rt
+        if client.owner_wid == rt.wid:
+            raise tcp.RemoteError("actor unknown to its owner")
+        owner = await rt.connect_peer(client.owner_addr)
+        question = [P.ACTOR_LOCATION, client.actor_id]
+        if dead_worker is not None:
+            question.append(dead_worker)
+        return await owner.request(*question)
+
+    async def _head_location(self, client, dead_worker, owner_error=None):
+        """Ask the head where a detached actor it restarts runs; it answers
+        once the actor is back (or that it is dead). ``owner_error``: why its
+        owner could not answer, raised again if the head does not know it."""
+        for attempt in range(HEAD_ATTEMPTS):
+            try:
+                head = await self.rt.head()
+                return await head.request(P.HEAD_ACTOR_LOCATION, client.actor_id, dead_worker)
+            except tcp.RemoteError as exc:
+                if owner_error is not None and NOT_AT_HEAD in str(exc):
+                    raise owner_error from None
+                raise
+            except (OSError, tcp.ConnectionLost, asyncio.TimeoutError, GdfutError) as exc:
+                if attempt + 1 == HEAD_ATTEMPTS:     # the head is down (restarting?)
+                    raise owner_error or tcp.ConnectionLost(str(exc)) from None
+                await asyncio.sleep(HEAD_RETRY_S)
+        raise AssertionError("unreachable")
+
+    def _hand_spec_over(self, client, spec):
+        """A detached actor with max_restarts ran its first __init__: give its
+        creation spec to the head, every argument captured by value (so it
+        does not depend on objects this process owns: the head restarts the
+        actor also after this process exited). Refs nested inside arguments
+        stay references (their owners must live for a restart to read them)."""
+        client.spec_handing = self.rt.io.loop.create_future()
+        self.rt.io.loop.create_task(self._send_spec(client, spec))
+
+    async def _send_spec(self, client, spec):
+        rt = self.rt
+        try:
+            args = [await self._by_value(e) for e in spec.args]
+            kwargs = [[k, await self._by_value(e)] for k, e in spec.kwargs]
+            size = sum(len(e[1]) for e in args) + sum(len(kv[1][1]) for kv in kwargs) \
+                + len(spec.fn_bytes or b"")
+            if size > MAX_SPEC_BYTES:
+                raise ValueError(f"its class and creation arguments take {size} bytes, more "
+                                 f"than the {MAX_SPEC_BYTES} the head keeps")
+            opts = dict(spec.actor_options or {})
+            blob = {"class_name": client.class_name, "fn_id": spec.fn_id,
+                    "fn_bytes": spec.fn_bytes, "name": spec.name, "args": args,
+                    "kwargs": kwargs, "resources": dict(spec.resources),
+                    "strategy": spec.strategy, "actor_options": opts,
+                    "max_restarts": client.restarts.max_restarts,
+                    "max_task_retries": client.restarts.max_task_retries,
+                    "restarts": client.restarts.restarts, "namespace": opts.get("namespace")}
+            head = await rt.head()
+            await asyncio.wait_for(head.request(P.HEAD_ACTOR_SPEC, client.actor_id,
+                                                client.worker_id, list(client.addr),
+                                                client.node_id, blob), KILL_TIMEOUT_S)
+            client.head_managed = True
+        except tcp.RemoteError as exc:        # its worker died already: we restart it
+            log.info("%s not handed over to the head: %s", client.describe(), exc)
+        except Exception as exc:
+            log.warning("%s could not be handed over to the head (it is restarted only while "
+                        "this process lives): %s", client.describe(), exc)
+        finally:
+            _settle(client.spec_handing)
+        reason, client.gone_while_handing = client.gone_while_handing, None
+        if reason is not None and client.state != DEAD:
+            client.state = ALIVE       # as it was when its connection closed
+            client.kill_cause = reason
+            self._worker_gone(client)
+
+    async def _by_value(self, entry) -> list:
+        """An argument entry as an inline value (a stored one is read here)."""
+        if entry[0] == INLINE:
+            return entry
+        assert entry[0] == STORE, entry[0]
+        loop = self.rt.io.loop
+        data = await loop.run_in_executor(None, self._read_inline, entry)
+        return [INLINE, data]
+
+    def _read_inline(self, entry) -> bytes:
+        value = self.rt.read_stored(entry[3], entry[1], entry[2])
+        return ser.serialize_inline(value, "a creation argument").pickle_bytes
+
     def _flush(self, client):
         """Send queued calls in submission order, stopping at an unresolved one."""
         if client.state != ALIVE:
             return
         sub = self.rt.submitter
+        if client.queue and client.queue[0].unresolved == 0 and client.conn.peer_closed():
+            # its worker is gone and this loop has not read the close yet: the
+            # calls are new ones (they queue for a restart), not lost in flight
+            self.on_connection_lost(client.conn)
+            return
         while client.queue and client.queue[0].unresolved == 0:
             spec = client.queue.popleft()
             if spec.tid not in sub.specs:      # already failed (dependency error)
@@ -296,6 +429,9 @@ class ActorSubmitter:
             return
         client.restarts.call_done(spec.tid)
         self.rt.submitter.finish(spec, m[3], executor=client.worker_id)
+        if (spec.method == "__init__" and m[2] == DONE_OK and client.is_creator
+                and client.detached and client.restarts.max_restarts != 0):
+            self._hand_spec_over(client, spec)
         if m[2] == DONE_ACTOR_EXIT:
             client.exited = True
             self._mark_dead(client, "it ended itself with exit_actor()")
@@ -362,6 +498,14 @@ class ActorSubmitter:
         else:
             reason = client.kill_cause or "its worker process died unexpectedly"
             client.kill_cause = ""
+            if client.is_creator and client.spec_handing is not None \
+                    and not client.spec_handing.done():
+                client.gone_while_handing = reason   # the head's answer decides who restarts
+                client.state = PENDING
+                return
+            if client.is_creator and client.head_managed:
+                self._relocate(client, reason)        # the head restarts it
+                return
             if client.is_creator:
                 decision = client.restarts.worker_died(reason)
                 if isinstance(decision, Restart):
@@ -373,10 +517,11 @@ class ActorSubmitter:
                 return
         self._mark_dead(client, reason)
 
-    def _lost_calls(self, client, reason):
+    def _lost_calls(self, client, reason, await_verdict=False):
         """The actor's worker died: put the calls it was running back at the
         front of the queue (in their order) where they may be retried, fail
-        the others."""
+        the others (``await_verdict``: once the owner or the head says whether
+        the actor was restarted or is dead, see ``lost_waiting``)."""
         lost = list(client.in_flight.values())
         client.in_flight.clear()
         retried = []
@@ -391,9 +536,20 @@ class ActorSubmitter:
                 why = (f"it had already yielded {streamed} items" if streamed else
                        f"max_task_retries={n}" if n == 0 else
                        f"the call was retried {n} times (max_task_retries={n})")
-                self._fail_call(client, spec, f"it died while running the call ({reason}); "
-                                              f"the call is not retried: {why}")
+                why = (f"it died while running the call ({reason}); "
+                       f"the call is not retried: {why}")
+                if await_verdict:
+                    client.lost_waiting.append((spec, why))
+                else:
+                    self._fail_call(client, spec, why)
         client.queue.extendleft(reversed(retried))
+
+    def _fail_lost_calls(self, client):
+        """The actor is back: the calls lost at its death fail as lost ones."""
+        lost, client.lost_waiting = client.lost_waiting, []
+        for spec, why in lost:
+            if spec.tid in self.rt.submitter.specs:      # else cancelled meanwhile
+                self._fail_call(client, spec, why)
 
     def _restart(self, client, reason, n):
         """Owner: the actor's worker died and it may restart: lease a new
@@ -419,7 +575,9 @@ class ActorSubmitter:
         dead_worker = client.worker_id
         client.state = PENDING
         client.conn = client.worker_id = client.addr = None
-        self._lost_calls(client, reason)
+        if client.head_managed:
+            client.lease_id = None       # the worker held its own lease
+        self._lost_calls(client, reason, await_verdict=True)
         client.locating = True
         client.locate_task = self.rt.io.loop.create_task(self._locate(client, dead_worker))
 
@@ -431,8 +589,11 @@ class ActorSubmitter:
         client.death_reason = reason
         client.err_cls = err_cls
         calls = list(client.in_flight.values()) + list(client.queue)
+        calls += [spec for spec, _ in client.lost_waiting    # else cancelled meanwhile
+                  if spec.tid in self.rt.submitter.specs]
         client.in_flight.clear()
         client.queue.clear()
+        client.lost_waiting = []
         for spec in calls:
             self._fail_call(client, spec)
         for cb in client.location_waiters:
@@ -493,9 +654,9 @@ class ActorSubmitter:
         # Dead here at once: calls made from now on fail without reaching it.
         client.killed = True
         self._mark_dead(client, "it was killed by gdfut.kill()")
-        await self._free_name(actor_id)
         if client.worker_id is None and not client.is_creator:
-            await self._locate_for_kill(client)
+            await self._locate_for_kill(client)     # before its name (and record) go
+        await self._free_name(actor_id)
         if client.worker_id is not None:
             await self._kill_worker_now(client, "killed by gdfut.kill()")
 
@@ -530,7 +691,7 @@ class ActorSubmitter:
         """Owner: another process calls gdfut.kill on an actor we own."""
         _, req_id, actor_id, no_restart = m
         if self.rt.is_detached_actor(actor_id):
-            self.rt.io.loop.create_task(self._kill_self(conn, req_id))
+            self.rt.io.loop.create_task(self._kill_self(conn, req_id, no_restart))
             return
         client = self.clients.get(actor_id)
         if client is None or not client.is_creator:
@@ -544,12 +705,14 @@ class ActorSubmitter:
                 conn.reply(req_id, None)
         self.rt.io.loop.create_task(kill_and_answer())
 
-    async def _kill_self(self, conn, req_id):
+    async def _kill_self(self, conn, req_id, no_restart=True):
         """The worker of a handed-over detached actor is killed through a
-        handle (it owns itself): free the name, answer, then have the node
-        end this process (its lease goes with it)."""
+        handle (it owns itself): free the name (unless ``no_restart`` is
+        False: then the head restarts it), answer, then have the node end
+        this process (its lease goes with it)."""
         rt = self.rt
-        await self._free_name(rt.detached_actor_id)
+        if no_restart:
+            await self._free_name(rt.detached_actor_id)
         if not conn.closed:
             conn.reply(req_id, None)
         await asyncio.sleep(0.05)     # let the answer leave first
@@ -596,19 +759,20 @@ class ActorSubmitter:
         req_id, actor_id = m[1], m[2]
         dead_worker = m[3] if len(m) > 3 else None   # the asker saw this worker die
         rt = self.rt
-        if rt.is_detached_actor(actor_id):   # it owns itself: here, never restarted
+        if rt.is_detached_actor(actor_id):   # it owns itself: here (the head restarts it)
             if dead_worker == rt.wid:
                 conn.reply_error(req_id, "its worker died")
             else:
                 conn.reply(req_id, [list(rt.addr), rt.wid, rt.node_id,
-                                    {"max_restarts": 0, "max_task_retries": 0}])
+                                    dict(rt.detached_options, detached=True)])
             return
         client = self.clients.get(actor_id)
         if client is None or not client.is_creator:
             conn.reply_error(req_id, f"actor {short(actor_id)} is not known to its owner")
             return
         options = {"max_restarts": client.restarts.max_restarts,
-                   "max_task_retries": client.restarts.max_task_retries}
+                   "max_task_retries": client.restarts.max_task_retries,
+                   "detached": client.detached}
 
         def answer():
             if client.state == ALIVE:

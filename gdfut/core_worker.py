@@ -172,6 +172,7 @@ class CoreWorker:
         # anonymous one); workers take the running task's or actor's
         self.namespace: str | None = None
         self.detached_actor_id: bytes | None = None   # worker of a detached actor: it owns it
+        self.detached_options: dict = {}    # its restart options (callers are told them)
         self.output_label = ""              # "(fn pid=N)" prefix of those lines
         self.log_to_driver = True
         self.inherited_cuda_devices = os.environ.get("CUDA_VISIBLE_DEVICES")
@@ -224,12 +225,15 @@ class CoreWorker:
             except (GdfutError, OSError, tcp.ConnectionLost, asyncio.TimeoutError):
                 await asyncio.sleep(0.05)
 
-    def become_detached_actor(self, actor_id: bytes) -> None:
+    def become_detached_actor(self, actor_id: bytes, options: dict | None = None) -> None:
         """This worker runs a detached actor and owns it once its creator
         hands it over: handles' borrower registrations come here (the id is
         pinned: a detached actor ends only with kill), and so do
-        ACTOR_LOCATION and KILL_ACTOR (``ActorSubmitter``)."""
+        ACTOR_LOCATION and KILL_ACTOR (``ActorSubmitter``); ``options``: its
+        creation options (callers learn its restart options from it)."""
         self.detached_actor_id = actor_id
+        self.detached_options = {k: int((options or {}).get(k) or 0)
+                                 for k in ("max_restarts", "max_task_retries")}
         self.io.post(lambda: self.table.add_owned(actor_id, local=1))
 
     def is_detached_actor(self, actor_id: bytes) -> bool:

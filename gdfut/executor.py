@@ -357,7 +357,7 @@ class Executor:
         self.actor_placement_group = task.placement_group
         self.rt.namespace = opts.get("namespace") or task.namespace
         if opts.get("detached"):
-            self.rt.become_detached_actor(task.actor_id)
+            self.rt.become_detached_actor(task.actor_id, opts)
         try:
             args, kwargs = self.resolve_args(task)
             self.actor = cls(*args, **kwargs)

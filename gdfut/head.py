@@ -23,6 +23,7 @@ from . import validate
 from .head_state import (ActorRow, NodeRecovery, actors_after_deaths, check_namespace,
                          dead_seq_to_serve)
 from .head_pgs import PlacementGroups
+from .head_actors import DetachedActors
 from .ids import short
 from .sched.resources import ResourceSet
 from .supervise import Supervisor
@@ -156,6 +157,9 @@ class Head:
         }
         self.pgs = PlacementGroups(self)
         self.dispatch.update(self.pgs.handlers())
+        self.detached = DetachedActors(self)
+        self.dispatch.update(self.detached.handlers())
+        self.addr: tuple = (args.bind, args.port)
         self.restarted = False
         self.driver_conns: dict[bytes, HeadConn] = {}   # driver wid -> its open connection
         self.load()
@@ -182,6 +186,7 @@ class Head:
         server = await tcp.listen(self.args.bind, self.args.port, lambda: HeadConn(self),
                                   self.token)
         port = server.sockets[0].getsockname()[1]
+        self.addr = (self.args.bind, port)
         info = {"port": port, "pid": os.getpid(), "host": self.args.bind}
         tmp = os.path.join(self.session_dir, "head.json.tmp")
         with open(tmp, "w") as f:
@@ -191,7 +196,9 @@ class Head:
         self.tasks = Supervisor(log, self.fatal)
         self.tasks.keep_running("watch", self.watch)
         self.tasks.keep_running("placement_groups", self.pgs.run)
+        self.detached.start()
         await self.stopping.wait()
+        await self.detached.stop()
         await self.tasks.cancel_all()
         server.close()
         self.db.close()
@@ -237,15 +244,19 @@ class Head:
             self.db.executemany("INSERT OR REPLACE INTO dead VALUES (?,?)", added)
             self.db.execute("DELETE FROM dead WHERE seq < ?", (self.dead.oldest_seq,))
             self.db.executemany("DELETE FROM processes WHERE wid=?", [(w,) for w in wids])
+        self.detached.processes_died(wids)       # restarts the head decides
         # A driver still connected here is alive (its node may have died under
         # it): what it owns stays until its connection closes (``on_closed``).
         self.owners_died([w for w in wids if w not in self.driver_conns])
 
     def owners_died(self, owners) -> None:
-        """Names and placement groups of dead owners go (``head_state``)."""
+        """Names and placement groups of dead owners go (``head_state``);
+        those of detached actors the head restarts stay (``head_actors``)."""
         if not owners:
             return
-        gone, creator_gone = actors_after_deaths(self.actor_rows(), owners)
+        managed = self.detached.managed()
+        gone, creator_gone = actors_after_deaths(
+            [r for r in self.actor_rows() if r.actor_id not in managed], owners)
         with self.db:
             self.db.executemany("DELETE FROM actors WHERE actor_id=?", [(a,) for a in gone])
             self.db.executemany("UPDATE actors SET creator_wid=NULL WHERE actor_id=?",
@@ -387,14 +398,22 @@ class Head:
         """A detached actor's creator hands it over: its own worker owns it
         from now on (see ``head_state``), so the creator may exit."""
         _, req_id, actor_id, worker_wid, worker_addr = m
-        with self.db:
-            cur = self.db.execute("UPDATE actors SET owner_wid=?, owner_addr=? WHERE "
-                                  "actor_id=? AND detached=1",
-                                  (worker_wid, json.dumps(worker_addr), actor_id))
-        if cur.rowcount == 0:
-            peer.conn.reply_error(req_id, f"no detached actor {short(actor_id)} (killed?)")
+        if worker_wid in self.dead.known:
+            peer.conn.reply_error(req_id, f"the worker of actor {short(actor_id)} died already")
             return
+        self.detached.actor_placed(actor_id, worker_wid, worker_addr)   # named or not
+        with self.db:
+            self.db.execute("UPDATE actors SET owner_wid=?, owner_addr=? WHERE "
+                            "actor_id=? AND detached=1",
+                            (worker_wid, json.dumps(worker_addr), actor_id))
         peer.conn.reply(req_id, True)
+
+    def node_of(self, wid):
+        """The node a live driver or worker runs on (None if unknown)."""
+        for node_id, wids in self.processes_of_node.items():
+            if wid in wids:
+                return node_id
+        return None
 
     def on_lookup_actor(self, peer, m):
         _, req_id, name, namespace = m
@@ -412,6 +431,7 @@ class Head:
         _, req_id, actor_id = m
         with self.db:
             self.db.execute("DELETE FROM actors WHERE actor_id=?", (actor_id,))
+        self.detached.removed(actor_id)     # killed: no restart
         peer.conn.reply(req_id, True)
 
     # ---------------------------------------------------------------- jobs

@@ -24,8 +24,9 @@ hands it over: the lease on its worker is held by the worker itself (so the
 creator's exit does not kill it) and the head records the actor's own
 worker as the owner of its metadata (``HEAD_ACTOR_PLACED``). Handles from
 ``get_actor`` then ask the actor's worker where it is and tell it to die.
-While the creator lives it still decides restarts (and hands the new
-worker over again).
+Until its spec is handed over too (``DetachedActor``: once its first
+``__init__`` succeeded, with ``max_restarts``) its creator decides
+restarts (and hands the new worker over again); from then on the head does.
 """
 from __future__ import annotations
 
@@ -146,3 +147,73 @@ def dead_seq_to_serve(asked: int, current: int) -> int:
     node ahead of the log talked to a head whose log was lost: it gets the
     whole retained log again (repeats are harmless)."""
     return 0 if asked > current else asked
+
+
+# ------------------------------------------------- detached actor restarts
+ALIVE, RESTARTING, DEAD = "ALIVE", "RESTARTING", "DEAD"
+
+
+@dataclass
+class DetachedActor:
+    """The head's record of a detached actor it restarts (as Ray's GCS
+    does): its creation spec, captured by value when its first ``__init__``
+    succeeded (``HEAD_ACTOR_SPEC``), where it runs, and its restart count
+    (the pure ``ActorRestarts`` decides). From the hand-over on the head
+    alone decides its restarts, whether its creator lives or not."""
+
+    actor_id: bytes
+    spec: dict
+    restarts: object                 # actor_restarts.ActorRestarts
+    state: str = ALIVE
+    worker_wid: bytes | None = None
+    worker_addr: tuple | None = None
+    node_id: bytes | None = None
+    reason: str = ""
+
+    def placed(self, worker_wid: bytes, worker_addr, node_id: bytes) -> None:
+        assert self.state != DEAD
+        self.state = ALIVE
+        self.worker_wid, self.worker_addr, self.node_id = worker_wid, tuple(worker_addr), node_id
+
+    def worker_died(self, wid: bytes, reason: str):
+        """Its worker ``wid`` died: ``Restart`` (go RESTARTING) or
+        ``StayDead`` (go DEAD), or None when ``wid`` is not its live worker."""
+        from .actor_restarts import Restart
+        if self.state != ALIVE or wid != self.worker_wid:
+            return None
+        decision = self.restarts.worker_died(reason)
+        if isinstance(decision, Restart):
+            self.state = RESTARTING
+        else:
+            self.died(decision.reason)
+        self.worker_wid = self.worker_addr = self.node_id = None
+        return decision
+
+    def restart_failed(self, reason: str) -> None:
+        """A restart could not place or start it (unschedulable, __init__ raised)."""
+        self.died(reason)
+
+    def died(self, reason: str) -> None:
+        self.state = DEAD
+        self.reason = reason
+        self.worker_wid = self.worker_addr = self.node_id = None
+
+    def location(self, dead_worker: bytes | None) -> str:
+        """What a caller that asks where it is gets now: "answer" (its
+        location), "dead" (the reason) or "wait" (restarting, or the caller
+        saw ``dead_worker`` die before the head did)."""
+        if self.state == DEAD:
+            return "dead"
+        if self.state == RESTARTING or (dead_worker is not None
+                                        and dead_worker == self.worker_wid):
+            return "wait"
+        return "answer"
+
+    def options(self) -> dict:
+        return {"max_restarts": self.restarts.max_restarts,
+                "max_task_retries": self.restarts.max_task_retries, "detached": True}
+
+    def validate(self) -> None:
+        self.restarts.validate()
+        assert self.state in (ALIVE, RESTARTING, DEAD)
+        assert (self.worker_wid is not None) == (self.state == ALIVE)

@@ -67,6 +67,14 @@ class ForgetSpec(NamedTuple):
 Decision = Union[Rebuild, Unrecoverable, None]
 
 
+# An entry nothing links to and that was never re-run, evicted or released
+# (most tasks: they take no owned results of other tasks) is kept as the
+# plain tuple (size, max_retries): cheaper to make than an _Entry, and
+# untracked by the cyclic GC (it holds only ints), which matters since many
+# thousands of them may be alive. ``_full`` turns it into an _Entry the
+# first time anything about it changes.
+
+
 @dataclass(slots=True)
 class _Entry:
     upstream: tuple          # tasks that made its owned arguments (linked while kept)
@@ -103,8 +111,8 @@ class Lineage:
         if upstream:       # (most tasks have none: this runs once per task)
             links = tuple(u for u in dict.fromkeys(upstream) if u in entries and u != tid)
             for u in links:
-                entries[u].dependents += 1
-        entries[tid] = _Entry(links, size, max_retries)
+                self._full(u).dependents += 1
+        entries[tid] = _Entry(links, size, max_retries) if links else (size, max_retries)
         self._kept[tid] = None
         self._bytes += size
         return self._evict() if self._bytes > self.max_bytes else []
@@ -114,6 +122,11 @@ class Lineage:
         e = self._entries.get(tid)
         if e is None:              # not recorded (an actor call, a generator)
             return []
+        if type(e) is tuple:       # the common case: nothing else holds it
+            del self._entries[tid]
+            del self._kept[tid]
+            self._bytes -= e[0]
+            return [ForgetSpec(tid)]
         e.returns_alive = False
         if not (e.upstream or e.dependents or e.rebuilding or e.evicted):
             del self._entries[tid]             # the common case, without the worklist
@@ -126,9 +139,9 @@ class Lineage:
         """Every copy of oid (made by tid; None: a put) is gone and it is needed."""
         if tid is None:
             return self._unrecoverable(oid, PUT)
-        e = self._entries.get(tid)
-        if e is None:
+        if tid not in self._entries:
             return self._unrecoverable(oid, UNKNOWN)
+        e = self._full(tid)
         if e.evicted:
             return self._unrecoverable(
                 oid, f"its lineage was evicted (max_lineage_bytes={self.max_bytes})")
@@ -147,7 +160,7 @@ class Lineage:
     def rebuilt(self, tid: TaskId) -> list[ForgetSpec]:
         """The re-run of tid ended (with its results or an error)."""
         e = self._entries.get(tid)
-        if e is None or not e.rebuilding:
+        if e is None or type(e) is tuple or not e.rebuilding:
             return []
         e.rebuilding = False
         return self._drop_unneeded([tid]) + self._evict()
@@ -156,7 +169,7 @@ class Lineage:
     def kept(self, tid: TaskId) -> bool:
         """Is the spec of tid still needed (recorded, not evicted, not released)?"""
         e = self._entries.get(tid)
-        return e is not None and not e.evicted
+        return e is not None and (type(e) is tuple or not e.evicted)
 
     def stats(self) -> dict:
         return dict(self._stats, lineages=len(self._entries), kept=len(self._kept),
@@ -176,11 +189,14 @@ class Lineage:
             if self._bytes - freeing <= self.max_bytes:
                 break
             e = self._entries[tid]
-            if not e.rebuilding:              # (a spec running again stays)
+            if type(e) is tuple:
+                victims.append(tid)
+                freeing += e[0]
+            elif not e.rebuilding:            # (a spec running again stays)
                 victims.append(tid)
                 freeing += e.size
         for tid in victims:
-            e = self._entries[tid]
+            e = self._full(tid)
             e.evicted = True
             del self._kept[tid]
             self._bytes -= e.size
@@ -202,7 +218,8 @@ class Lineage:
         while stack:
             tid = stack.pop()
             e = self._entries.get(tid)
-            if e is None or e.returns_alive or e.dependents or e.rebuilding:
+            if e is None or type(e) is tuple or e.returns_alive or e.dependents \
+                    or e.rebuilding:       # (a tuple entry's returns are alive)
                 continue
             del self._entries[tid]
             if not e.evicted:
@@ -214,10 +231,24 @@ class Lineage:
                 stack.append(u)
         return out
 
+    def _full(self, tid: TaskId) -> _Entry:
+        e = self._entries[tid]
+        if type(e) is tuple:
+            e = self._entries[tid] = _Entry((), e[0], e[1])
+        return e
+
+    def _size(self, tid: TaskId) -> int:
+        e = self._entries[tid]
+        return e[0] if type(e) is tuple else e.size
+
     # ------------------------------------------------------------ invariants
     def validate(self) -> None:
         dependents: dict = {}
         for tid, e in self._entries.items():
+            if type(e) is tuple:
+                assert len(e) == 2 and e[0] >= 0 and e[1] >= -1, (tid, e)
+                assert tid in self._kept, tid
+                continue
             for u in e.upstream:
                 assert u in self._entries, (tid, u)
                 dependents[u] = dependents.get(u, 0) + 1
@@ -226,8 +257,12 @@ class Lineage:
             assert e.returns_alive or e.dependents or e.rebuilding, (tid, e)  # else dropped
             assert e.max_retries == -1 or e.rebuilds <= e.max_retries, (tid, e)
         for tid, e in self._entries.items():
+            if type(e) is tuple:
+                assert tid not in dependents, tid     # linked ones are _Entry
+                continue
             assert e.dependents == dependents.get(tid, 0), (tid, e, dependents.get(tid))
         assert self._kept.keys() <= self._entries.keys()
-        assert self._bytes == sum(self._entries[t].size for t in self._kept), self._bytes
+        assert self._bytes == sum(self._size(t) for t in self._kept), self._bytes
         assert self._bytes <= self.max_bytes or all(
-            self._entries[t].rebuilding for t in self._kept), (self._bytes, self.max_bytes)
+            type(self._entries[t]) is not tuple and self._entries[t].rebuilding
+            for t in self._kept), (self._bytes, self.max_bytes)

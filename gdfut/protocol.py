@@ -102,6 +102,8 @@ HEAD_PROCESSES_DIED = 69  # [wid, ...]: a node saw these drivers/workers go
 HEAD_DEAD_PROCESSES = 70  # req: since_seq -> [seq, [wid, ...]] died after since_seq
 HEAD_PROCESSES_STARTED = 71   # node_id, [wid, ...][, snapshot]: drivers/workers that registered there
 HEAD_ACTOR_PLACED = 72    # req: actor_id, worker_wid, worker_addr: a detached actor's worker owns it
+HEAD_ACTOR_SPEC = 73      # req: actor_id, worker_wid, worker_addr, node_id, spec: the head restarts it
+HEAD_ACTOR_LOCATION = 74  # req: actor_id, dead_worker|None -> [addr, wid, node_id, options] | error
 # placement groups (gdfut.util): driver/worker -> head
 HEAD_PG_CREATE = 80       # req: pg_id, name, bundles, strategy, detached -> True
 HEAD_PG_REMOVE = 81       # req: pg_id -> True

@@ -48,7 +48,7 @@ DEFAULT_GENERATOR_BACKPRESSURE = 10_000   # items made and not consumed, per str
 MAX_GENERATOR_BACKPRESSURE = 1_000_000    # what Ray's -1 ("no backpressure") means here
 
 
-@dataclass
+@dataclass(slots=True)       # no __dict__: one object less per task for the GC to scan
 class TaskSpec:
     tid: bytes
     fn_id: bytes
@@ -547,7 +547,9 @@ class TaskSubmitter:
             self._end_stream(spec, returns)
         self.specs.pop(spec.tid, None)
         self.manager.finished(spec.tid)
-        spec.held = []
+        spec.held = ()
+        if spec.tid in self.lineage:
+            shrink_kept_spec(spec)
         rt.run_instructions(rt.table.task_finished(spec.tid))
         if spec.rebuild:
             spec.rebuild = False
@@ -735,6 +737,19 @@ def cancelled_error(name: str, tid: bytes, force: bool = False) -> TaskCancelled
     """What the caller's get raises for a cancelled task: which task it was."""
     how = " (force=True: its worker was killed)" if force else ""
     return TaskCancelledError(f"task {name} (task id {short(tid)}) was cancelled{how}")
+
+
+def shrink_kept_spec(spec: TaskSpec) -> None:
+    """A finished task's spec kept as lineage: its empty lists become the
+    empty tuple (no object of their own for the cyclic GC to scan; with
+    thousands of kept specs, W1's, that was most of what keeping lineage
+    cost). A re-run copies the arguments into lists again (``_rebuild``)."""
+    if not spec.args:
+        spec.args = spec.orig_args = ()
+    if not spec.kwargs:
+        spec.kwargs = spec.orig_kwargs = ()
+    if not spec.deps and not spec.nested:    # (deps + nested: both of one kind)
+        spec.deps = spec.nested = ()
 
 
 def lineage_bytes(spec: TaskSpec) -> int:

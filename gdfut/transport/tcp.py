@@ -18,6 +18,9 @@ log = logging.getLogger("gdfut.transport")
 MAX_PENDING_MESSAGES = 1_000_000   # bound on the unsent queue of one connection
 AUTH_TIMEOUT_S = 10.0
 MAX_PENDING_HANDSHAKES = 256       # unauthenticated connections per listener at once
+# Linux TCP states (include/net/tcp_states.h) in which the peer has closed:
+# CLOSE (after a reset) and CLOSE_WAIT (its FIN arrived).
+_PEER_CLOSED_STATES = (7, 8)
 
 
 class HandshakeGate:
@@ -70,6 +73,7 @@ class FramedConnection(asyncio.Protocol):
         self._waiting: dict[int, asyncio.Future] = {}
         self._closed = False
         self._loop = asyncio.get_running_loop()
+        self._tcp_sock = None       # for peer_closed(), where TCP_INFO is known
 
     # --- asyncio.Protocol -------------------------------------------------
     def connection_made(self, transport):
@@ -77,6 +81,8 @@ class FramedConnection(asyncio.Protocol):
         sock = transport.get_extra_info("socket")
         if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if hasattr(socket, "TCP_INFO"):
+                self._tcp_sock = sock
         if self.server_side:
             if self._gate is not None:
                 if not self._gate.enter():
@@ -225,6 +231,21 @@ class FramedConnection(asyncio.Protocol):
     @property
     def closed(self) -> bool:
         return self._closed
+
+    def peer_closed(self) -> bool:
+        """The peer has closed, though this loop may not have read that yet
+        (the kernel holds its FIN or reset): one getsockopt. Lets a caller
+        tell a message it would send to a process already dead from one the
+        process may have received. False where the kernel does not say."""
+        if self._closed:
+            return True
+        if self._tcp_sock is None:
+            return False
+        try:
+            info = self._tcp_sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 8)
+        except OSError:
+            return True
+        return info[0] in _PEER_CLOSED_STATES
 
     def close(self):
         if not self._closed:

@@ -132,3 +132,38 @@ def test_only_actor_leases_are_detached():
     lease = m.request_lease("r1", ResourceSet({"CPU": 1}), "c")[0]
     assert not m.detach(lease.lease_id, "c")
     assert not m.detach(999, "c")
+
+
+# ------------------------------------------------- detached actor restarts
+def _detached(max_restarts=1):
+    from gdfut.actor_restarts import ActorRestarts
+    from gdfut.head_state import DetachedActor
+    rec = DetachedActor(b"a" * 16, {}, ActorRestarts(max_restarts, 0))
+    rec.placed(b"w1", ("h", 1), b"n1")
+    return rec
+
+
+def test_the_head_restarts_a_detached_actor_until_out_of_restarts():
+    from gdfut.actor_restarts import Restart, StayDead
+    rec = _detached(max_restarts=1)
+    assert rec.worker_died(b"other", "x") is None            # not its worker: nothing
+    assert rec.location(None) == "answer"
+    assert rec.location(b"w1") == "wait"                     # the caller saw it die first
+    assert rec.worker_died(b"w1", "its worker process died") == Restart(1)
+    assert rec.state == "RESTARTING" and rec.location(None) == "wait"
+    rec.validate()
+    assert rec.worker_died(b"w1", "again") is None           # one decision per death
+    rec.placed(b"w2", ("h", 2), b"n1")
+    assert rec.location(b"w1") == "answer"                   # the new worker is not the dead one
+    decision = rec.worker_died(b"w2", "its worker process died")
+    assert isinstance(decision, StayDead) and "restarted 1 time" in decision.reason
+    assert rec.state == "DEAD" and rec.location(None) == "dead" and rec.reason == decision.reason
+    rec.validate()
+
+
+def test_a_detached_actor_whose_restart_fails_is_dead_with_the_reason():
+    rec = _detached(max_restarts=-1)
+    rec.worker_died(b"w1", "died")
+    rec.restart_failed("it cannot be scheduled: no node has GPU=8")
+    assert rec.state == "DEAD" and "GPU=8" in rec.reason
+    rec.validate()

@@ -13,6 +13,7 @@ from gdfut.node_pgs import NodeBundles
 from gdfut.node import NodeDaemon, _node_view
 from gdfut.supervise import Supervisor
 from gdfut.transport.tcp import HandshakeGate
+from gdfut.head_actors import DetachedActors
 
 WID = b"w" * 16
 OID = b"o" * 20
@@ -29,7 +30,8 @@ def _handled_types(cls):
     handled = {getattr(P, name) for name in re.findall(r"P\.([A-Z_]+):", table)}
     # tables merged in from helpers (placement groups: head_pgs, node_pgs)
     for helper in re.findall(r"self\.dispatch\.update\(self\.(\w+)\.handlers\(\)\)", src):
-        helper_cls = {"pgs": PlacementGroups, "bundles": NodeBundles}[helper]
+        helper_cls = {"pgs": PlacementGroups, "bundles": NodeBundles,
+                      "detached": DetachedActors}[helper]
         body = inspect.getsource(helper_cls.handlers)
         handled |= {getattr(P, name) for name in re.findall(r"P\.([A-Z_]+):", body)}
     return handled
