@@ -85,10 +85,15 @@ def check_device_store(nbytes: int | None, option: str, num_gpus, *, memory_tota
 
 def check_spill_dir(path, option: str) -> str | None:
     """The absolute spill directory (None: the default under the session
-    directory). Made if missing; refused if it is not a directory, cannot be
-    made, or a file cannot be written in it."""
+    directory), checked as ``check_writable_dir``."""
     if path is None or path == "":
         return None
+    return check_writable_dir(path, option)
+
+
+def check_writable_dir(path, option: str) -> str:
+    """``path`` made absolute; made if missing; refused if it is not a
+    directory, cannot be made, or a file cannot be written in it."""
     try:
         path = os.fspath(path)
     except TypeError:
