@@ -91,6 +91,7 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                              "--device-store-memory`")
         if address in (None, "local"):
             from .tier_options import check_store_options
+            _check_node_resources(num_cpus, num_gpus, resources)
             tiers = check_store_options(object_store_memory, device_store_memory, spill_dir,
                                         num_gpus)
             _start_embedded(num_cpus, num_gpus, resources, tiers["object_store_memory"],
@@ -107,6 +108,23 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         rt.log_to_driver = bool(log_to_driver)
         atexit.register(shutdown)
         return _context()
+
+
+def _check_node_resources(num_cpus, num_gpus, resources) -> None:
+    """What the node would refuse at its start (a negative, non-finite or
+    1.5 GPU count, CPU in resources=...), refused here, before it starts."""
+    import numbers
+    from .sched.resources import ResourceSet
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"init({name}=...) must be a number, got {value!r}")
+    if resources is not None and not isinstance(resources, dict):
+        raise TypeError(f"init(resources=...) must be a dict of resource name to amount, "
+                        f"got {type(resources).__name__}")
+    try:
+        ResourceSet.from_options(num_cpus, num_gpus, resources)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"init(): {exc}") from None
 
 
 def _check_join_options(**given) -> None:

@@ -35,6 +35,20 @@ def test_init_refuses_bad_store_options(monkeypatch, kwargs, match):
     assert_refused_at_once(match, **kwargs)
 
 
+@pytest.mark.parametrize("kwargs, error, match", [
+    ({"num_gpus": -1}, ValueError, "init\\(\\): resource 'GPU' must be >= 0"),
+    ({"num_cpus": float("nan")}, ValueError, "resource 'CPU' must be finite"),
+    ({"num_gpus": "2"}, TypeError, "num_gpus=...\\) must be a number"),
+    ({"resources": "x"}, TypeError, "resources=...\\) must be a dict"),
+    ({"resources": {"CPU": 3}}, ValueError, "use num_cpus= instead"),
+])
+def test_init_refuses_bad_node_resources_before_starting_it(kwargs, error, match):
+    t0 = time.monotonic()
+    with pytest.raises(error, match=match):
+        gdfut.init(**kwargs)
+    assert time.monotonic() - t0 < 5 and not child_processes()
+
+
 def test_init_refuses_a_spill_dir_that_cannot_be_used(tmp_path):
     afile = tmp_path / "file"
     afile.write_text("not a directory")
