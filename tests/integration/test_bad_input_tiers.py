@@ -7,7 +7,7 @@ import pytest
 
 import gdfut
 from gdfut import cli, cluster
-from helpers import child_processes
+from helpers import assert_no_leaks, child_processes
 
 TB = 1 << 40
 
@@ -100,3 +100,32 @@ def test_a_node_that_fails_to_start_says_why(tmp_path):
         node.stop()
     assert not child_processes()
     assert os.path.exists(node.err_path)
+
+
+@gdfut.remote(max_retries=0)
+def make_bytes(n):
+    import numpy as np
+    return np.ones(n, dtype=np.uint8)
+
+
+def test_an_object_larger_than_all_tiers_names_sizes_and_spill_dir(tmp_path, monkeypatch):
+    """64 MiB host + a 16 MiB disk quota: a 100 MiB put, and a task returning
+    100 MiB, fail with ObjectStoreFullError naming the sizes and where the
+    disk tier is; nothing is left."""
+    import numpy as np
+    from gdfut.exceptions import ObjectStoreFullError
+    monkeypatch.setenv("GDFUT_SPILL_CAPACITY", str(16 << 20))
+    spill = str(tmp_path / "spill")
+    info = gdfut.init(num_cpus=1, object_store_memory=64 << 20, spill_dir=spill)
+    try:
+        for attempt in (lambda: gdfut.put(np.zeros(100 << 20, dtype=np.uint8)),
+                        lambda: gdfut.get(make_bytes.remote(100 << 20), timeout=60)):
+            with pytest.raises(ObjectStoreFullError) as err:
+                attempt()
+            text = str(err.value)
+            assert "larger than all tiers together" in text and str(64 << 20) in text
+            assert str(16 << 20) in text and spill in text, text
+        assert gdfut.get(make_bytes.remote(1 << 20)).sum() == 1 << 20   # still works
+    finally:
+        gdfut.shutdown()
+    assert_no_leaks(info["session_dir"], spill)
