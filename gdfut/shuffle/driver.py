@@ -153,6 +153,11 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
         raise TypeError(f"inputs must be an iterable of map inputs (ObjectRefs, callables or "
                         f"values), got {type(inputs).__name__}") from None
     part = resolve(partitioner)
+    for name, opts in (("map_options", map_options), ("merge_options", merge_options),
+                       ("reduce_options", reduce_options)):
+        if opts is not None and (not isinstance(opts, dict) or "num_returns" in opts):
+            raise ValueError(f"{name} must be a dict of task options without num_returns (the "
+                             f"shuffle sets it), got {opts!r:.100}")
     if map_parallelism is None:
         # two maps per CPU: the next map is queued when one finishes, so no CPU
         # idles while the driver reacts to a completion (double buffering)

@@ -65,6 +65,9 @@ def test_bad_arguments_named(cluster, tmp_path):
         shuffle(5, None, sort_reduce, 2, progress=False)
     with pytest.raises(TypeError, match="merge_fn must be callable"):
         shuffle(inputs(), None, sort_reduce, 2, merge_fn="concat", progress=False)
+    with pytest.raises(ValueError, match="map_options must be a dict of task options without "
+                                         "num_returns"):
+        shuffle(inputs(), None, sort_reduce, 2, map_options={"num_returns": 2}, progress=False)
     afile = tmp_path / "file"
     afile.write_text("x")
     with pytest.raises(ValueError, match="output_dir .* is not a directory"):
