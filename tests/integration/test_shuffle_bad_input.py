@@ -8,7 +8,6 @@ import sys
 import time
 
 import cloudpickle
-import numpy as np
 import pytest
 
 import gdfut
