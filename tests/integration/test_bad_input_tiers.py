@@ -76,10 +76,14 @@ def test_gdfut_start_refuses_bad_store_options(tmp_path, capsys, flags, match):
     afile.write_text("x")
     session = tmp_path / "session"
     flags = [str(afile) if f == "FILE" else f for f in flags]
-    assert cli.main(["start", "--head", "--num-cpus", "1", "--session-dir", str(session),
-                     *flags]) == 1
+    try:
+        code = cli.main(["start", "--head", "--num-cpus", "1", "--session-dir", str(session),
+                         *flags])
+    finally:
+        if (session / "pids").exists():     # it started a cluster after all: stop it
+            cli.main(["stop", "--session-dir", str(session)])
     err = capsys.readouterr().err
-    assert re.search(match, err), err
+    assert code == 1 and re.search(match, err), err
     assert "Traceback" not in err
     assert not session.exists()             # refused before a session (or daemon) started
     assert not child_processes()
