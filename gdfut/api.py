@@ -70,16 +70,18 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
     if max_lineage_bytes is not None and (not isinstance(max_lineage_bytes, int) or isinstance(
             max_lineage_bytes, bool) or max_lineage_bytes < 0):
         raise ValueError(f"max_lineage_bytes must be an int >= 0, got {max_lineage_bytes!r}")
-    if device_store_memory is not None and (not isinstance(device_store_memory, int) or isinstance(
-            device_store_memory, bool) or device_store_memory < 0):
-        raise ValueError(f"device_store_memory must be an int >= 0 (bytes per GPU), "
-                         f"got {device_store_memory!r}")
+    from .tier_options import check_bytes
+    check_bytes(object_store_memory, "object_store_memory")
+    check_bytes(device_store_memory, "device_store_memory", allow_zero=True)
     with _lock:
         if runtime_context.current() is not None:
             if ignore_reinit_error:
                 return _context()
             raise RuntimeError("gdfut.init() was already called; call gdfut.shutdown() first "
                                "or pass ignore_reinit_error=True")
+        if address not in (None, "local"):
+            _check_join_options(num_cpus=num_cpus, num_gpus=num_gpus, resources=resources,
+                                object_store_memory=object_store_memory)
         if spill_dir is not None and address not in (None, "local"):
             raise ValueError("spill_dir= applies to the cluster init() starts; a running "
                              "cluster's nodes take it from `gdfut start --spill-dir`")
@@ -88,8 +90,13 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
                              "running cluster's nodes take it from `gdfut start "
                              "--device-store-memory`")
         if address in (None, "local"):
-            _start_embedded(num_cpus, num_gpus, resources, object_store_memory, spill_dir,
-                            max_lineage_bytes, namespace, device_store_memory)
+            from .tier_options import check_store_options
+            _check_node_resources(num_cpus, num_gpus, resources)
+            tiers = check_store_options(object_store_memory, device_store_memory, spill_dir,
+                                        num_gpus)
+            _start_embedded(num_cpus, num_gpus, resources, tiers["object_store_memory"],
+                            tiers["spill_dir"], max_lineage_bytes, namespace,
+                            tiers["device_store_memory"])
         else:
             _join(address, session_dir, max_lineage_bytes, namespace)
         rt = runtime_context.require()
@@ -101,6 +108,33 @@ def init(address: str | None = None, *, num_cpus: float | None = None,
         rt.log_to_driver = bool(log_to_driver)
         atexit.register(shutdown)
         return _context()
+
+
+def _check_node_resources(num_cpus, num_gpus, resources) -> None:
+    """What the node would refuse at its start (a negative, non-finite or
+    1.5 GPU count, CPU in resources=...), refused here, before it starts."""
+    import numbers
+    from .sched.resources import ResourceSet
+    for name, value in (("num_cpus", num_cpus), ("num_gpus", num_gpus)):
+        if value is not None and (isinstance(value, bool) or not isinstance(value, numbers.Real)):
+            raise TypeError(f"init({name}=...) must be a number, got {value!r}")
+    if resources is not None and not isinstance(resources, dict):
+        raise TypeError(f"init(resources=...) must be a dict of resource name to amount, "
+                        f"got {type(resources).__name__}")
+    try:
+        ResourceSet.from_options(num_cpus, num_gpus, resources)
+    except (TypeError, ValueError) as exc:
+        raise type(exc)(f"init(): {exc}") from None
+
+
+def _check_join_options(**given) -> None:
+    """As Ray: a running cluster's resources and store are its nodes' own."""
+    named = [name for name, value in given.items() if value is not None]
+    if named:
+        raise ValueError(f"When connecting to an existing cluster, {' and '.join(named)} "
+                         f"must not be provided: they are set where its nodes start "
+                         f"(`gdfut start --num-cpus/--num-gpus/--resources/"
+                         f"--object-store-memory`)")
 
 
 _RAY_OPTIONS_IGNORED = {"runtime_env", "logging_level", "logging_format",
@@ -252,7 +286,9 @@ def get(refs, *, timeout: float | None = None, device: str | None = None):
     back as a cupy array on a machine with a real GPU, numpy in CPU mode;
     ``device="cpu"`` always gives numpy."""
     if device not in (None, "cpu", "gpu", "cuda"):
-        raise ValueError(f"get(device=...) takes None, 'cpu' or 'cuda', got {device!r}")
+        raise ValueError(f"get(device=...) takes None, 'cpu' or 'cuda' (or its alias 'gpu'), "
+                         f"got {device!r}: device objects come back on the device that "
+                         f"is current in this process; 'cpu' gives numpy")
     return runtime_context.require().get(refs, timeout, device=device)
 
 

@@ -318,10 +318,6 @@ def _spawn_node(args, session_dir, head_addr) -> tuple:
 
 
 def cmd_start(args) -> int:
-    if args.object_store_memory is not None and args.object_store_memory <= 0:
-        raise CliError("--object-store-memory must be a positive number of bytes")
-    if args.device_store_memory is not None and args.device_store_memory < 0:
-        raise CliError("--device-store-memory must be >= 0 bytes (per GPU)")
     if args.num_cpus is not None and args.num_cpus < 0:
         raise CliError("--num-cpus must be >= 0")
     if args.num_gpus is not None and args.num_gpus < 0:
@@ -330,9 +326,25 @@ def cmd_start(args) -> int:
     if args.head == bool(args.address):
         raise CliError("give exactly one of --head (start a new cluster) or "
                        "--address HOST:PORT (join one)")
+    _check_tiers(args)
     if args.head:
         return _start_head(args)
     return _start_worker_node(args)
+
+
+def _check_tiers(args) -> None:
+    """The store options, checked (and the spill directory made) before any
+    daemon starts."""
+    from .tier_options import TierOptionError, check_store_options
+    try:
+        tiers = check_store_options(args.object_store_memory, args.device_store_memory,
+                                    args.spill_dir, args.num_gpus,
+                                    names={"object_store_memory": "--object-store-memory",
+                                           "device_store_memory": "--device-store-memory",
+                                           "spill_dir": "--spill-dir", "num_gpus": "--num-gpus"})
+    except TierOptionError as exc:
+        raise CliError(str(exc)) from None
+    args.spill_dir = tiers["spill_dir"]
 
 
 def _is_restartable_session(path: str | None) -> bool:

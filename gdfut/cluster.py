@@ -116,18 +116,24 @@ def pid_alive(pid: int) -> bool:
 class Daemon:
     """A started daemon process and what it printed when ready."""
 
-    def __init__(self, popen: subprocess.Popen, kind: str):
+    def __init__(self, popen: subprocess.Popen, kind: str, err_path: str | None = None):
         self.popen = popen
         self.kind = kind
+        self.err_path = err_path          # its stderr
         self.info: dict | None = None
 
     def wait_ready(self, timeout: float = STARTUP_TIMEOUT_S) -> dict:
         if self.info is None:
             line = _readline(self.popen, timeout)
             if not line:
-                code = self.popen.poll()
-                raise RuntimeError(f"gdfut {self.kind} failed to start (exit code {code}); "
-                                   f"see its log in the session directory")
+                try:              # it exited (or closed stdout): let it finish its stderr
+                    code = self.popen.wait(1.0)
+                except subprocess.TimeoutExpired:
+                    code = None
+                why = last_error_line(self.err_path)
+                raise RuntimeError(f"gdfut {self.kind} failed to start (exit code {code})"
+                                   + (f": {why}" if why else "")
+                                   + f"; see its log in {self.err_path or 'the session directory'}")
             self.info = json.loads(line)
         return self.info
 
@@ -142,6 +148,19 @@ class Daemon:
                 p.wait()
         if p.stdout is not None:
             p.stdout.close()
+
+
+def last_error_line(path: str | None, max_bytes: int = 16384) -> str:
+    """The last non-empty line of a daemon's stderr (what it died of)."""
+    if not path:
+        return ""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, os.path.getsize(path) - max_bytes))
+            lines = f.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    return next((ln.strip() for ln in reversed(lines) if ln.strip()), "")[:500]
 
 
 def _readline(popen, timeout):
@@ -162,7 +181,8 @@ def spawn_head(session_dir, port=0, bind="127.0.0.1", embedded=False, detach=Fal
            "--bind", bind]
     if embedded:
         cmd.append("--embedded")
-    return Daemon(_popen(cmd, session_dir, "head", detach), "head")
+    popen, err = _popen(cmd, session_dir, "head", detach)
+    return Daemon(popen, "head", err)
 
 
 def spawn_node(session_dir, head_addr, num_cpus, num_gpus=None, resources=None,
@@ -188,14 +208,17 @@ def spawn_node(session_dir, head_addr, num_cpus, num_gpus=None, resources=None,
         cmd += ["--device-store-memory", str(int(device_store_memory))]
     if embedded:
         cmd.append("--embedded")
-    return Daemon(_popen(cmd, session_dir, "node", detach), "node")
+    popen, err = _popen(cmd, session_dir, "node", detach)
+    return Daemon(popen, "node", err)
 
 
-def _popen(cmd, session_dir, kind, detach):
-    err = open(os.path.join(session_dir, "logs", f"{kind}-{time.time_ns()}.err"), "ab")
+def _popen(cmd, session_dir, kind, detach) -> tuple:
+    """(the process, the path of its stderr)."""
+    path = os.path.join(session_dir, "logs", f"{kind}-{time.time_ns()}.err")
+    err = open(path, "ab")
     try:
         return subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
-                                stderr=err, start_new_session=detach)
+                                stderr=err, start_new_session=detach), path
     finally:
         err.close()
 

@@ -1055,6 +1055,22 @@ def _worker_env():
     return env
 
 
+def _check_tiers(args) -> None:
+    """The node started by hand (or by an old driver) checks its store
+    options too: one line on stderr, which the starter shows, and exit 2."""
+    from .tier_options import TierOptionError, check_store_options
+    try:
+        tiers = check_store_options(args.object_store_memory, args.device_store_memory,
+                                    args.spill_dir, args.num_gpus,
+                                    names={"object_store_memory": "--object-store-memory",
+                                           "device_store_memory": "--device-store-memory",
+                                           "spill_dir": "--spill-dir", "num_gpus": "--num-gpus"})
+    except TierOptionError as exc:
+        print(f"gdfut.node: error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    args.spill_dir = tiers["spill_dir"]
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(prog="gdfut.node")
     ap.add_argument("--session-dir", required=True)
@@ -1077,6 +1093,7 @@ def main(argv=None):
     ap.add_argument("--embedded", action="store_true")
     ap.add_argument("--transport", default=None, help="data plane: tcp (default) or ucx")
     args = ap.parse_args(argv)
+    _check_tiers(args)
     args.num_gpus, resources = declared_resources(args.num_gpus, args.resources)
     args.resources = json.dumps(resources)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s",

@@ -254,7 +254,10 @@ class TieredStore:
     def fail(self, ins: tp.Fail) -> None:
         c = self.creates.pop(ins.req, None)
         if c is not None:
-            c.done(None, ins.message)
+            # the disk tier is what the spill directory's filesystem has free:
+            # say where it is, a full disk is the usual reason
+            c.done(None, f"{ins.message}; the disk tier is the free space under the spill "
+                         f"directory {self.disk.spill_dir}")
             return
         log.warning("restore of %s given up: %s", short(ins.oid), ins.message)
         for _, _, done in self.pin_waiters.pop(ins.oid, ()):

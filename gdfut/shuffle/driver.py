@@ -3,10 +3,12 @@ instructions with ``remote``/``wait``/``get`` and feeds completions back."""
 from __future__ import annotations
 
 import time
+import traceback
 from dataclasses import dataclass, field
 
 import gdfut
 from gdfut import protocol as P, runtime_context
+from gdfut.exceptions import TaskError
 from gdfut.scheduling_strategies import NodeAffinitySchedulingStrategy
 from gdfut.shuffle import tasks
 from gdfut.shuffle.partition import resolve
@@ -19,6 +21,7 @@ STATS_EVERY_S = 1.0     # node stats come with the 1 s heartbeat: no use polling
 # the same store, so rounds are merged only while a reducer would read more
 # blocks than this (per-object costs: a pin and a store entry each)
 ONE_NODE_MAX_REDUCER_BLOCKS = 256
+ABORT_WAIT_S = 10.0     # a failed shuffle waits this long at most for its cancelled tasks
 
 
 @dataclass
@@ -132,6 +135,8 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
     after it died) or ``"hard"`` (always there; a dead node fails them).
     Returns the reducers' refs, in reducer order, once all are done.
     """
+    if isinstance(num_reducers, bool) or not isinstance(num_reducers, int) or num_reducers < 1:
+        raise ValueError(f"num_reducers must be an int >= 1, got {num_reducers!r}")
     if placement not in ("soft", "hard"):
         raise ValueError(f"placement must be 'soft' or 'hard', got {placement!r}")
     if strategy not in STRATEGIES:
@@ -140,15 +145,26 @@ def shuffle(inputs, map_fn, reduce_fn, num_reducers: int, partitioner="range",
         raise TypeError("reduce_fn must be callable: reduce_fn(blocks, reducer) -> result")
     if map_fn is not None and not callable(map_fn):
         raise TypeError("map_fn must be callable (or None)")
-    inputs = list(inputs)
+    if merge_fn is not None and not callable(merge_fn):
+        raise TypeError("merge_fn must be callable (or None): merge_fn(blocks) -> block")
+    try:
+        inputs = list(inputs)
+    except TypeError:
+        raise TypeError(f"inputs must be an iterable of map inputs (ObjectRefs, callables or "
+                        f"values), got {type(inputs).__name__}") from None
     part = resolve(partitioner)
+    for name, opts in (("map_options", map_options), ("merge_options", merge_options),
+                       ("reduce_options", reduce_options)):
+        if opts is not None and (not isinstance(opts, dict) or "num_returns" in opts):
+            raise ValueError(f"{name} must be a dict of task options without num_returns (the "
+                             f"shuffle sets it), got {opts!r:.100}")
     if map_parallelism is None:
         # two maps per CPU: the next map is queued when one finishes, so no CPU
         # idles while the driver reacts to a completion (double buffering)
         map_parallelism = 2 * max(1, int(gdfut.cluster_resources().get("CPU", 1)))
     if output_dir is not None:
-        import os
-        os.makedirs(output_dir, exist_ok=True)
+        from gdfut.tier_options import check_writable_dir
+        output_dir = check_writable_dir(output_dir, "output_dir")
     nodes = _alive_nodes()
     spread = len(nodes) > 1
     if max_reducer_blocks is None:
@@ -189,6 +205,39 @@ class _Run:
         self.monitor = SpillMonitor()
 
     def loop(self, bar) -> ShuffleOutput:
+        try:
+            return self._loop(bar)
+        except BaseException as exc:
+            self.abort()              # a failed (or interrupted) shuffle leaves nothing running
+            # the frames the error went through hold refs of this shuffle
+            # (the one that failed, a batch from wait): a caller that keeps
+            # the error must not keep its objects alive
+            traceback.clear_frames(exc.__traceback__)
+            raise
+
+    def abort(self) -> None:
+        """Cancel every task still running and drop every ref this shuffle
+        holds, so its blocks are freed (the error's traceback keeps ``self``
+        alive); waits, a bounded time, for the cancelled tasks to end."""
+        running = list(self.pending)
+        for ref in running:
+            try:
+                gdfut.cancel(ref)
+            except Exception:          # finished meanwhile, or the cluster is going away
+                pass
+        if running:
+            try:
+                gdfut.wait(running, num_returns=len(running), timeout=ABORT_WAIT_S,
+                           fetch_local=False)
+            except Exception:
+                pass
+        self.pending.clear()
+        self.map_blocks.clear()
+        self.merge_blocks.clear()
+        self.reduce_refs = [None] * len(self.reduce_refs)
+        self.inputs = []
+
+    def _loop(self, bar) -> ShuffleOutput:
         t0 = time.perf_counter()
         self.execute(self.p.start())
         while not self.p.done:
@@ -211,6 +260,24 @@ class _Run:
         out.stats = s
         return out
 
+    def name_failure(self, exc: BaseException, kind: str, i: int) -> None:
+        """Say in ``exc`` which of the user's functions failed, in which map,
+        merge or reduce: a TaskError's message is rewritten (its class, its
+        ``cause`` and the remote traceback stay); others get a note."""
+        count = {"map": self.p.num_maps, "reduce": self.p.num_reducers}.get(kind)
+        where = f"shuffle {kind} {i}" + (f" of {count}" if count else "")
+        fn = getattr(getattr(exc, "cause", None), tasks.FN_ATTR, None)
+        if fn is None:
+            fn = {"map": f"map_fn {tasks.fn_name(self.map_fn)}" if self.map_fn else "map",
+                  "merge": f"merge_fn {tasks.fn_name(self.merge_fn or tasks.concat_blocks)}",
+                  "reduce": f"reduce_fn {tasks.fn_name(self.reduce_fn)}"}[kind]
+        if isinstance(exc, TaskError):
+            role, _, name = fn.partition(" ")
+            TaskError.__init__(exc, f"{name} ({role} of {where})", exc.remote_traceback,
+                               exc.cause, exc.cause_cls_name, exc.cause_message)
+        else:
+            exc.add_note(f"in {where} ({fn})")
+
     def _mark(self, kind: str, first: bool) -> None:
         now = time.perf_counter()
         if first:
@@ -221,12 +288,15 @@ class _Run:
     def complete(self, ref) -> None:
         kind, i = self.pending.pop(ref)
         self._mark(kind, first=False)
+        try:
+            meta = gdfut.get(ref)   # raises here if the task failed
+        except Exception as exc:
+            self.name_failure(exc, kind, i)
+            raise
         if kind == "reduce":
-            gdfut.get(ref)          # raises here if the reducer failed
             self.stats.reduces += 1
             self.execute(self.p.reduce_done(i))
             return
-        meta = gdfut.get(ref)
         if kind == "map":
             self.stats.maps += 1
             self.stats.bytes_shuffled += sum(meta["bytes"])

@@ -163,17 +163,55 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _check_args(ap, a) -> None:
+    """Every flag checked before a cluster starts: ``ap.error`` (exit 2) names it."""
+    import math
     if a.maps < 1 or a.reducers < 1:
         ap.error("--maps and --reducers must be >= 1")
     if a.reducers > 1 << 16:
         ap.error("--reducers must be <= 65536 (range partitions split a 16-bit key prefix)")
-    if a.gib <= 0 and a.records is None:
-        ap.error("--gib must be > 0")
+    if a.records is None and not (math.isfinite(a.gib) and a.gib > 0):
+        ap.error(f"--gib must be a number > 0, got {a.gib}")
+    if a.records is not None and a.records < 0:
+        ap.error(f"--records must be >= 0, got {a.records}")
+    if a.merge_factor < 1:
+        ap.error(f"--merge-factor must be >= 1, got {a.merge_factor}")
+    if a.max_reducer_blocks is not None and a.max_reducer_blocks < 0:
+        ap.error(f"--max-reducer-blocks must be >= 0, got {a.max_reducer_blocks}")
+    if a.seed < 0:
+        ap.error(f"--seed must be >= 0, got {a.seed}")
+    if not (math.isfinite(a.skew) and a.skew >= 0):
+        ap.error(f"--skew must be a number >= 0, got {a.skew}")
+    if not (math.isfinite(a.gpus_per_task) and a.gpus_per_task >= 0):
+        ap.error(f"--gpus-per-task must be >= 0, got {a.gpus_per_task}")
+    if a.num_cpus is not None and not (math.isfinite(a.num_cpus) and a.num_cpus > 0):
+        ap.error(f"--num-cpus must be > 0 (the maps and reducers need CPUs), got {a.num_cpus}")
     if a.address and (a.num_cpus is not None or a.object_store_memory or a.spill_dir):
         ap.error("--num-cpus, --object-store-memory and --spill-dir apply to the cluster this "
                  "command starts; with --address the running cluster's settings hold")
     if a.session_dir and not a.address:
         ap.error("--session-dir names the session of the cluster --address joins")
+    _check_places(ap, a)
+
+
+def _check_places(ap, a) -> None:
+    """--address's form, the store options and --output-dir (made if missing)."""
+    from gdfut.tier_options import TierOptionError, check_store_options, check_writable_dir
+    if a.address and a.address != "auto":
+        from gdfut.api import _join_address
+        from gdfut.exceptions import InvalidAddressError
+        try:
+            _join_address(a.address, None)
+        except InvalidAddressError as exc:
+            ap.error(f"--address: {exc}")
+    try:
+        tiers = check_store_options(a.object_store_memory, None, a.spill_dir,
+                                    names={"object_store_memory": "--object-store-memory",
+                                           "spill_dir": "--spill-dir"})
+        if a.output_dir is not None:
+            a.output_dir = check_writable_dir(a.output_dir, "--output-dir")
+    except TierOptionError as exc:
+        ap.error(str(exc))
+    a.spill_dir = tiers["spill_dir"]
 
 
 def _print_report(rep: dict) -> None:
@@ -192,20 +230,27 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     _check_args(ap, a)
     import gdfut
-    if a.address:
-        gdfut.init(address=a.address, session_dir=a.session_dir, log_to_driver=True)
-    else:
-        gdfut.init(num_cpus=a.num_cpus, object_store_memory=a.object_store_memory,
-                   spill_dir=a.spill_dir)
+    from gdfut.exceptions import GdfutError
     try:
-        rep = run_sort(a.gib, a.maps, a.reducers, a.strategy, output_dir=a.output_dir,
-                       seed=a.seed, skew=a.skew, merge_factor=a.merge_factor,
-                       max_reducer_blocks=a.max_reducer_blocks,
-                       gpus_per_task=a.gpus_per_task,
-                       progress=False if (a.no_progress or a.json) else None,
-                       records=a.records, sorted_merges=a.sorted_merges)
-    finally:
-        gdfut.shutdown()
+        if a.address:
+            gdfut.init(address=a.address, session_dir=a.session_dir, log_to_driver=True)
+        else:
+            gdfut.init(num_cpus=a.num_cpus, object_store_memory=a.object_store_memory,
+                       spill_dir=a.spill_dir)
+        try:
+            rep = run_sort(a.gib, a.maps, a.reducers, a.strategy, output_dir=a.output_dir,
+                           seed=a.seed, skew=a.skew, merge_factor=a.merge_factor,
+                           max_reducer_blocks=a.max_reducer_blocks,
+                           gpus_per_task=a.gpus_per_task,
+                           progress=False if (a.no_progress or a.json) else None,
+                           records=a.records, sorted_merges=a.sorted_merges)
+        finally:
+            gdfut.shutdown()
+    except GdfutError as exc:      # no cluster there, a task that cannot run...: its message
+        print(f"{ap.prog}: error: {exc}", file=sys.stderr)
+        if a.json:
+            print(json.dumps({"ok": False, "error": f"{type(exc).__name__}: {exc}"}))
+        return 1
     _print_report(rep)
     if a.json:
         print(json.dumps(rep))

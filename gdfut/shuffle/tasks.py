@@ -60,16 +60,50 @@ def _returns(blocks: list):
     return (*blocks, _meta(blocks))
 
 
+FN_ATTR = "gdfut_shuffle_fn"     # on an error a user's function raised: which one
+
+
+def fn_name(fn) -> str:
+    fn = getattr(fn, "func", fn)             # functools.partial: the function inside
+    return getattr(fn, "__qualname__", None) or getattr(fn, "__name__", None) or repr(fn)[:60]
+
+
+def call_user(role: str, fn, *args):
+    """``fn(*args)``; an error it raises is marked with ``role`` and its name
+    (an attribute, which travels with the pickled error), so the driver can
+    say which of the user's functions failed, not only which task."""
+    try:
+        return fn(*args)
+    except Exception as exc:
+        try:
+            setattr(exc, FN_ATTR, f"{role} {fn_name(fn)}")
+        except Exception:    # an exception class with __slots__: the traceback still tells
+            pass
+        raise
+
+
+def check_block(block, what: str):
+    """A map's block must be an array with one row per record: a clear error
+    here, not an AttributeError from deep inside the partitioner."""
+    if not (hasattr(block, "shape") and hasattr(block, "ndim")):
+        raise TypeError(f"{what} returned {type(block).__name__}, but a shuffle block must "
+                        f"be an array with one row per record (numpy, or cupy on a GPU)")
+    return block
+
+
 def map_task(map_fn, partitioner, num_reducers: int, item):
     from gdfut.shuffle.partition import split
-    data = item() if callable(item) else item
-    block = map_fn(data) if map_fn is not None else data
-    pids = partitioner(block, num_reducers)
+    data = call_user("input", item) if callable(item) else item
+    if map_fn is not None:
+        block = check_block(call_user("map_fn", map_fn, data), f"map_fn {fn_name(map_fn)}")
+    else:
+        block = check_block(data, "the input (no map_fn)")
+    pids = call_user("partitioner", partitioner, block, num_reducers)
     return _returns(split(block, pids, num_reducers))
 
 
 def push_merge_task(merge_fn, *blocks):
-    merged = (merge_fn or concat_blocks)(list(blocks))
+    merged = call_user("merge_fn", merge_fn or concat_blocks, list(blocks))
     return _returns([merged])
 
 
@@ -77,7 +111,8 @@ def riffle_merge_task(merge_fn, num_reducers: int, *blocks):
     """blocks are map-major: block r of the i-th map at blocks[i * R + r]."""
     assert len(blocks) % num_reducers == 0
     fn = merge_fn or concat_blocks
-    merged = [fn(list(blocks[r::num_reducers])) for r in range(num_reducers)]
+    merged = [call_user("merge_fn", fn, list(blocks[r::num_reducers]))
+              for r in range(num_reducers)]
     return _returns(merged)
 
 
@@ -86,7 +121,7 @@ def partition_path(output_dir: str, reducer: int) -> str:
 
 
 def reduce_task(reduce_fn, reducer: int, output_dir, *blocks):
-    result = reduce_fn(list(blocks), reducer)
+    result = call_user("reduce_fn", reduce_fn, list(blocks), reducer)
     if output_dir is None:
         return result
     path = partition_path(output_dir, reducer)
