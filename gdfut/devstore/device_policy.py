@@ -25,7 +25,10 @@ Decisions:
 * a reader in another process (``access``) gets a host copy written without
   dropping the device copy (the producer may still use it);
 * a holder that exits (``evacuate``) moves all its objects down first; one
-  that dies (``holder_gone``) loses them (the owner rebuilds them);
+  that dies (``holder_gone``) loses them (the owner rebuilds them). Pins do
+  not hold an exiting holder's copies (its memory goes with its process),
+  but they stay counted: a reader that mapped a copy unpins it later, and
+  no new pin is granted on a copy that is going;
 * pins count the holder's own readers and readers in other processes that
   map the device copy (CUDA IPC, or a shared-memory segment of an emulated
   GPU): a free of a pinned object drops the device copy only once the last
@@ -85,6 +88,7 @@ class _DevObj:
     host_copy: bool = False     # a host copy exists
     move_failed: bool = False   # never picked again: the host refused it
     freed: bool = False         # freed while a move was in flight
+    evacuating: bool = False    # its holder exits: the device copy goes, pinned or not
 
 
 @dataclass
@@ -178,7 +182,7 @@ class DeviceTierPolicy:
         """The holder uses its device copy (a task's argument): True when the
         copy exists. A pin during a move keeps the device copy."""
         obj = self._objects.get(oid)
-        if obj is None or obj.freed:
+        if obj is None or obj.freed or obj.evacuating:
             return False
         obj.pins += count
         if obj.drop_after:
@@ -212,7 +216,7 @@ class DeviceTierPolicy:
         obj.host_copy = True
         self.totals["moved_down_objects"] += 1
         self.totals["moved_down_bytes"] += obj.size
-        if (obj.freed or obj.drop_after) and not obj.pins:
+        if (obj.freed or obj.drop_after) and (not obj.pins or obj.evacuating):
             return self._remove(obj) + self._progress(obj.gpu)
         obj.drop_after = False
         return self._progress(obj.gpu)
@@ -245,13 +249,15 @@ class DeviceTierPolicy:
         return self._remove(obj) + self._progress(obj.gpu)
 
     def evacuate(self, holder) -> list:
-        """The holder is about to exit: every object of it moves down (its
-        pins end with it); those with a host copy just leave."""
+        """The holder is about to exit: every object of it moves down, pinned
+        or not (its device memory ends with it); those with a host copy just
+        leave. Pins stay counted, so readers that mapped a copy can still
+        unpin it while its move is in flight."""
         out: list = []
         gpus = set()
         for obj in [o for o in self._objects.values() if o.holder == holder]:
             gpus.add(obj.gpu)
-            obj.pins = 0
+            obj.evacuating = True
             if obj.moving:
                 if not obj.drop_after:
                     obj.drop_after = True

@@ -326,7 +326,9 @@ class TierPolicy:
         return self._progress()
 
     def sealed(self, oid: ObjectId, now: int | None = None) -> list:
-        obj = self._objects[oid]
+        obj = self._objects.get(oid)
+        if obj is None:       # freed while written: the store drops it with its write pin
+            return []
         assert obj.state == _CREATING, obj
         obj.state = _SEALED
         self._touch(obj, now)

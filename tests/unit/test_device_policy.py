@@ -199,3 +199,24 @@ def test_an_evacuating_holder_drops_a_freed_pinned_object():
     p.freed("a")
     assert p.evacuate(W1) == [dp.Delete("a", W1)] and not p.known("a")
     p.validate()
+
+
+def test_readers_pins_stay_counted_while_their_holder_evacuates():
+    """A reader in another process mapped the copy (one pin) when its holder
+    starts to exit: the copy still moves down and leaves once written, the
+    reader's later unpin is accepted (before the fix the evacuation zeroed
+    the pins and the unpin failed an assertion, dropping the node's whole
+    unpin batch), and no new pin is granted on a copy that is going."""
+    p = dp.DeviceTierPolicy({0: 100})
+    p.create("r1", "a", 10, 0, W1)
+    p.create("r2", "b", 10, 0, W1)
+    assert p.pinned("a") and p.pinned("b")        # readers mapped both
+    out = p.evacuate(W1)
+    assert dp.MoveDown("a", W1) in out and dp.MoveDown("b", W1) in out
+    assert not p.pinned("a")                       # going: readers use the host copy
+    assert p.unpinned("a") == []                   # a reader let go during the move
+    p.validate()
+    assert p.move_done("a") == [dp.Delete("a", W1)]
+    assert p.move_done("b") == [dp.Delete("b", W1)]   # pinned, but its holder exits
+    assert p.unpinned("b") == [] and not p.objects_of(W1)
+    p.validate()

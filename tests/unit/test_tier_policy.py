@@ -384,3 +384,16 @@ def test_random_events_keep_invariants():
             else:
                 break
         assert not waiting, f"seed {seed}: waits never granted or failed: {waiting}"
+
+
+def test_an_object_freed_while_it_is_written_is_deleted_and_its_seal_is_a_no_op():
+    """The owner can free an object while its writer still writes it (a
+    device copy moving down to host when the owner drops the last ref): the
+    free deletes it at once (the store defers the delete to the write pin)
+    and the late seal must not trip over the missing entry."""
+    p = policy()
+    assert p.create(("c", "a"), "a", MB, now=0) == [Grant(("c", "a"), "a", MB)]
+    assert Delete("a", HOST) in p.freed("a")
+    assert p.sealed("a", 1) == []
+    assert p.tier_of("a") is None
+    p.validate()
