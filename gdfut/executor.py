@@ -847,6 +847,10 @@ class Executor:
 _PKG_DIR = os.path.dirname(os.path.abspath(__file__))
 _RUNTIME_DIRS = frozenset(os.path.normpath(os.path.join(_PKG_DIR, d))
                           for d in ("", "transport", "devstore", "sched"))
+# importlib's own frames: a KeyboardInterrupt raised between its taking and
+# its try of the global import lock leaves the lock held, and every later
+# import in the worker (its device-export threads) then waits forever.
+_IMPORT_MACHINERY = ("<frozen importlib", "<frozen zipimport")
 # Where the executor calls into the task's own code: the task function, and
 # the loops that pull values out of a generator task.
 _CALL_CODES = frozenset(f.__code__ for f in (Executor.call_and_reply, Executor.stream_items,
@@ -864,6 +868,8 @@ def in_task_code(frame) -> bool:
         code = frame.f_code
         if code in _CALL_CODES:
             return True
+        if code.co_filename.startswith(_IMPORT_MACHINERY):
+            return False       # an exception there can leak the interpreter's import lock
         if os.path.dirname(os.path.abspath(code.co_filename)) in _RUNTIME_DIRS:
             return False
         frame = frame.f_back

@@ -52,3 +52,26 @@ def test_user_code_called_back_from_the_runtime_is_not_interrupted():
 def test_outside_a_task_nothing_is_interrupted():
     assert not in_task_code(sys._getframe())
     assert not in_task_code(None)
+
+
+def test_a_task_inside_an_import_is_not_interrupted(tmp_path, monkeypatch):
+    """A cancel that lands in importlib's frames can leave the interpreter's
+    import lock held (seen: a cancelled gdfut.data task's worker whose device
+    export threads then hung forever in their first import), so a task that
+    is importing a module is interrupted only once the import is done."""
+    seen = []
+    (tmp_path / "gdfut_probe_import_mod.py").write_text(
+        "import sys\nCALLBACK(sys._getframe())\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import builtins
+    monkeypatch.setattr(builtins, "CALLBACK", lambda f: seen.append(in_task_code(f)),
+                        raising=False)
+
+    def task_body():
+        import importlib
+        importlib.import_module("gdfut_probe_import_mod")
+        seen.append(in_task_code(sys._getframe()))
+
+    run_as_task(task_body)
+    sys.modules.pop("gdfut_probe_import_mod", None)
+    assert seen == [False, True]
