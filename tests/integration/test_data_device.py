@@ -138,12 +138,7 @@ def test_device_blocks_flow_between_gpu_stages_and_reach_host_consumers(one_gpu,
 
 def test_consumers_that_stop_early_get_host_rows_of_device_blocks(one_gpu):
     """take, schema and a first batch stop the pipeline while device blocks
-    live. Only one GPU stage here: stopping early while a second GPU stage's
-    tasks map the first stage's blocks runs into a device-tier race in the
-    runtime (the killed actor's evacuation, the frees and the readers' pins:
-    a host copy's STORE_SEAL of a freed object fails, an unpin asserts, and a
-    later run's readers of that GPU waited forever; seen 2 runs in 5 under
-    load), which is not gdfut.data's to fix."""
+    live (one GPU stage; two in the test below)."""
     Embed, _ = embed_stages()
     ds = gd.range(BLOCKS * ROWS, override_num_blocks=BLOCKS).map_batches(
         Embed, num_gpus=0.25, concurrency=1, batch_format="numpy")
@@ -158,6 +153,33 @@ def test_consumers_that_stop_early_get_host_rows_of_device_blocks(one_gpu):
     del frame, table, rows
     wait_until(lambda: tiers()["device_bytes"] == 0 and tiers()["device_segments"] == 0,
                timeout=20, what="the device blocks and their segments to go")
+
+
+def test_two_gpu_stages_survive_consumers_that_stop_early_again_and_again(one_gpu):
+    """Stopping early cancels the second GPU stage's tasks while they map the
+    first stage's blocks and kills the first stage's actor while readers hold
+    its copies. Each round must still run to the end: before the fixes a
+    later round hung 3 runs in 5 (a cancel that landed inside an import left
+    a worker's import lock held, so its device exports never answered; an
+    evacuation that zeroed readers' pins made their unpins fail)."""
+    Embed, score = embed_stages()
+    n = BLOCKS * ROWS
+    ds = gd.range(n, override_num_blocks=BLOCKS).map_batches(
+        Embed, num_gpus=0.25, concurrency=1, batch_format="numpy").map_batches(
+        score, num_gpus=0.25, batch_format="numpy")
+    ids, scores = expected(n)
+    for _ in range(5):
+        out = ds.to_pandas()
+        np.testing.assert_allclose(out.sort_values("id")["score"].to_numpy(), scores)
+        assert sum(len(b["id"]) for b in ds.iter_batches(batch_size=100_000)) == n
+        first = next(iter(ds.iter_batches(batch_size=10, batch_format="pandas")))
+        table = next(iter(ds.iter_batches(batch_size=10, batch_format="pyarrow")))
+        assert len(first) == 10 and table.num_rows == 10
+        del out, first, table
+    # Not checked here: that the device tier empties afterwards. About 1 run
+    # in 8 one 1.5 MB block of the first stage stays registered (unpinned,
+    # not freed, its holder alive, unknown to its owner): an open bug, not
+    # yet understood (docs/architecture.md, the device tier's known gaps).
 
 
 def test_iter_torch_batches_over_device_blocks(one_gpu):
