@@ -18,6 +18,9 @@ import gdfut
 from gdfut.exceptions import TaskCancelledError
 from helpers import wait_until
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 CANCEL_S = 10        # generous bound for a cancel to reach get (the tasks sleep 30 s)
 
 
