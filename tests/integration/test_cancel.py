@@ -104,6 +104,9 @@ def test_cancel_of_a_task_waiting_for_its_arguments(cluster, tmp_path):
     gdfut.cancel(dep, force=True)
 
 
+# Its own cluster: with warm shared workers its wait for 'the waiter to block' (a
+# CPU free in the head's view) failed 2 of 4 runs; fresh, it passed every run.
+@pytest.mark.own_cluster
 def test_cancel_interrupts_a_blocked_get_and_wait(cluster, tmp_path):
     sleeper, write = remote_sleeper()
 
