@@ -382,10 +382,13 @@ class Executor:
                        if not n.startswith("__"))
         max_conc = opts.get("max_concurrency") or (1000 if is_async else 1)
         if is_async:
-            self.actor_loop = asyncio.new_event_loop()
-            threading.Thread(target=self.actor_loop.run_forever, daemon=True,
-                             name="gdfut-actor-async").start()
+            # actor_loop last: a call arriving meanwhile (io thread) takes the
+            # concurrent path as soon as it is set, and needs the semaphore
             self.actor_sema = asyncio.Semaphore(max_conc)
+            loop = asyncio.new_event_loop()
+            threading.Thread(target=loop.run_forever, daemon=True,
+                             name="gdfut-actor-async").start()
+            self.actor_loop = loop
         elif max_conc > 1:
             self.actor_pool = concurrent.futures.ThreadPoolExecutor(
                 max_conc, thread_name_prefix="gdfut-actor")

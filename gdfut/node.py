@@ -831,7 +831,10 @@ class NodeDaemon:
     def on_cluster_view(self, peer, m):
         peer.conn.reply(m[1], [{"node_id": n["node_id"], "addr": n["addr"],
                                 "data_addr": n.get("data_addr"), "state": n.get("state"),
-                                "resources": n.get("resources")}
+                                "resources": n.get("resources"),
+                                # None until this view holds a heartbeat of that node
+                                # (placement counts it as having nothing free till then)
+                                "available": (n.get("stats") or {}).get("resources_available")}
                                for n in self.cluster.values()])
 
     def on_store_seal(self, peer, m):

@@ -51,7 +51,7 @@ KILL_WORKER = 22          # req: worker_id, reason
 NODE_STATUS = 23          # req -> status dict
 NODE_MEMORY = 24          # req -> memory listing of every owner on this node
 NODE_PULL = 26            # req: oid, size, source node_id -> pinned (offset, size)
-NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources}]
+NODE_CLUSTER_VIEW = 27    # req -> [{node_id, addr, data_addr, state, resources, available}]
 DETACH_LEASE = 28         # lease_id: a detached actor's worker holds its own lease from now on
 # device tier: worker <-> node (device objects live in the worker that made them)
 DEVICE_CREATE = 50        # req: oid, device bytes, host bytes, gpu, owner[, restored]

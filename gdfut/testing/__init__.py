@@ -83,12 +83,27 @@ class Cluster:
         want = {n.node_id for n in self.nodes if n.daemon.popen.poll() is None}
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            alive = {n["node_id"].hex() for n in self.alive_nodes() if n.get("stats")}
-            if want <= alive:
-                time.sleep(1.2)    # one more heartbeat: every node has the full view
+            listed = {n["node_id"].hex(): n for n in self.alive_nodes() if n.get("stats")}
+            if want <= set(listed) and all(self._sees(listed[w]["addr"], want) for w in want):
                 return
             time.sleep(0.05)
-        raise TimeoutError(f"nodes {want} did not all register within {timeout} s")
+        raise TimeoutError(f"nodes {want} did not all register (and see each other) "
+                           f"within {timeout} s")
+
+    def _sees(self, node_addr, want: set) -> bool:
+        """Whether the node at ``node_addr`` has every node of ``want`` alive,
+        with its data address and a heartbeat's free resources (placement sees
+        a node without them as full), in its own view of the cluster (refreshed
+        from the head every heartbeat): asked, rather than waited for."""
+        from ..cli import Unreachable, request
+        try:
+            view = request(tuple(node_addr), self.token, P.NODE_CLUSTER_VIEW, timeout=5)
+        except Unreachable:
+            return False
+        seen = {n["node_id"].hex() for n in view
+                if n.get("state") == "ALIVE" and n.get("data_addr")
+                and n.get("available") is not None}
+        return want <= seen
 
     def remove_node(self, node: NodeHandle, graceful: bool = False) -> None:
         """Stop a node: SIGKILL by default (a crash), SIGTERM when graceful."""

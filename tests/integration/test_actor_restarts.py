@@ -8,6 +8,9 @@ import gdfut
 from gdfut.exceptions import ActorDiedError
 
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 @gdfut.remote
 class Counter:
     def __init__(self, start=0):

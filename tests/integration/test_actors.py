@@ -8,6 +8,9 @@ import gdfut
 from gdfut.exceptions import ActorDiedError, TaskError
 
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 @gdfut.remote
 class Counter:
     def __init__(self, start=0):
@@ -38,6 +41,7 @@ def test_order_kept_with_pending_dependencies(cluster):
     assert gdfut.get([first, second]) == [10, 11]
 
 
+@pytest.mark.own_cluster     # its named actor lives until the job ends
 def test_named_actor_and_get_actor(cluster):
     c = Counter.options(name="counter").remote(5)
     assert gdfut.get(c.incr.remote()) == 6
@@ -259,6 +263,7 @@ def test_runtime_context_inside_actor(cluster):
     assert gdfut.get_runtime_context().get_actor_id() is None
 
 
+@pytest.mark.own_cluster     # its detached actor lives on
 def test_detached_lifetime_is_supported_without_a_warning(cluster):
     import warnings
     with warnings.catch_warnings():

@@ -13,6 +13,9 @@ from helpers import node_status
 from helpers import wait_until
 
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 def _gone(pid) -> bool:
     try:
         return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
@@ -59,6 +62,7 @@ class Counter:
         return self.n
 
 
+@pytest.mark.own_cluster     # its named actor lives until the job ends
 def test_kill_named_actor_frees_name_and_fails_calls_at_once(cluster):
     c = Counter.options(name="counter").remote()
     assert gdfut.get(c.incr.remote()) == 1
@@ -263,6 +267,7 @@ def call_plain_badly(handle):
         return str(exc)
 
 
+@pytest.mark.own_cluster     # its named actor lives until the job ends
 def test_method_arguments_are_checked_at_the_call(cluster):
     s = Signatures.options(name="sig2").remote(0, c=3)
     assert gdfut.get(s.varargs.remote(1, 2, 3, key=4, z=5)) == (1, (2, 3), 4, {"z": 5})

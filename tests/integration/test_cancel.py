@@ -18,6 +18,9 @@ import gdfut
 from gdfut.exceptions import TaskCancelledError
 from helpers import wait_until
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 CANCEL_S = 10        # generous bound for a cancel to reach get (the tasks sleep 30 s)
 
 
@@ -101,6 +104,9 @@ def test_cancel_of_a_task_waiting_for_its_arguments(cluster, tmp_path):
     gdfut.cancel(dep, force=True)
 
 
+# Its own cluster: with warm shared workers its wait for 'the waiter to block' (a
+# CPU free in the head's view) failed 2 of 4 runs; fresh, it passed every run.
+@pytest.mark.own_cluster
 def test_cancel_interrupts_a_blocked_get_and_wait(cluster, tmp_path):
     sleeper, write = remote_sleeper()
 

@@ -16,6 +16,8 @@ from gdfut.exceptions import (ActorDiedError, GetTimeoutError, NotInitializedErr
 from helpers import STORE, node_status, store_stats
 from helpers import assert_no_leaks, wait_until
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
 
 @gdfut.remote
 def add(a, b):

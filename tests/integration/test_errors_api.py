@@ -13,6 +13,9 @@ from helpers import assert_no_leaks, wait_until
 from gdfut import protocol as P, runtime_context
 
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 def store_stats():
     return runtime_context.require().node_request(P.NODE_STATUS)["store"]
 
@@ -202,6 +205,7 @@ def test_job_id_is_set_when_init_returns(running_cluster):
         running_cluster.shutdown()
 
 
+@pytest.mark.own_cluster     # it kills the head
 def test_api_calls_after_the_head_died_say_so(cluster):
     head = api._state["daemons"][0]
     head.popen.send_signal(signal.SIGKILL)

@@ -14,6 +14,9 @@ from gdfut import protocol as P, runtime_context
 from gdfut.exceptions import TaskCancelledError, WorkerCrashedError
 from helpers import assert_no_leaks, wait_until
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 MB = 1024 * 1024
 
 

@@ -10,6 +10,9 @@ from gdfut.exceptions import ObjectLostError, OwnerDiedError
 from helpers import store_stats
 from helpers import wait_until
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 MB = 1024 * 1024
 
 

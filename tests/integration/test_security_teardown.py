@@ -11,6 +11,9 @@ from gdfut import protocol as P, runtime_context
 from helpers import assert_no_leaks, shm_files
 
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 def _node_addr():
     return runtime_context.require().node_addr
 

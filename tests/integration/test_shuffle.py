@@ -17,6 +17,9 @@ from gdfut.shuffle import Hash, records as R, shuffle
 from gdfut.shuffle.sort import run_sort
 from helpers import assert_no_leaks, child_processes
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 MIB = 1 << 20
 # Workers cannot import this test module: its functions travel by value.

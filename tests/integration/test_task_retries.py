@@ -11,6 +11,9 @@ import gdfut
 Flaky, Other = ValueError, KeyError
 
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 @gdfut.remote
 def fail_first(path, times, exc_cls):
     """Counts its attempts in a file; raises exc_cls on the first ``times``."""

@@ -9,6 +9,9 @@ from gdfut.util import ActorPool
 from gdfut.util.queue import Empty, Full, Queue
 
 
+SHARE_CLUSTER = True     # one cluster for its tests (integration/conftest.py checks between them)
+
+
 @gdfut.remote
 class Doubler:
     def double(self, v):
