@@ -152,3 +152,18 @@ class CliCluster:
                        what="the session's processes to exit")
             assert not shm_files(self.session_dir), shm_files(self.session_dir)
             assert not spill_files(self.session_dir), spill_files(self.session_dir)
+
+
+@contextlib.contextmanager
+def running_cli_cluster(tmp_path, env: dict | None = None):
+    """A CliCluster under ``tmp_path/session`` for one test: the driver is
+    disconnected, the cluster stopped and no child process may be left,
+    also when the test failed."""
+    import gdfut
+    cluster = CliCluster(tmp_path / "session", env=env)
+    try:
+        yield cluster
+    finally:
+        gdfut.shutdown()
+        cluster.stop()
+        assert not child_processes()

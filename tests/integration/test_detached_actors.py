@@ -13,7 +13,7 @@ import pytest
 
 import gdfut
 from gdfut.cluster import pid_alive
-from helpers import REPO, CliCluster, child_processes, wait_until
+from helpers import REPO, running_cli_cluster, wait_until
 
 CREATOR = r"""
 import os, sys
@@ -67,13 +67,8 @@ def lookup_fails(name, namespace=None) -> bool:
 
 @pytest.fixture
 def cli_cluster(tmp_path):
-    cluster = CliCluster(tmp_path / "session")
-    try:
+    with running_cli_cluster(tmp_path) as cluster:
         yield cluster
-    finally:
-        gdfut.shutdown()
-        cluster.stop()
-        assert not child_processes()
 
 
 def test_detached_actor_survives_its_driver(cli_cluster):

@@ -12,7 +12,7 @@ import sys
 import pytest
 
 import gdfut
-from helpers import REPO, CliCluster, child_processes
+from helpers import REPO, running_cli_cluster
 
 CREATOR = r"""
 import sys
@@ -46,13 +46,8 @@ print("ok", flush=True)
 
 @pytest.fixture
 def cli_cluster(tmp_path):
-    cluster = CliCluster(tmp_path / "session")
-    try:
+    with running_cli_cluster(tmp_path) as cluster:
         yield cluster
-    finally:
-        gdfut.shutdown()
-        cluster.stop()
-        assert not child_processes()
 
 
 def test_a_handle_passed_out_by_the_creator_works_after_it_exited(cli_cluster):

@@ -20,7 +20,7 @@ import pytest
 import gdfut
 from gdfut.cluster import pid_alive
 from gdfut.exceptions import ActorDiedError
-from helpers import REPO, CliCluster, child_processes, gdfut_cli, wait_until
+from helpers import REPO, gdfut_cli, running_cli_cluster, wait_until
 
 CREATOR = r"""
 import os, sys
@@ -83,13 +83,8 @@ def connect(cluster):
 
 @pytest.fixture
 def cli_cluster(tmp_path):
-    cluster = CliCluster(tmp_path / "session", env={"GDFUT_NODE_REREGISTER_S": "4"})
-    try:
+    with running_cli_cluster(tmp_path, env={"GDFUT_NODE_REREGISTER_S": "4"}) as cluster:
         yield cluster
-    finally:
-        gdfut.shutdown()
-        cluster.stop()
-        assert not child_processes()
 
 
 def test_detached_actor_is_restarted_after_its_creator_exited(cli_cluster):

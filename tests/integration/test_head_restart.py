@@ -18,7 +18,7 @@ import pytest
 
 import gdfut
 from gdfut.cluster import pid_alive
-from helpers import REPO, CliCluster, child_processes, gdfut_cli, wait_until
+from helpers import REPO, CliCluster, gdfut_cli, running_cli_cluster, wait_until
 
 REREGISTER_S = 4      # a node not back this long after the restart is dead (env for the head)
 
@@ -41,14 +41,8 @@ def slow_square(x, seconds):
 
 @pytest.fixture
 def cli_cluster(tmp_path):
-    cluster = CliCluster(tmp_path / "session",
-                         env={"GDFUT_NODE_REREGISTER_S": str(REREGISTER_S)})
-    try:
+    with running_cli_cluster(tmp_path, env={"GDFUT_NODE_REREGISTER_S": str(REREGISTER_S)}) as cluster:
         yield cluster
-    finally:
-        gdfut.shutdown()
-        cluster.stop()
-        assert not child_processes()
 
 
 def kill_head(cluster) -> int:
