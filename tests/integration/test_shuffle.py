@@ -305,7 +305,10 @@ def test_shuffle_survives_a_killed_node(tmp_path):
         inputs = [functools.partial(slow_block, str(tmp_path), m, 1500) for m in range(12)]
 
         def kill_b_after_some_maps():
-            wait_until(lambda: len(os.listdir(tmp_path)) >= 4, timeout=60, what="4 maps done")
+            # b's workers start while a's run the first maps: kill b once it made a block
+            wait_until(lambda: len(os.listdir(tmp_path)) >= 4
+                       and any(b.node_id in name for name in os.listdir(tmp_path)),
+                       timeout=60, what="4 maps done, one of them on node b")
             c.remove_node(b)
         killer = threading.Thread(target=kill_b_after_some_maps)
         killer.start()
