@@ -423,6 +423,8 @@ class ActorSubmitter:
         if spec is None:
             if client is None or client.state != DEAD:   # else: failed here already
                 log.warning("reply for unknown task %s", short(m[1]))
+            else:
+                self._free_discarded(m[3])
             return
         if self.rt.table.is_dead(client.worker_id):      # its close comes next
             client.in_flight[spec.tid] = spec
@@ -437,6 +439,16 @@ class ActorSubmitter:
             self._mark_dead(client, "it ended itself with exit_actor()")
             return
         self._maybe_retire(client)
+
+    def _free_discarded(self, returns) -> None:
+        """The reply of a call failed here already (its actor was killed while
+        the call ran): no entry will ever record where its values were
+        stored, so they are freed now (else a device copy or a host copy
+        stays until this owner exits). A dead actor's call is never run
+        again, so no later attempt writes these ids."""
+        for oid, entry, _nested in returns:
+            if entry[0] == STORE:
+                self.rt.send_to_node(entry[1], [P.STORE_FREE, [oid]])
 
     def cancel(self, spec, recursive):
         """Cancel an actor call this process made (Ray's semantics): a call not

@@ -24,8 +24,10 @@ Decisions:
 * an object that already has a host copy leaves the device without a write;
 * a reader in another process (``access``) gets a host copy written without
   dropping the device copy (the producer may still use it);
-* a holder that exits (``evacuate``) moves all its objects down first; one
-  that dies (``holder_gone``) loses them (the owner rebuilds them). Pins do
+* a holder that exits (``evacuate``) moves all its objects down first, and
+  from then on its creates are refused (they take the host tier: a copy made
+  during the evacuation would be moved by nobody); one that dies
+  (``holder_gone``) loses them (the owner rebuilds them). Pins do
   not hold an exiting holder's copies (its memory goes with its process),
   but they stay counted: a reader that mapped a copy unpins it later, and
   no new pin is granted on a copy that is going;
@@ -118,6 +120,9 @@ class DeviceTierPolicy:
         self._lru: dict[int, OrderedDict] = {gpu: OrderedDict() for gpu in capacities}
         self._objects: dict[ObjectId, _DevObj] = {}
         self._queue: dict[int, deque] = {gpu: deque() for gpu in capacities}
+        # holders evacuated (about to exit) and not gone yet: a create from one
+        # is refused (one entry per live holder; ``holder_gone`` drops it)
+        self._exiting: set = set()
         self.totals = {"moved_down_objects": 0, "moved_down_bytes": 0}
 
     # -- queries ---------------------------------------------------------------
@@ -175,6 +180,11 @@ class DeviceTierPolicy:
                                       f"of GPU {gpu} ({self.capacity[gpu]} bytes)")]
         if oid in self._objects or any(r.oid == oid for q in self._queue.values() for r in q):
             return [DevFail(req, oid, f"object {oid!r} is on a device already")]
+        if holder in self._exiting:
+            # its evacuation has begun (the node kills it once that ends): a copy
+            # granted now would not be moved down, so the evacuation would wait for
+            # it until its timeout, and nobody would free it meanwhile
+            return [DevFail(req, oid, "its holder is exiting")]
         self._queue[gpu].append(_Req(req, oid, size, holder, host_copy))
         return self._progress(gpu)
 
@@ -253,8 +263,14 @@ class DeviceTierPolicy:
         or not (its device memory ends with it); those with a host copy just
         leave. Pins stay counted, so readers that mapped a copy can still
         unpin it while its move is in flight."""
+        self._exiting.add(holder)
         out: list = []
         gpus = set()
+        for gpu, q in self._queue.items():      # not granted yet: the host tier instead
+            for r in [r for r in q if r.holder == holder]:
+                q.remove(r)
+                gpus.add(gpu)
+                out.append(DevFail(r.req, r.oid, "its holder is exiting"))
         for obj in [o for o in self._objects.values() if o.holder == holder]:
             gpus.add(obj.gpu)
             obj.evacuating = True
@@ -273,6 +289,7 @@ class DeviceTierPolicy:
     def holder_gone(self, holder) -> list:
         """The holder died: its device copies are gone (no instruction for
         them); its queued creates go too."""
+        self._exiting.discard(holder)
         gpus = set()
         for obj in [o for o in self._objects.values() if o.holder == holder]:
             gpus.add(obj.gpu)
@@ -390,6 +407,7 @@ class DeviceTierPolicy:
             assert in_lru == (not obj.freed and not obj.move_failed), (oid, obj)
         assert used == self.used, (used, self.used)
         assert moves == self._moves and dropping == self._dropping
+        assert not any(r.holder in self._exiting for q in self._queue.values() for r in q)
         for gpu in self.capacity:
             assert 0 <= self.used[gpu] <= self.capacity[gpu], (gpu, self.used, self.capacity)
             assert all(oid in self._objects for oid in self._lru[gpu])

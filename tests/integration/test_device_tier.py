@@ -177,6 +177,58 @@ def test_a_producer_that_exits_moves_its_objects_to_host(gpu_cluster):
     assert tiers()["device_bytes"] == 0
 
 
+@gdfut.remote(num_gpus=0.5)
+class LateMaker:
+    """Holds a device object; ``make_late`` returns another one only once
+    the node has begun to evacuate it (its host copy writes slowed down, so
+    the evacuation lasts a while)."""
+    def make(self, i):
+        return np.full(OBJ, i, dtype=np.uint8)
+
+    def pid(self):
+        return os.getpid()
+
+    def make_late(self, marker):
+        import threading
+        dev = runtime_context.require().device
+        asked, write = threading.Event(), dev._write_host_copy
+
+        def slow_write(*args):
+            asked.set()
+            time.sleep(2.0)
+            write(*args)
+        dev._write_host_copy = slow_write
+        open(marker, "w").close()
+        assert asked.wait(30), "no evacuation began"
+        return np.full(OBJ, 9, dtype=np.uint8)
+
+
+def test_a_device_value_made_while_its_actor_is_killed_does_not_stay(gpu_cluster, tmp_path):
+    """gdfut.kill of a GPU actor whose call is running: the node evacuates
+    the actor's device objects, and the call returns a device value during
+    that. Before the fix the value was granted a device copy nobody moved
+    or freed (the owner drops a dead actor's reply): it sat in the device
+    tier and the evacuation waited its 30 s timeout before the kill. Now the
+    value takes the host tier, the owner frees what the dropped reply
+    stored, and the actor goes once its first object is moved."""
+    maker = LateMaker.remote()
+    kept = maker.make.remote(1)
+    pid = gdfut.get(maker.pid.remote())
+    gdfut.wait([kept])
+    marker = str(tmp_path / "making")
+    late = maker.make_late.remote(marker)
+    wait_until(lambda: os.path.exists(marker), timeout=30, what="the late call to start")
+    gdfut.kill(maker)
+    wait_until(lambda: not _alive(pid), timeout=15, what="the killed actor's process to exit")
+    with pytest.raises(gdfut.exceptions.GdfutError):
+        gdfut.get(late, timeout=10)
+    wait_until(lambda: tiers()["device_bytes"] == 0, timeout=10, what="the device tier to empty")
+    assert (gdfut.get(kept) == 1).all()              # moved to host before the kill
+    del kept, late
+    wait_until(lambda: tiers()["host_bytes"] == 0, timeout=10,
+               what="the host copies to go (the dropped reply's value too)")
+
+
 @gdfut.remote(num_gpus=1)
 class Quitter:
     def make(self):

@@ -220,3 +220,32 @@ def test_readers_pins_stay_counted_while_their_holder_evacuates():
     assert p.move_done("b") == [dp.Delete("b", W1)]   # pinned, but its holder exits
     assert p.unpinned("b") == [] and not p.objects_of(W1)
     p.validate()
+
+
+def test_a_holder_that_is_evacuating_gets_no_new_device_copy():
+    """A GPU actor killed while a call of it runs: the node evacuates its
+    objects, then the call returns a device value. Granted, that copy would
+    not be moved down (the evacuation waits for it until its timeout while
+    the object sits on the device, its holder alive); it is refused, so the
+    value takes the host tier, and so is a create still queued for room."""
+    p = dp.DeviceTierPolicy({0: 100})
+    p.create("r1", "a", 60, 0, W1)
+    assert p.pinned("a")
+    p.create("r2", "c", 30, 0, W2)
+    out = p.create("r3", "b", 30, 0, W1)           # queued: c moves down for it
+    assert out == [dp.MoveDown("c", W2)]
+    out = p.evacuate(W1)
+    assert dp.MoveDown("a", W1) in out
+    fails = kinds(out, dp.DevFail)
+    assert [f.req for f in fails] == ["r3"] and "exiting" in fails[0].message
+    p.validate()
+    out = p.create("r4", "d", 5, 0, W1)
+    assert len(out) == 1 and isinstance(out[0], dp.DevFail) and "exiting" in out[0].message
+    assert isinstance(p.create("r5", "e", 5, 0, W1, host_copy=True)[0], dp.DevFail)
+    assert p.create("r6", "f", 5, 0, W2) == [dp.DevGrant("r6", "f")]   # others go on
+    assert p.move_done("c") == [dp.Delete("c", W2)]
+    assert p.move_done("a") == [dp.Delete("a", W1)] and not p.objects_of(W1)
+    p.validate()
+    p.holder_gone(W1)
+    assert p.create("r7", "g", 10, 0, W1) == [dp.DevGrant("r7", "g")]   # forgotten once gone
+    p.validate()
