@@ -335,16 +335,11 @@ def cmd_start(args) -> int:
 def _check_tiers(args) -> None:
     """The store options, checked (and the spill directory made) before any
     daemon starts."""
-    from .tier_options import TierOptionError, check_store_options
+    from .tier_options import TierOptionError, check_cli_args
     try:
-        tiers = check_store_options(args.object_store_memory, args.device_store_memory,
-                                    args.spill_dir, args.num_gpus,
-                                    names={"object_store_memory": "--object-store-memory",
-                                           "device_store_memory": "--device-store-memory",
-                                           "spill_dir": "--spill-dir", "num_gpus": "--num-gpus"})
+        check_cli_args(args)
     except TierOptionError as exc:
         raise CliError(str(exc)) from None
-    args.spill_dir = tiers["spill_dir"]
 
 
 def _is_restartable_session(path: str | None) -> bool:

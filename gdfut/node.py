@@ -1061,17 +1061,12 @@ def _worker_env():
 def _check_tiers(args) -> None:
     """The node started by hand (or by an old driver) checks its store
     options too: one line on stderr, which the starter shows, and exit 2."""
-    from .tier_options import TierOptionError, check_store_options
+    from .tier_options import TierOptionError, check_cli_args
     try:
-        tiers = check_store_options(args.object_store_memory, args.device_store_memory,
-                                    args.spill_dir, args.num_gpus,
-                                    names={"object_store_memory": "--object-store-memory",
-                                           "device_store_memory": "--device-store-memory",
-                                           "spill_dir": "--spill-dir", "num_gpus": "--num-gpus"})
+        check_cli_args(args)
     except TierOptionError as exc:
         print(f"gdfut.node: error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
-    args.spill_dir = tiers["spill_dir"]
 
 
 def main(argv=None):

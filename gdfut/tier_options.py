@@ -164,3 +164,17 @@ def check_store_options(object_store_memory=None, device_store_memory=None, spil
                            gpu_memory_per_gpu=per_gpu, gpus_option=names["num_gpus"])
     return {"object_store_memory": host, "device_store_memory": device,
             "spill_dir": check_spill_dir(spill_dir, names["spill_dir"])}
+
+
+CLI_NAMES = {"object_store_memory": "--object-store-memory",
+             "device_store_memory": "--device-store-memory",
+             "spill_dir": "--spill-dir", "num_gpus": "--num-gpus"}
+
+
+def check_cli_args(args) -> None:
+    """The store options of a command line (``gdfut start``, ``python -m
+    gdfut.node``), named by their flags; the spill directory is made and
+    ``args.spill_dir`` set to its absolute path. Raises TierOptionError."""
+    tiers = check_store_options(args.object_store_memory, args.device_store_memory,
+                                args.spill_dir, args.num_gpus, names=CLI_NAMES)
+    args.spill_dir = tiers["spill_dir"]
