@@ -167,3 +167,13 @@ def running_cli_cluster(tmp_path, env: dict | None = None):
         gdfut.shutdown()
         cluster.stop()
         assert not child_processes()
+
+
+def actor_name_gone(name: str) -> bool:
+    """``get_actor(name)`` finds nothing any more (Ray raises ValueError)."""
+    import gdfut
+    try:
+        gdfut.get_actor(name)
+    except ValueError:
+        return True
+    return False

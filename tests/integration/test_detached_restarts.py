@@ -20,7 +20,7 @@ import pytest
 import gdfut
 from gdfut.cluster import pid_alive
 from gdfut.exceptions import ActorDiedError
-from helpers import REPO, gdfut_cli, running_cli_cluster, wait_until
+from helpers import REPO, actor_name_gone, gdfut_cli, running_cli_cluster, wait_until
 
 CREATOR = r"""
 import os, sys
@@ -116,16 +116,8 @@ def test_detached_actor_out_of_restarts_raises_actor_died(cli_cluster):
         gdfut.get(counter.inc.remote(), timeout=60)
     with pytest.raises(ActorDiedError, match="restarted 1 time"):     # and stays dead
         gdfut.get(counter.inc.remote(), timeout=60)
-    wait_until(lambda: _lookup_fails("counter"), timeout=10, what="the dead actor's name to go")
+    wait_until(lambda: actor_name_gone("counter"), timeout=10, what="the dead actor's name to go")
     gdfut.kill(gdfut.get_actor("holder"))
-
-
-def _lookup_fails(name) -> bool:
-    try:
-        gdfut.get_actor(name)
-    except ValueError:
-        return True
-    return False
 
 
 def test_handle_passed_out_by_the_creator_works_after_it_exited(cli_cluster):

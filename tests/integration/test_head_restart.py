@@ -18,7 +18,7 @@ import pytest
 
 import gdfut
 from gdfut.cluster import pid_alive
-from helpers import REPO, CliCluster, gdfut_cli, running_cli_cluster, wait_until
+from helpers import REPO, actor_name_gone, CliCluster, gdfut_cli, running_cli_cluster, wait_until
 
 REREGISTER_S = 4      # a node not back this long after the restart is dead (env for the head)
 
@@ -148,7 +148,7 @@ def test_what_died_during_the_outage_is_noticed(cli_cluster):
         wait_until(lambda: states().get(second_id) == "DEAD", timeout=REREGISTER_S + 15,
                    what="the node that did not come back to be declared dead")
         assert list(states().values()).count("ALIVE") == 1
-        wait_until(lambda: _lookup_fails("ephemeral"), timeout=15,
+        wait_until(lambda: actor_name_gone("ephemeral"), timeout=15,
                    what="the dead driver's actor name to go")
         wait_until(lambda: _group_state("theirs") is None, timeout=15,
                    what="the dead driver's placement group to go")
@@ -162,14 +162,6 @@ def test_what_died_during_the_outage_is_noticed(cli_cluster):
 def _first_node_pid(cluster) -> int:
     with open(os.path.join(cluster.session_dir, "pids")) as f:
         return next(int(p) for kind, p in (line.split() for line in f) if kind == "node")
-
-
-def _lookup_fails(name) -> bool:
-    try:
-        gdfut.get_actor(name)
-    except ValueError:
-        return True
-    return False
 
 
 def test_a_node_whose_head_stays_away_stops(tmp_path):
